@@ -1,0 +1,171 @@
+//! Client side of the agent protocol: one request per connection to the devbox's socket.
+
+use crate::SandboxError;
+use openloop_agent_proto::{kind, parse_header, AgentError, ExitStatus, Request};
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// A piece of a running command's output.
+#[derive(Debug, Clone)]
+pub enum OutputChunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// The collected result of a finished command.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// True when output past `max_output` bytes per stream was dropped.
+    pub truncated: bool,
+}
+
+async fn write_frame(s: &mut UnixStream, k: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut header = [0u8; 5];
+    header[0] = k;
+    header[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    s.write_all(&header).await?;
+    s.write_all(payload).await
+}
+
+async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 5];
+    match s.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (k, len) = parse_header(&header)?;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await?;
+    Ok(Some((k, payload)))
+}
+
+async fn open(socket: &Path, req: &Request) -> Result<UnixStream, SandboxError> {
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|e| SandboxError::NotRunning(format!("agent unreachable: {e}")))?;
+    let body = serde_json::to_vec(req).map_err(|e| SandboxError::Io(e.into()))?;
+    write_frame(&mut s, kind::REQUEST, &body).await?;
+    Ok(s)
+}
+
+fn agent_error(payload: &[u8]) -> SandboxError {
+    match serde_json::from_slice::<AgentError>(payload) {
+        Ok(e) => SandboxError::Agent {
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => SandboxError::Agent {
+            code: "io".into(),
+            message: String::from_utf8_lossy(payload).into_owned(),
+        },
+    }
+}
+
+fn unexpected_end() -> SandboxError {
+    SandboxError::NotRunning("the agent closed the connection before the request finished".into())
+}
+
+/// Run a command; every chunk of output is also sent to `live` when given.
+/// At most `max_output` bytes of each stream are kept in the result.
+pub async fn exec(
+    socket: &Path,
+    req: Request,
+    max_output: usize,
+    live: Option<mpsc::UnboundedSender<OutputChunk>>,
+) -> Result<ExecOutput, SandboxError> {
+    let mut s = open(socket, &req).await?;
+    let mut out = ExecOutput {
+        exit: ExitStatus {
+            code: None,
+            signal: None,
+        },
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
+    loop {
+        let Some((k, payload)) = read_frame(&mut s).await? else {
+            return Err(unexpected_end());
+        };
+        match k {
+            kind::STDOUT | kind::STDERR => {
+                let buf = if k == kind::STDOUT { &mut out.stdout } else { &mut out.stderr };
+                let room = max_output.saturating_sub(buf.len());
+                if payload.len() > room {
+                    out.truncated = true;
+                }
+                buf.extend_from_slice(&payload[..payload.len().min(room)]);
+                if let Some(tx) = &live {
+                    let chunk = if k == kind::STDOUT {
+                        OutputChunk::Stdout(payload)
+                    } else {
+                        OutputChunk::Stderr(payload)
+                    };
+                    let _ = tx.send(chunk);
+                }
+            }
+            kind::EXIT => {
+                out.exit = serde_json::from_slice(&payload)
+                    .map_err(|e| SandboxError::Io(std::io::Error::other(e)))?;
+                return Ok(out);
+            }
+            kind::ERROR => return Err(agent_error(&payload)),
+            _ => return Err(unexpected_end()),
+        }
+    }
+}
+
+/// Read a whole file, refusing files larger than `max_bytes`.
+pub async fn read_file(socket: &Path, path: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
+    let mut s = open(socket, &Request::ReadFile { path: path.into() }).await?;
+    let mut data = Vec::new();
+    loop {
+        match read_frame(&mut s).await? {
+            Some((kind::DATA, chunk)) => {
+                if data.len() + chunk.len() > max_bytes {
+                    return Err(SandboxError::Agent {
+                        code: "too_large".into(),
+                        message: format!("{path} is larger than the {max_bytes}-byte limit for one read; use download_file"),
+                    });
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Some((kind::END, _)) => return Ok(data),
+            Some((kind::ERROR, p)) => return Err(agent_error(&p)),
+            _ => return Err(unexpected_end()),
+        }
+    }
+}
+
+/// Create or replace a file with `contents`, creating parent directories.
+pub async fn write_file(socket: &Path, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
+    let req = Request::WriteFile {
+        path: path.into(),
+        create_dirs: true,
+    };
+    let mut s = open(socket, &req).await?;
+    for chunk in contents.chunks(openloop_agent_proto::MAX_FRAME / 2) {
+        write_frame(&mut s, kind::DATA, chunk).await?;
+    }
+    write_frame(&mut s, kind::END, b"").await?;
+    finish(&mut s).await
+}
+
+pub async fn delete_file(socket: &Path, path: &str) -> Result<(), SandboxError> {
+    let mut s = open(socket, &Request::DeleteFile { path: path.into() }).await?;
+    finish(&mut s).await
+}
+
+async fn finish(s: &mut UnixStream) -> Result<(), SandboxError> {
+    match read_frame(s).await? {
+        Some((kind::OK, _)) => Ok(()),
+        Some((kind::ERROR, p)) => Err(agent_error(&p)),
+        _ => Err(unexpected_end()),
+    }
+}

@@ -1,0 +1,217 @@
+//! Resource limits for one devbox, on cgroup v1 or v2.
+//!
+//! The devbox's cgroups are created beside the server's own (v1: per controller;
+//! v2: in the unified tree). The sandbox's first process joins them before it
+//! execs, so nothing inside ever runs unlimited.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Relative CPU weight, 1 CPU = 1024 shares.
+    pub cpu_shares: u64,
+}
+
+/// The cgroup directories of one devbox.
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl Cgroup {
+    /// Create the devbox's cgroups and apply `limits`. Controllers that this host does not
+    /// offer are skipped with a warning, never silently treated as enforced.
+    pub fn create(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        if Path::new(ROOT).join("cgroup.controllers").exists() {
+            Self::create_v2(name, limits)
+        } else {
+            Self::create_v1(name, limits)
+        }
+    }
+
+    fn create_v1(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        let own = own_paths()?;
+        let mut dirs = Vec::new();
+        let settings: [(&str, Vec<(&str, String)>); 3] = [
+            (
+                "memory",
+                vec![
+                    ("memory.limit_in_bytes", limits.memory_bytes.to_string()),
+                    ("memory.swappiness", "0".into()),
+                ],
+            ),
+            ("pids", vec![("pids.max", limits.pids.to_string())]),
+            ("cpu", vec![("cpu.shares", limits.cpu_shares.to_string())]),
+        ];
+        for (controller, files) in settings {
+            let base = Path::new(ROOT).join(controller);
+            if !base.exists() {
+                tracing::warn!(controller, "cgroup v1 controller missing; limit not enforced");
+                continue;
+            }
+            let parent = own
+                .iter()
+                .find(|(ctrls, _)| ctrls.split(',').any(|c| c == controller))
+                .map(|(_, p)| p.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let dir = base.join(parent).join(format!("openloop-{name}"));
+            std::fs::create_dir_all(&dir)?;
+            for (file, value) in files {
+                if let Err(e) = std::fs::write(dir.join(file), &value) {
+                    if file != "memory.swappiness" {
+                        let _ = std::fs::remove_dir(&dir);
+                        return Err(e);
+                    }
+                }
+            }
+            dirs.push(dir);
+        }
+        Ok(Cgroup { dirs, v2: false })
+    }
+
+    fn create_v2(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        let own = own_paths()?;
+        let rel = own
+            .iter()
+            .find(|(ctrls, _)| ctrls.is_empty())
+            .map(|(_, p)| p.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        let parent = Path::new(ROOT).join(rel);
+        // Controllers must be enabled for the children of `parent`; where the host forbids it
+        // (a parent with processes of its own), fall back to the root of the hierarchy we can write.
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+        let dir = parent.join(format!("openloop-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let weight = (limits.cpu_shares * 100 / 1024).clamp(1, 10_000);
+        for (file, value) in [
+            ("memory.max", limits.memory_bytes.to_string()),
+            ("memory.swap.max", "0".to_string()),
+            ("pids.max", limits.pids.to_string()),
+            ("cpu.weight", weight.to_string()),
+        ] {
+            if let Err(e) = std::fs::write(dir.join(file), value) {
+                tracing::warn!(file, error = %e, "cgroup v2 limit could not be set");
+            }
+        }
+        Ok(Cgroup {
+            dirs: vec![dir],
+            v2: true,
+        })
+    }
+
+    /// `cgroup.procs` paths as C strings, prepared before `fork` so the child can join
+    /// without allocating.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.dirs
+            .iter()
+            .filter_map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok())
+            .collect()
+    }
+
+    /// Whether the kernel's OOM killer acted inside this devbox.
+    pub fn oom_killed(&self) -> bool {
+        for d in &self.dirs {
+            let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+            if let Ok(text) = std::fs::read_to_string(d.join(file)) {
+                for line in text.lines() {
+                    if let Some(n) = line.strip_prefix("oom_kill ") {
+                        if n.trim().parse::<u64>().unwrap_or(0) > 0 {
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Kill every process left in the cgroups and remove them.
+    pub fn destroy(&self) {
+        for _ in 0..100 {
+            let mut busy = false;
+            for d in &self.dirs {
+                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+                if d.exists() && std::fs::remove_dir(d).is_err() {
+                    busy = true;
+                }
+            }
+            if !busy {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
+    }
+}
+
+/// Join the cgroups: called in the forked child before exec. Only raw syscalls.
+///
+/// # Safety
+/// Must be called between fork and exec with paths prepared by [`Cgroup::procs_files`].
+pub unsafe fn join_in_child(files: &[CString]) -> std::io::Result<()> {
+    for f in files {
+        let fd = libc::open(f.as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // "0" means "the writing process".
+        let n = libc::write(fd, b"0\n".as_ptr() as *const libc::c_void, 2);
+        libc::close(fd);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `(controllers, path)` pairs from `/proc/self/cgroup`.
+fn own_paths() -> std::io::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let ctrls = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            Some((ctrls, path))
+        })
+        .collect())
+}
+
+/// The cgroups of a devbox left behind by a previous server process (after a crash).
+pub fn leftover(name: &str) -> Cgroup {
+    let v2 = Path::new(ROOT).join("cgroup.controllers").exists();
+    let own = own_paths().unwrap_or_default();
+    let mut dirs = Vec::new();
+    for (ctrls, p) in &own {
+        let bases: Vec<PathBuf> = if v2 {
+            if ctrls.is_empty() { vec![PathBuf::from(ROOT)] } else { vec![] }
+        } else {
+            ctrls
+                .split(',')
+                .filter(|c| ["memory", "pids", "cpu"].contains(c))
+                .map(|c| Path::new(ROOT).join(c))
+                .collect()
+        };
+        for b in bases {
+            let d = b.join(p.trim_start_matches('/')).join(format!("openloop-{name}"));
+            if d.exists() {
+                dirs.push(d);
+            }
+        }
+    }
+    Cgroup { dirs, v2 }
+}

@@ -1,0 +1,37 @@
+//! Devboxes: long-lived Linux sandboxes for untrusted code.
+//!
+//! - [`image`]: the frozen base root filesystem (Debian minbase from `debootstrap`), built once and cached.
+//! - [`cgroup`]: memory and pids limits, cgroup v1 or v2.
+//! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
+//!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
+//! - [`agent`]: the client side of the agent protocol (exec, files) over the devbox's Unix socket.
+//!
+//! This crate knows nothing of the database or of HTTP.
+
+pub mod agent;
+pub mod cgroup;
+pub mod devbox;
+pub mod image;
+
+pub use agent::{ExecOutput, OutputChunk};
+pub use devbox::{Devbox, DevboxSpec, SandboxConfig};
+
+/// Everything that can go wrong with a devbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the base image could not be built: {0}")]
+    Image(String),
+    #[error("the devbox could not start: {0}")]
+    Start(String),
+    #[error("the devbox is not running ({0})")]
+    NotRunning(String),
+    #[error("{message}")]
+    Agent { code: String, message: String },
+    #[error("lost contact with the devbox agent: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The host uid that sandbox uid 1000 maps to. Files a devbox writes are owned by it.
+pub const SANDBOX_HOST_UID: u32 = 100_000;
+/// The uid inside the sandbox.
+pub const SANDBOX_UID: u32 = 1000;
