@@ -41,14 +41,18 @@ pub enum Request {
         cwd: Option<String>,
     },
     /// Stream the contents of a file back in DATA frames, then END.
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// Replace (or create) a file with the DATA frames that follow, up to END.
     WriteFile {
         path: String,
         #[serde(default)]
         create_dirs: bool,
     },
-    DeleteFile { path: String },
+    DeleteFile {
+        path: String,
+    },
     Ping,
 }
 

@@ -1,1 +1,79 @@
-fn main() {}
+//! `openloop`: the server and its command-line client.
+//!
+//! - `serve`: run the server ([`serve`]).
+//! - `deploy`, `logs`: talk to a server over HTTP ([`client`]).
+//! - `keys`: manage API keys directly in the database ([`keys`]).
+//! - `image build`: build the devbox base image ahead of time.
+
+mod client;
+mod keys;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "openloop", version, about = "A self-hostable agent runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve(serve::ServeArgs),
+    /// Deploy a repository (a local directory or a git URL) and follow its build.
+    Deploy(client::DeployArgs),
+    /// Print an invocation's logs.
+    Logs(client::LogsArgs),
+    /// Manage API keys (works on the database directly; the server need not run).
+    Keys(keys::KeysArgs),
+    /// Devbox base image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build (or verify) the cached devbox base image.
+    Build {
+        #[arg(long, env = "OPENLOOP_IMAGE_DIR", default_value = serve::DEFAULT_IMAGE_DIR)]
+        image_dir: std::path::PathBuf,
+        #[arg(long, env = "OPENLOOP_DEBIAN_MIRROR", default_value = serve::DEFAULT_MIRROR)]
+        debian_mirror: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OPENLOOP_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Deploy(args) => client::deploy(args).await,
+        Command::Logs(args) => client::logs(args).await,
+        Command::Keys(args) => keys::run(args).await,
+        Command::Image {
+            command:
+                ImageCommand::Build {
+                    image_dir,
+                    debian_mirror,
+                },
+        } => openloop_sandbox::image::ensure_base_image(&image_dir, &debian_mirror)
+            .await
+            .map(|p| println!("devbox base image ready at {}", p.display()))
+            .map_err(Into::into),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -53,8 +53,20 @@ pub fn run(
     let pgid = child.id() as i32;
     let out = Arc::new(Mutex::new(stream.try_clone()?));
     let pumps: Vec<_> = [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), kind::STDOUT),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), kind::STDERR),
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            kind::STDOUT,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            kind::STDERR,
+        ),
     ]
     .into_iter()
     .filter_map(|(src, k)| src.map(|s| (s, k)))

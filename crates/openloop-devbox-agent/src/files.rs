@@ -17,7 +17,9 @@ pub fn read(stream: &mut UnixStream, path: &str) -> Result<(), AgentError> {
     }
     let mut buf = vec![0u8; MAX_FRAME / 4];
     loop {
-        let n = file.read(&mut buf).map_err(|e| AgentError::from_io(&e, path))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| AgentError::from_io(&e, path))?;
         if n == 0 {
             break;
         }

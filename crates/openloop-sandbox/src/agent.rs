@@ -95,7 +95,11 @@ pub async fn exec(
         };
         match k {
             kind::STDOUT | kind::STDERR => {
-                let buf = if k == kind::STDOUT { &mut out.stdout } else { &mut out.stderr };
+                let buf = if k == kind::STDOUT {
+                    &mut out.stdout
+                } else {
+                    &mut out.stderr
+                };
                 let room = max_output.saturating_sub(buf.len());
                 if payload.len() > room {
                     out.truncated = true;
@@ -122,7 +126,11 @@ pub async fn exec(
 }
 
 /// Read a whole file, refusing files larger than `max_bytes`.
-pub async fn read_file(socket: &Path, path: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
+pub async fn read_file(
+    socket: &Path,
+    path: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>, SandboxError> {
     let mut s = open(socket, &Request::ReadFile { path: path.into() }).await?;
     let mut data = Vec::new();
     loop {

@@ -52,7 +52,10 @@ impl Cgroup {
         for (controller, files) in settings {
             let base = Path::new(ROOT).join(controller);
             if !base.exists() {
-                tracing::warn!(controller, "cgroup v1 controller missing; limit not enforced");
+                tracing::warn!(
+                    controller,
+                    "cgroup v1 controller missing; limit not enforced"
+                );
                 continue;
             }
             let parent = own
@@ -110,14 +113,20 @@ impl Cgroup {
     pub fn procs_files(&self) -> Vec<CString> {
         self.dirs
             .iter()
-            .filter_map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok())
+            .filter_map(|d| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()
+            })
             .collect()
     }
 
     /// Whether the kernel's OOM killer acted inside this devbox.
     pub fn oom_killed(&self) -> bool {
         for d in &self.dirs {
-            let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+            let file = if self.v2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            };
             if let Ok(text) = std::fs::read_to_string(d.join(file)) {
                 for line in text.lines() {
                     if let Some(n) = line.strip_prefix("oom_kill ") {
@@ -198,7 +207,11 @@ pub fn leftover(name: &str) -> Cgroup {
     let mut dirs = Vec::new();
     for (ctrls, p) in &own {
         let bases: Vec<PathBuf> = if v2 {
-            if ctrls.is_empty() { vec![PathBuf::from(ROOT)] } else { vec![] }
+            if ctrls.is_empty() {
+                vec![PathBuf::from(ROOT)]
+            } else {
+                vec![]
+            }
         } else {
             ctrls
                 .split(',')
@@ -207,7 +220,9 @@ pub fn leftover(name: &str) -> Cgroup {
                 .collect()
         };
         for b in bases {
-            let d = b.join(p.trim_start_matches('/')).join(format!("openloop-{name}"));
+            let d = b
+                .join(p.trim_start_matches('/'))
+                .join(format!("openloop-{name}"));
             if d.exists() {
                 dirs.push(d);
             }

@@ -52,15 +52,23 @@ impl Devbox {
         let dir = config.devbox_dir.join(&spec.id);
         let start_err = |what: &str, e: std::io::Error| SandboxError::Start(format!("{what}: {e}"));
         for sub in ["upper", "work", "root", "run"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| start_err("creating the devbox directory", e))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| start_err("creating the devbox directory", e))?;
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| start_err("chmod", e))?;
-        std::os::unix::fs::chown(dir.join("run"), Some(SANDBOX_HOST_UID), Some(SANDBOX_HOST_UID))
-            .map_err(|e| start_err("chown", e))?;
+        std::os::unix::fs::chown(
+            dir.join("run"),
+            Some(SANDBOX_HOST_UID),
+            Some(SANDBOX_HOST_UID),
+        )
+        .map_err(|e| start_err("chown", e))?;
         mount_overlay(&config.image, &dir).map_err(|e| {
             let _ = std::fs::remove_dir_all(&dir);
-            start_err("mounting the overlay root (is the server running as root?)", e)
+            start_err(
+                "mounting the overlay root (is the server running as root?)",
+                e,
+            )
         })?;
         let cgroup = match Cgroup::create(&spec.id, spec.limits) {
             Ok(c) => c,
@@ -168,25 +176,40 @@ async fn spawn(
 ) -> Result<(i32, watch::Receiver<Option<String>>), SandboxError> {
     let mut cmd = tokio::process::Command::new("bwrap");
     let uid = SANDBOX_UID.to_string();
-    cmd.args(["--unshare-all", "--uid", &uid, "--gid", &uid, "--hostname", "devbox"])
-        .arg("--bind")
-        .arg(dir.join("root"))
-        .arg("/")
-        .args(["--proc", "/proc", "--dev", "/dev"])
-        .arg("--bind")
-        .arg(dir.join("run"))
-        .arg("/run/openloop")
-        .arg("--ro-bind")
-        .arg(&config.agent_bin)
-        .arg(AGENT_PATH)
-        .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
-        .args(["--chdir", "/home/user", "--clearenv"])
-        .args(["--setenv", "HOME", "/home/user", "--setenv", "PATH", "/usr/bin:/bin"])
-        .args(["--", AGENT_PATH, "/run/openloop/agent.sock"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
+    cmd.args([
+        "--unshare-all",
+        "--uid",
+        &uid,
+        "--gid",
+        &uid,
+        "--hostname",
+        "devbox",
+    ])
+    .arg("--bind")
+    .arg(dir.join("root"))
+    .arg("/")
+    .args(["--proc", "/proc", "--dev", "/dev"])
+    .arg("--bind")
+    .arg(dir.join("run"))
+    .arg("/run/openloop")
+    .arg("--ro-bind")
+    .arg(&config.agent_bin)
+    .arg(AGENT_PATH)
+    .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
+    .args(["--chdir", "/home/user", "--clearenv"])
+    .args([
+        "--setenv",
+        "HOME",
+        "/home/user",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+    ])
+    .args(["--", AGENT_PATH, "/run/openloop/agent.sock"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(false);
     let procs: Vec<CString> = cgroup.procs_files();
     let host_uid = SANDBOX_HOST_UID;
     unsafe {
@@ -204,7 +227,9 @@ async fn spawn(
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
-        SandboxError::Start(format!("could not run bwrap ({e}); install it with `apt-get install bubblewrap`"))
+        SandboxError::Start(format!(
+            "could not run bwrap ({e}); install it with `apt-get install bubblewrap`"
+        ))
     })?;
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
     let stdout = child.stdout.take().expect("piped stdout");
@@ -279,7 +304,9 @@ pub fn remove_dir(dir: &Path) {
 /// unmount and delete their directories. Returns the ids found.
 pub fn clean_leftovers(devbox_dir: &Path) -> Vec<String> {
     let mut ids = Vec::new();
-    let Ok(entries) = std::fs::read_dir(devbox_dir) else { return ids };
+    let Ok(entries) = std::fs::read_dir(devbox_dir) else {
+        return ids;
+    };
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().to_string();
         cgroup::leftover(&id).destroy();

@@ -43,7 +43,11 @@ async fn build(dir: &Path, target: &Path, mirror: &str) -> Result<(), SandboxErr
     let _ = std::fs::remove_dir_all(&tmp);
     tracing::info!(image = %target.display(), "building the devbox base image with debootstrap (about a minute, once)");
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), "bookworm"])
+        .args([
+            "--variant=minbase",
+            &format!("--include={PACKAGES}"),
+            "bookworm",
+        ])
         .arg(&tmp)
         .arg(mirror)
         .output()
@@ -80,7 +84,10 @@ fn prepare(root: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(root.join("run/openloop"))?;
     std::fs::create_dir_all(root.join("opt/openloop"))?;
     std::fs::write(root.join("opt/openloop/agent"), b"")?;
-    std::fs::set_permissions(root.join("opt/openloop/agent"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(
+        root.join("opt/openloop/agent"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
     append(
         &root.join("etc/passwd"),
         &format!("user:x:{SANDBOX_UID}:{SANDBOX_UID}:Devbox user:/home/user:/bin/bash\n"),

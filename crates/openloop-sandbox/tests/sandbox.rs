@@ -6,25 +6,41 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 async fn start(tmp: &tempfile::TempDir, id: &str) -> Devbox {
-    let image_dir = std::env::var("OPENLOOP_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/openloop/images".into());
-    let mirror = std::env::var("OPENLOOP_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-    let image = image::ensure_base_image(&PathBuf::from(image_dir), &mirror).await.unwrap();
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    let image_dir =
+        std::env::var("OPENLOOP_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/openloop/images".into());
+    let mirror = std::env::var("OPENLOOP_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let image = image::ensure_base_image(&PathBuf::from(image_dir), &mirror)
+        .await
+        .unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let config = SandboxConfig {
         devbox_dir: tmp.path().join("devboxes"),
         image,
-        agent_bin: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/openloop-devbox-agent"),
+        agent_bin: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/debug/openloop-devbox-agent"),
     };
     let spec = DevboxSpec {
         id: id.into(),
         env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
-        limits: Limits { memory_bytes: 256 << 20, pids: 64, cpu_shares: 1024 },
+        limits: Limits {
+            memory_bytes: 256 << 20,
+            pids: 64,
+            cpu_shares: 1024,
+        },
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }
 
 async fn sh(d: &Devbox, cmd: &str) -> (i32, String, String) {
-    let out = d.exec(cmd, BTreeMap::new(), None, 1 << 20, None).await.unwrap();
+    let out = d
+        .exec(cmd, BTreeMap::new(), None, 1 << 20, None)
+        .await
+        .unwrap();
     (
         out.exit.shell_code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -41,8 +57,15 @@ async fn exec_files_and_isolation() {
     assert_eq!(out, "hi\n1000\n/home/user\n");
     assert_eq!(sh(&d, "exit 7").await.0, 7);
 
-    d.write_file("notes/a.txt", b"\x00\x01binary").await.unwrap();
-    assert_eq!(d.read_file("/home/user/notes/a.txt", 1 << 20).await.unwrap(), b"\x00\x01binary");
+    d.write_file("notes/a.txt", b"\x00\x01binary")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.read_file("/home/user/notes/a.txt", 1 << 20)
+            .await
+            .unwrap(),
+        b"\x00\x01binary"
+    );
     d.delete_file("notes/a.txt").await.unwrap();
     assert!(d.read_file("notes/a.txt", 1 << 20).await.is_err());
 
@@ -52,9 +75,15 @@ async fn exec_files_and_isolation() {
     let (code, _, _) = sh(&d, &format!("cat {}", secret.display())).await;
     assert_ne!(code, 0);
     let (_, out, _) = sh(&d, "ls /proc | grep -E '^[0-9]+$' | wc -l").await;
-    assert!(out.trim().parse::<u32>().unwrap() < 10, "sees host processes: {out}");
+    assert!(
+        out.trim().parse::<u32>().unwrap() < 10,
+        "sees host processes: {out}"
+    );
     let (code, _, _) = sh(&d, "echo x > /etc/owned").await;
-    assert_ne!(code, 0, "the base image must not be writable by the devbox user");
+    assert_ne!(
+        code, 0,
+        "the base image must not be writable by the devbox user"
+    );
     let (_, out, _) = sh(&d, "grep CapEff /proc/self/status").await;
     assert!(out.contains("0000000000000000"), "{out}");
     let (code, _, _) = sh(&d, "curl -sS -m 2 http://127.0.0.1:1/ || exit 9").await;
@@ -62,11 +91,17 @@ async fn exec_files_and_isolation() {
 
     // Writes land in the devbox's own layer.
     sh(&d, "echo layer > ~/f").await;
-    assert!(tmp.path().join("devboxes/sbxtest1/upper/home/user/f").exists());
+    assert!(tmp
+        .path()
+        .join("devboxes/sbxtest1/upper/home/user/f")
+        .exists());
 
     d.shutdown().await;
     assert!(!tmp.path().join("devboxes/sbxtest1").exists());
-    assert!(d.exec("true", BTreeMap::new(), None, 10, None).await.is_err());
+    assert!(d
+        .exec("true", BTreeMap::new(), None, 10, None)
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -93,8 +128,15 @@ for k in kids:
     assert_eq!(code, 0, "{err}");
     let forked: u32 = out.trim().parse().unwrap();
     assert!(forked < 64, "pids limit not enforced: {forked} children");
-    let (code, _, _) = sh(&d, "python3 -c 'b = bytearray(1024*1024*1024); print(len(b))'").await;
-    assert_ne!(code, 0, "a 1 GiB allocation must fail under a 256 MiB limit");
+    let (code, _, _) = sh(
+        &d,
+        "python3 -c 'b = bytearray(1024*1024*1024); print(len(b))'",
+    )
+    .await;
+    assert_ne!(
+        code, 0,
+        "a 1 GiB allocation must fail under a 256 MiB limit"
+    );
     assert!(d.oom_killed() || code == 1);
     assert_eq!(sh(&d, "echo alive").await.1, "alive\n");
     d.shutdown().await;

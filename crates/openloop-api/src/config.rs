@@ -1,0 +1,52 @@
+//! Server configuration, read once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` (default: `<data_dir>/openloop.db`) or `postgres://…`.
+    pub database_url: String,
+    /// Where devbox base images are cached (shared between data dirs).
+    pub image_dir: PathBuf,
+    pub debian_mirror: String,
+    /// The `uv` binary used to build environments.
+    pub uv: PathBuf,
+    /// The base interpreter for environments, by its real path.
+    pub python: PathBuf,
+    /// The `openloop-devbox-agent` binary.
+    pub agent_bin: PathBuf,
+    /// Invocations running at once on this node.
+    pub max_concurrent_runs: usize,
+    /// Largest JSON request body.
+    pub body_limit: usize,
+    /// Default devbox limits.
+    pub devbox_memory_mb: u64,
+    pub devbox_pids: u64,
+}
+
+impl ServerConfig {
+    pub fn devbox_dir(&self) -> PathBuf {
+        self.data_dir.join("devboxes")
+    }
+    pub fn deployments_dir(&self) -> PathBuf {
+        self.data_dir.join("deployments")
+    }
+    pub fn venv_dir(&self) -> PathBuf {
+        self.data_dir.join("venvs")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+    /// The URL the SDK inside runs uses to reach this server.
+    pub fn internal_url(&self) -> String {
+        let ip = if self.listen.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            self.listen.ip().to_string()
+        };
+        format!("http://{}:{}", ip, self.listen.port())
+    }
+}

@@ -1,0 +1,22 @@
+//! The Openloop HTTP API and the services behind it.
+//!
+//! - [`config`]: the server's one typed configuration.
+//! - [`server`]: start-up (recovery after a crash, warm processes) and the HTTP listener.
+//! - [`routes`]: thin axum handlers, one module per resource.
+//! - [`services`]: the work behind them: deployments, invocations, devboxes.
+//! - [`auth`]: API keys and per-invocation tokens.
+//! - [`notify`]: change notifications that waiting requests and streams listen to.
+//! - [`error`] / [`extract`]: errors as `{"error": {"code", "message"}}` with the right status.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod notify;
+pub mod routes;
+pub mod server;
+pub mod services;
+pub mod state;
+
+pub use config::ServerConfig;
+pub use server::{prepare, serve};

@@ -1,0 +1,51 @@
+//! "Something about X changed": one broadcast that waiting requests filter by key.
+//!
+//! Waiters subscribe *before* reading the current state, so no change is missed.
+
+use tokio::sync::broadcast;
+
+#[derive(Clone)]
+pub struct Notifier {
+    tx: broadcast::Sender<String>,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier {
+            tx: broadcast::channel(4096).0,
+        }
+    }
+}
+
+pub struct Subscription {
+    rx: broadcast::Receiver<String>,
+    key: String,
+}
+
+impl Notifier {
+    pub fn notify(&self, key: &str) {
+        let _ = self.tx.send(key.to_string());
+    }
+
+    pub fn subscribe(&self, key: &str) -> Subscription {
+        Subscription {
+            rx: self.tx.subscribe(),
+            key: key.to_string(),
+        }
+    }
+}
+
+impl Subscription {
+    /// Wait until the key may have changed.
+    pub async fn changed(&mut self) {
+        loop {
+            match self.rx.recv().await {
+                Ok(k) if k == self.key => return,
+                Ok(_) => continue,
+                // Missed messages: the key may be among them.
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `/openapi.json`: a machine-readable list of the API's operations.
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+const OPERATIONS: &[(&str, &str, &str)] = &[
+    (
+        "get",
+        "/health",
+        "Liveness and database check (no key needed)",
+    ),
+    (
+        "get",
+        "/v1/functions",
+        "List deployed functions with their request and response schemas",
+    ),
+    (
+        "post",
+        "/v1/functions/{project}/{function}/invoke_sync",
+        "Run a function and answer with the finished invocation",
+    ),
+    (
+        "post",
+        "/v1/functions/{project}/{function}/invoke_async",
+        "Queue a run and answer at once with its id",
+    ),
+    (
+        "get",
+        "/v1/functions/invocations",
+        "List invocations (filters: status, project, function; paged)",
+    ),
+    (
+        "get",
+        "/v1/functions/invocations/{id}",
+        "An invocation's state, result or error",
+    ),
+    (
+        "get",
+        "/v1/functions/invocations/{id}/logs",
+        "An invocation's logs (paged by after_seq)",
+    ),
+    (
+        "get",
+        "/v1/functions/invocations/{id}/logs/stream",
+        "An invocation's logs as Server-Sent Events",
+    ),
+    (
+        "post",
+        "/v1/deployments",
+        "Deploy a repository: {source, ref?, name?}",
+    ),
+    ("get", "/v1/deployments", "List deployments"),
+    ("get", "/v1/deployments/{id}", "A deployment's status"),
+    (
+        "get",
+        "/v1/deployments/{id}/logs",
+        "A deployment's build log",
+    ),
+    (
+        "get",
+        "/v1/deployments/{id}/logs/stream",
+        "A deployment's build log as Server-Sent Events",
+    ),
+    ("post", "/v1/devboxes", "Create a devbox"),
+    ("get", "/v1/devboxes", "List devboxes"),
+    ("get", "/v1/devboxes/{id}", "A devbox"),
+    (
+        "post",
+        "/v1/devboxes/{id}/execute_sync",
+        "Run a command and wait for it",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/write_file_contents",
+        "Write a text file",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/read_file_contents",
+        "Read a text file",
+    ),
+    ("post", "/v1/devboxes/{id}/delete_file", "Delete a file"),
+    ("post", "/v1/devboxes/{id}/shutdown", "Shut a devbox down"),
+    (
+        "post",
+        "/v1/keys",
+        "Create an API key (the secret is shown once)",
+    ),
+    ("get", "/v1/keys", "List API keys"),
+    ("post", "/v1/keys/{id}/revoke", "Revoke an API key"),
+];
+
+pub async fn document() -> Json<Value> {
+    let mut paths = Map::new();
+    for (method, path, summary) in OPERATIONS {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = json!({
+            "summary": summary,
+            "security": if *path == "/health" { json!([]) } else { json!([{"bearer": []}]) },
+            "responses": {"default": {"description": "JSON; errors are {\"error\": {\"code\", \"message\"}}"}},
+        });
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Openloop API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }))
+}

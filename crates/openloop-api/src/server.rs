@@ -1,0 +1,132 @@
+//! Start-up and the HTTP listener.
+
+use crate::auth::Tokens;
+use crate::config::ServerConfig;
+use crate::notify::Notifier;
+use crate::routes::router;
+use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
+use crate::state::AppState;
+use openloop_store::Store;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare the data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] openloop_store::StoreError),
+    #[error(transparent)]
+    Api(#[from] crate::error::ApiError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Open the data directory and the database, creating the admin key on first start.
+/// Returns the store and, the first time only, the new admin key's secret.
+pub async fn prepare(config: &ServerConfig) -> Result<(Store, Option<String>), ServeError> {
+    let dd = &config.data_dir;
+    std::fs::create_dir_all(dd).map_err(|e| ServeError::DataDir(dd.display().to_string(), e))?;
+    // Traversable (devbox mounts live below it) but not listable; the files in it are private.
+    std::fs::set_permissions(dd, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| ServeError::DataDir(dd.display().to_string(), e))?;
+    let store = Store::connect(&config.database_url).await?;
+    if store.is_sqlite() {
+        for f in ["openloop.db", "openloop.db-wal", "openloop.db-shm"] {
+            let _ = std::fs::set_permissions(dd.join(f), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    let mut admin = None;
+    if store.count_keys().await? == 0 {
+        let (_, secret) = store.create_key("admin").await?;
+        let path = dd.join("admin-key");
+        write_private(&path, &format!("{secret}\n"))?;
+        admin = Some(secret);
+    }
+    Ok((store, admin))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Run the server until `shutdown` resolves.
+pub async fn serve(
+    config: ServerConfig,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let notifier = Notifier::default();
+    let tokens = Tokens::default();
+    let devboxes = Arc::new(Devboxes::new(store.clone(), config.clone()));
+    devboxes.recover().await?;
+    let invocations = Arc::new(
+        Invocations::new(
+            store.clone(),
+            config.clone(),
+            notifier.clone(),
+            tokens.clone(),
+            devboxes.clone(),
+        )
+        .await?,
+    );
+    let deployments = Arc::new(Deployments::new(
+        store.clone(),
+        config.clone(),
+        notifier.clone(),
+        invocations.clone(),
+    ));
+    deployments.recover().await?;
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        notifier,
+        tokens,
+        devboxes: devboxes.clone(),
+        invocations: invocations.clone(),
+        deployments,
+    };
+    // Warm processes for every live deployment, then the queue left by a previous process.
+    let warm = invocations.clone();
+    let warm_store = store.clone();
+    tokio::spawn(async move {
+        if let Ok(deps) = warm_store.active_deployments().await {
+            for d in deps {
+                if let Err(e) = warm.host_for(&d).await {
+                    tracing::warn!(deployment = %d.id, error = %e, "could not start the warm process");
+                }
+            }
+        }
+        if let Err(e) = warm.recover().await {
+            tracing::error!(error = %e, "could not recover invocations");
+        }
+    });
+    // Build the devbox base image in the background so the first devbox does not wait for it.
+    let image = devboxes.clone();
+    tokio::spawn(async move {
+        if let Err(e) = image.base_image().await {
+            tracing::error!(error = %e, "devbox base image unavailable");
+        }
+    });
+    tracing::info!(addr = %config.listen, data_dir = %config.data_dir.display(), "openloop listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    devboxes.shutdown_all().await;
+    Ok(())
+}

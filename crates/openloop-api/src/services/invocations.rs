@@ -1,0 +1,317 @@
+//! Invocations: admission (schema check), the queue, running in the warm process,
+//! recording logs and outcome, and recovery after a crash.
+
+use crate::auth::Tokens;
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ApiResult};
+use crate::notify::Notifier;
+use crate::services::devboxes::Devboxes;
+use openloop_deploy::Manifest;
+use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
+use openloop_store::deployments::Deployment;
+use openloop_store::invocations::{Invocation, InvocationLog};
+use openloop_store::{now_ms, Store};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Semaphore};
+
+pub struct Invocations {
+    store: Store,
+    config: Arc<ServerConfig>,
+    notifier: Notifier,
+    tokens: Tokens,
+    devboxes: Arc<Devboxes>,
+    channels: Arc<Channels>,
+    /// Warm processes by deployment id, with their project.
+    hosts: Mutex<HashMap<String, (String, Arc<WarmHost>)>>,
+    /// Serialises starting the warm process of one deployment.
+    starting: tokio::sync::Mutex<()>,
+    slots: Arc<Semaphore>,
+}
+
+pub fn manifest_of(dep: &Deployment) -> ApiResult<Manifest> {
+    let text = dep
+        .manifest
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal(format!("deployment {} has no manifest", dep.id)))?;
+    serde_json::from_str(text).map_err(|e| ApiError::Internal(format!("corrupt manifest: {e}")))
+}
+
+impl Invocations {
+    pub async fn new(
+        store: Store,
+        config: Arc<ServerConfig>,
+        notifier: Notifier,
+        tokens: Tokens,
+        devboxes: Arc<Devboxes>,
+    ) -> std::io::Result<Self> {
+        let channels = Channels::bind(&config.run_dir()).await?;
+        Ok(Invocations {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+            store,
+            config,
+            notifier,
+            tokens,
+            devboxes,
+            channels,
+            hosts: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The warm process of a deployment, started if it is not running.
+    pub async fn host_for(&self, dep: &Deployment) -> ApiResult<Arc<WarmHost>> {
+        if let Some(h) = self.live_host(&dep.id) {
+            return Ok(h);
+        }
+        let _guard = self.starting.lock().await;
+        if let Some(h) = self.live_host(&dep.id) {
+            return Ok(h);
+        }
+        let m = manifest_of(dep)?;
+        let source = PathBuf::from(&m.source_dir);
+        let spec = HostSpec {
+            deployment_id: dep.id.clone(),
+            python: PathBuf::from(&m.venv).join("bin/python"),
+            module_dir: source.join(&m.module_path),
+            source_dir: source,
+            module_name: m.module_name.clone(),
+        };
+        let host = WarmHost::start(spec)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("deployment {}: {e}", dep.id)))?;
+        tracing::info!(deployment = %dep.id, pid = host.pid(), "warm process ready");
+        self.hosts
+            .lock()
+            .map(|mut m| m.insert(dep.id.clone(), (dep.project_name.clone(), host.clone())))
+            .ok();
+        Ok(host)
+    }
+
+    fn live_host(&self, deployment_id: &str) -> Option<Arc<WarmHost>> {
+        self.hosts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(deployment_id).map(|(_, h)| h.clone()))
+            .filter(|h| h.is_alive())
+    }
+
+    /// Make `dep` the one warm process of its project. Older processes of the project leave
+    /// the table now and stop when their last run ends (runs hold their own reference).
+    pub async fn activate(&self, dep: &Deployment) -> ApiResult<()> {
+        self.host_for(dep).await?;
+        if let Ok(mut m) = self.hosts.lock() {
+            m.retain(|id, (project, _)| id == &dep.id || project != &dep.project_name);
+        }
+        Ok(())
+    }
+
+    /// Check and record a new invocation, then queue it. Returns it as created.
+    pub async fn submit(
+        self: &Arc<Self>,
+        project: &str,
+        function: &str,
+        request: Value,
+        parent: Option<String>,
+    ) -> ApiResult<Invocation> {
+        let dep = self.store.active_deployment(project).await?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "project '{project}' not found: it has no successful deployment (deploy it with `openloop deploy`)"
+            ))
+        })?;
+        let manifest = manifest_of(&dep)?;
+        if manifest.function(function).is_none() {
+            let names: Vec<&str> = manifest.functions.iter().map(|f| f.name.as_str()).collect();
+            return Err(ApiError::NotFound(format!(
+                "function '{function}' not found in project '{project}'; it has: {}",
+                names.join(", ")
+            )));
+        }
+        if !request.is_object() {
+            return Err(ApiError::Validation(
+                "`request` must be a JSON object of the function's parameters".into(),
+            ));
+        }
+        let host = self.host_for(&dep).await?;
+        let errors = host
+            .validate(function, &request)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if !errors.is_empty() {
+            let text: Vec<String> = errors
+                .iter()
+                .map(|e| format!("request.{}: {}", e.field, e.message))
+                .collect();
+            return Err(ApiError::Validation(format!(
+                "the request does not match the schema of {project}/{function}: {}",
+                text.join("; ")
+            )));
+        }
+        let inv = Invocation {
+            id: openloop_store::new_id("inv"),
+            project_name: project.to_string(),
+            function_name: function.to_string(),
+            deployment_id: dep.id.clone(),
+            status: "queued".into(),
+            request: request.to_string(),
+            result: None,
+            error: None,
+            parent_invocation_id: parent,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            ended_at_ms: None,
+        };
+        self.store.insert_invocation(&inv).await?;
+        self.spawn(inv.id.clone());
+        Ok(inv)
+    }
+
+    /// Run a queued invocation in the background; it outlives the request that made it.
+    pub fn spawn(self: &Arc<Self>, id: String) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.execute(&id).await {
+                tracing::error!(invocation = %id, error = %e, "invocation could not be run");
+                let err = serde_json::json!({"type": "PlatformError", "message": e.to_string(), "traceback": null});
+                let _ = this
+                    .store
+                    .finish_invocation(&id, "failure", None, Some(&err.to_string()))
+                    .await;
+                this.notifier.notify(&id);
+            }
+        });
+    }
+
+    async fn execute(&self, id: &str) -> ApiResult<()> {
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is stopping".into()))?;
+        if !self.store.mark_invocation_running(id).await? {
+            return Ok(());
+        }
+        self.notifier.notify(id);
+        let inv = self.store.get_invocation(id).await?;
+        let dep = self.store.get_deployment(&inv.deployment_id).await?;
+        let host = self.host_for(&dep).await?;
+        let token = self.tokens.issue(id);
+        let env = BTreeMap::from([
+            ("OPENLOOP_API_URL".to_string(), self.config.internal_url()),
+            ("OPENLOOP_TOKEN".to_string(), token.clone()),
+            ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
+        ]);
+        let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
+        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_logs(
+            self.store.clone(),
+            self.notifier.clone(),
+            id.to_string(),
+            log_rx,
+        ));
+        let outcome = openloop_runner::run::run(
+            &host,
+            &self.channels,
+            RunRequest {
+                invocation_id: id.to_string(),
+                function: inv.function_name.clone(),
+                request,
+                env,
+            },
+            log_tx,
+        )
+        .await;
+        let _ = writer.await;
+        self.tokens.revoke(&token);
+        if let Err(e) = self.devboxes.shutdown_for_invocation(id).await {
+            tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
+        }
+        match outcome {
+            RunOutcome::Success(v) => {
+                self.store
+                    .finish_invocation(id, "success", Some(&v.to_string()), None)
+                    .await?
+            }
+            RunOutcome::Failure(e) => {
+                self.store
+                    .finish_invocation(id, "failure", None, Some(&e.to_string()))
+                    .await?
+            }
+        };
+        self.notifier.notify(id);
+        Ok(())
+    }
+
+    /// Wait until an invocation has finished, then return it.
+    pub async fn wait_finished(&self, id: &str) -> ApiResult<Invocation> {
+        let mut sub = self.notifier.subscribe(id);
+        loop {
+            let inv = self.store.get_invocation(id).await?;
+            if inv.is_finished() {
+                return Ok(inv);
+            }
+            sub.changed().await;
+        }
+    }
+
+    /// After a restart: runs that were running are failed, queued ones run.
+    pub async fn recover(self: &Arc<Self>) -> ApiResult<()> {
+        for id in self.store.invocation_ids_with_status("running").await? {
+            let err = serde_json::json!({
+                "type": "ServerRestarted",
+                "message": "the server stopped while this invocation was running; invoke it again",
+                "traceback": null,
+            });
+            self.store
+                .finish_invocation(&id, "failure", None, Some(&err.to_string()))
+                .await?;
+        }
+        let queued = self.store.invocation_ids_with_status("queued").await?;
+        if !queued.is_empty() {
+            tracing::info!(count = queued.len(), "resuming queued invocations");
+        }
+        for id in queued {
+            self.spawn(id);
+        }
+        Ok(())
+    }
+}
+
+/// Store a run's log lines in batches as they arrive.
+async fn write_logs(
+    store: Store,
+    notifier: Notifier,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<LogLine>,
+) {
+    let mut seq = 1i64;
+    let mut batch: Vec<InvocationLog> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(to_log(first));
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(l) => batch.push(to_log(l)),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.append_invocation_logs(&id, seq, &batch).await {
+            tracing::error!(invocation = %id, error = %e, "could not store log lines");
+        }
+        seq += batch.len() as i64;
+        batch.clear();
+        notifier.notify(&id);
+    }
+}
+
+fn to_log(l: LogLine) -> InvocationLog {
+    InvocationLog {
+        seq: 0,
+        ts_ms: l.ts_ms,
+        stream: l.stream.to_string(),
+        level: l.level,
+        message: l.message,
+    }
+}

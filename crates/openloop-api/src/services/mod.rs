@@ -1,0 +1,5 @@
+//! The work behind the handlers.
+
+pub mod deployments;
+pub mod devboxes;
+pub mod invocations;

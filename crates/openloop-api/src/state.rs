@@ -1,0 +1,19 @@
+//! Shared state handed to every handler.
+
+use crate::auth::Tokens;
+use crate::config::ServerConfig;
+use crate::notify::Notifier;
+use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
+use openloop_store::Store;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub store: Store,
+    pub notifier: Notifier,
+    pub tokens: Tokens,
+    pub devboxes: Arc<Devboxes>,
+    pub invocations: Arc<Invocations>,
+    pub deployments: Arc<Deployments>,
+}

@@ -1,0 +1,132 @@
+//! `openloop serve`.
+
+use anyhow::Context;
+use clap::Args;
+use openloop_api::ServerConfig;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_IMAGE_DIR: &str = "/var/cache/openloop/images";
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Data directory (database, deployments, devboxes, admin key).
+    #[arg(long, env = "OPENLOOP_DATA_DIR", default_value = "./.openloop")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL; default SQLite in the data directory.
+    #[arg(long, env = "OPENLOOP_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            openloop_store::Store::sqlite_url(&self.data_dir.join("openloop.db"))
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "OPENLOOP_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, env = "OPENLOOP_PORT", default_value_t = 8700)]
+    port: u16,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long, env = "OPENLOOP_IMAGE_DIR", default_value = DEFAULT_IMAGE_DIR)]
+    image_dir: PathBuf,
+    #[arg(long, env = "OPENLOOP_DEBIAN_MIRROR", default_value = DEFAULT_MIRROR)]
+    debian_mirror: String,
+    /// The `uv` binary (default: found on PATH, skipping shell shims).
+    #[arg(long, env = "OPENLOOP_UV")]
+    uv: Option<PathBuf>,
+    /// Base Python interpreter for deployments.
+    #[arg(long, env = "OPENLOOP_PYTHON", default_value = "/usr/bin/python3")]
+    python: PathBuf,
+    /// The devbox agent binary (default: beside this executable).
+    #[arg(long, env = "OPENLOOP_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Invocations running at once.
+    #[arg(long, env = "OPENLOOP_MAX_CONCURRENT_RUNS", default_value_t = 256)]
+    max_concurrent_runs: usize,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "OPENLOOP_BODY_LIMIT", default_value_t = 10 << 20)]
+    body_limit: usize,
+    /// Default devbox memory limit in MiB.
+    #[arg(long, default_value_t = 2048)]
+    devbox_memory_mb: u64,
+    /// Default devbox process limit.
+    #[arg(long, default_value_t = 512)]
+    devbox_pids: u64,
+}
+
+/// Find a real executable named `name` on PATH, skipping pyenv-style shims.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() && !dir.to_string_lossy().contains("shims") {
+            return Some(candidate.canonicalize().unwrap_or(candidate));
+        }
+    }
+    None
+}
+
+fn agent_beside_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the openloop executable")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let agent = dir.join("openloop-devbox-agent");
+    anyhow::ensure!(
+        agent.is_file(),
+        "openloop-devbox-agent not found beside {} (build the whole workspace with `cargo build --release`, or pass --agent-bin)",
+        exe.display()
+    );
+    Ok(agent)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let uv = match args.uv {
+        Some(u) => u,
+        None => find_on_path("uv")
+            .context("uv not found on PATH: install it with `pip install uv`, or pass --uv")?,
+    };
+    let agent_bin = match args.agent_bin {
+        Some(a) => a,
+        None => agent_beside_exe()?,
+    };
+    let data_dir = std::path::absolute(&args.store.data_dir).context("data directory")?;
+    let config = ServerConfig {
+        listen: std::net::SocketAddr::new(args.host, args.port),
+        database_url: args.store.url(),
+        data_dir,
+        image_dir: args.image_dir,
+        debian_mirror: args.debian_mirror,
+        uv,
+        python: args.python,
+        agent_bin,
+        max_concurrent_runs: args.max_concurrent_runs,
+        body_limit: args.body_limit,
+        devbox_memory_mb: args.devbox_memory_mb,
+        devbox_pids: args.devbox_pids,
+    };
+    let (store, admin) = openloop_api::prepare(&config).await?;
+    if let Some(secret) = admin {
+        println!(
+            "Created the admin API key (shown once; also saved to {}):",
+            config.data_dir.join("admin-key").display()
+        );
+        println!("{secret}");
+    }
+    println!("Openloop listening on http://{}", config.listen);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    openloop_api::serve(config, store, shutdown).await?;
+    Ok(())
+}

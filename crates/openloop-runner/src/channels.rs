@@ -1,0 +1,130 @@
+//! The engine socket where invocation children connect their streams.
+
+use rand::RngCore;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Control,
+    Stdout,
+    Stderr,
+}
+
+struct Expected {
+    key: String,
+    tx: mpsc::UnboundedSender<(Channel, UnixStream)>,
+}
+
+/// Listens on `<run dir>/engine.sock` and hands each connection to the run it belongs to.
+pub struct Channels {
+    path: PathBuf,
+    expected: Mutex<HashMap<String, Expected>>,
+}
+
+/// A registration; the run's connections arrive on `connections`. Unregisters on drop.
+pub struct Registration {
+    channels: Arc<Channels>,
+    pub invocation_id: String,
+    pub key: String,
+    pub connections: mpsc::UnboundedReceiver<(Channel, UnixStream)>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.channels.expected.lock() {
+            m.remove(&self.invocation_id);
+        }
+    }
+}
+
+impl Channels {
+    pub async fn bind(run_dir: &Path) -> std::io::Result<Arc<Channels>> {
+        std::fs::create_dir_all(run_dir)?;
+        let path = run_dir.join("engine.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let channels = Arc::new(Channels {
+            path,
+            expected: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&channels);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Some(ch) = weak.upgrade() else { return };
+                tokio::spawn(async move { ch.dispatch(stream).await });
+            }
+        });
+        Ok(channels)
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Expect the connections of one invocation, authenticated by a fresh key.
+    pub fn register(self: &Arc<Self>, invocation_id: &str) -> Registration {
+        let mut raw = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let key = hex::encode(raw);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut m) = self.expected.lock() {
+            m.insert(
+                invocation_id.to_string(),
+                Expected {
+                    key: key.clone(),
+                    tx,
+                },
+            );
+        }
+        Registration {
+            channels: Arc::clone(self),
+            invocation_id: invocation_id.to_string(),
+            key,
+            connections: rx,
+        }
+    }
+
+    async fn dispatch(&self, mut stream: UnixStream) {
+        // The header is one JSON line of at most 1 KiB.
+        let mut header = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        while header.len() < 1024 {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => header.push(byte[0]),
+                _ => return,
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Header {
+            invocation_id: String,
+            key: String,
+            channel: String,
+        }
+        let Ok(h) = serde_json::from_slice::<Header>(&header) else {
+            return;
+        };
+        let channel = match h.channel.as_str() {
+            "control" => Channel::Control,
+            "stdout" => Channel::Stdout,
+            "stderr" => Channel::Stderr,
+            _ => return,
+        };
+        let tx = match self.expected.lock() {
+            Ok(m) => match m.get(&h.invocation_id) {
+                Some(e) if e.key == h.key => e.tx.clone(),
+                _ => return,
+            },
+            Err(_) => return,
+        };
+        let _ = tx.send((channel, stream));
+    }
+}

@@ -1,0 +1,269 @@
+//! The warm Python process of one deployment.
+
+use crate::RunnerError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{oneshot, watch};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub deployment_id: String,
+    /// The environment's interpreter, `<venv>/bin/python`.
+    pub python: PathBuf,
+    /// The repository checkout (working directory).
+    pub source_dir: PathBuf,
+    /// The directory to put on `sys.path`.
+    pub module_dir: PathBuf,
+    pub module_name: String,
+}
+
+/// One schema violation, as pydantic reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// How a run's process ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+pub struct WarmHost {
+    pub spec: HostSpec,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    next_id: AtomicU64,
+    replies: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    exits: Mutex<HashMap<String, oneshot::Sender<ExitInfo>>>,
+    /// Set with the reason once the process has stopped.
+    dead: watch::Receiver<Option<String>>,
+    pid: i32,
+}
+
+impl WarmHost {
+    /// Start the process and wait until it has imported the module.
+    pub async fn start(spec: HostSpec) -> Result<Arc<WarmHost>, RunnerError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs: OwnedFd = theirs.into();
+        let fd = theirs.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(&spec.python);
+        cmd.args(["-m", "runloop._host", "--module-dir"])
+            .arg(&spec.module_dir)
+            .args(["--module", &spec.module_name, "--control-fd", "3"])
+            .current_dir(&spec.source_dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Die with the server.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RunnerError::Spawn(format!("{}: {e}", spec.python.display())))?;
+        drop(theirs);
+        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        ours.set_nonblocking(true)?;
+        let (read, write) = tokio::net::UnixStream::from_std(ours)?.into_split();
+        let mut lines = BufReader::new(read).lines();
+
+        // Output the module prints outside any run goes to the server log.
+        let dep = spec.deployment_id.clone();
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        tokio::spawn(forward_output(dep.clone(), stdout));
+        tokio::spawn(forward_output(dep, stderr));
+
+        let first = lines.next_line().await?;
+        let ready: Value = match first {
+            Some(l) => {
+                serde_json::from_str(&l).map_err(|e| RunnerError::Protocol(e.to_string()))?
+            }
+            None => {
+                let status = child.wait().await.ok();
+                return Err(RunnerError::Spawn(format!(
+                    "the process exited while importing the module ({status:?})"
+                )));
+            }
+        };
+        if ready["event"] != "ready" {
+            let _ = child.kill().await;
+            return Err(RunnerError::Spawn(
+                ready["error"]
+                    .as_str()
+                    .unwrap_or("unexpected first message")
+                    .to_string(),
+            ));
+        }
+        let (dead_tx, dead_rx) = watch::channel(None);
+        let host = Arc::new(WarmHost {
+            spec,
+            writer: tokio::sync::Mutex::new(write),
+            next_id: AtomicU64::new(1),
+            replies: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
+            dead: dead_rx,
+            pid,
+        });
+        let weak = Arc::downgrade(&host);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(h) = weak.upgrade() else { break };
+                h.on_message(&line);
+            }
+            let status = child.wait().await;
+            let reason = match status {
+                Ok(s) => format!("exited ({s})"),
+                Err(e) => e.to_string(),
+            };
+            if let Some(h) = weak.upgrade() {
+                tracing::warn!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped");
+                h.replies.lock().map(|mut m| m.clear()).ok();
+                h.exits.lock().map(|mut m| m.clear()).ok();
+            }
+            let _ = dead_tx.send(Some(reason));
+        });
+        Ok(host)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.dead.borrow().is_none()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn on_message(&self, line: &str) {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            tracing::warn!(line, "unreadable message from the warm process");
+            return;
+        };
+        if let Some(id) = msg["id"].as_u64() {
+            if let Some(tx) = self.replies.lock().ok().and_then(|mut m| m.remove(&id)) {
+                let _ = tx.send(msg);
+            }
+        } else if msg["event"] == "exit" {
+            let inv = msg["invocation_id"].as_str().unwrap_or_default();
+            if let Some(tx) = self.exits.lock().ok().and_then(|mut m| m.remove(inv)) {
+                let _ = tx.send(ExitInfo {
+                    code: msg["code"].as_i64().map(|c| c as i32),
+                    signal: msg["signal"].as_i64().map(|s| s as i32),
+                });
+            }
+        }
+    }
+
+    async fn call(&self, mut msg: Value) -> Result<Value, RunnerError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        msg["id"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        self.replies.lock().map(|mut m| m.insert(id, tx)).ok();
+        self.send(&msg).await?;
+        let mut dead = self.dead.clone();
+        tokio::select! {
+            r = rx => r.map_err(|_| self.died()),
+            _ = dead.wait_for(|d| d.is_some()) => Err(self.died()),
+        }
+    }
+
+    fn died(&self) -> RunnerError {
+        RunnerError::HostDied(
+            self.dead
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "connection lost".into()),
+        )
+    }
+
+    async fn send(&self, msg: &Value) -> Result<(), RunnerError> {
+        let mut line = serde_json::to_vec(msg).map_err(|e| RunnerError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let mut w = self.writer.lock().await;
+        w.write_all(&line).await.map_err(|_| self.died())
+    }
+
+    /// Check a request against the function's schema without running anything.
+    pub async fn validate(
+        &self,
+        function: &str,
+        request: &Value,
+    ) -> Result<Vec<FieldError>, RunnerError> {
+        let reply = self
+            .call(json!({"op": "validate", "function": function, "request": request}))
+            .await?;
+        serde_json::from_value(reply["errors"].clone())
+            .map_err(|e| RunnerError::Protocol(e.to_string()))
+    }
+
+    /// Fork the child for one run. Returns a receiver for its exit.
+    pub(crate) async fn fork(
+        &self,
+        msg: Value,
+        invocation_id: &str,
+    ) -> Result<oneshot::Receiver<ExitInfo>, RunnerError> {
+        let (tx, rx) = oneshot::channel();
+        self.exits
+            .lock()
+            .map(|mut m| m.insert(invocation_id.to_string(), tx))
+            .ok();
+        let reply = self.call(msg).await?;
+        if let Some(err) = reply["error"].as_str() {
+            self.exits.lock().map(|mut m| m.remove(invocation_id)).ok();
+            return Err(RunnerError::Protocol(err.to_string()));
+        }
+        Ok(rx)
+    }
+
+    /// Kill a run's whole process group.
+    pub async fn kill(&self, invocation_id: &str) -> Result<(), RunnerError> {
+        self.send(&json!({"op": "kill", "invocation_id": invocation_id}))
+            .await
+    }
+
+    pub(crate) fn dead_signal(&self) -> watch::Receiver<Option<String>> {
+        self.dead.clone()
+    }
+}
+
+impl Drop for WarmHost {
+    fn drop(&mut self) {
+        // The last reference is gone (its deployment was replaced and its runs ended).
+        if self.pid > 0 {
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+async fn forward_output<R: tokio::io::AsyncRead + Unpin>(deployment: String, src: Option<R>) {
+    let Some(src) = src else { return };
+    let mut lines = BufReader::new(src).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(deployment = %deployment, "{line}");
+    }
+}

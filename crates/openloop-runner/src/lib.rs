@@ -1,0 +1,30 @@
+//! Running functions.
+//!
+//! - [`host`]: the warm Python process of one deployment (`python -m runloop._host`). It has
+//!   imported the module once; it validates requests and forks one child per invocation.
+//! - [`channels`]: the engine socket. Each child connects its `control`, `stdout` and `stderr`
+//!   streams here; results travel as length-prefixed JSON on `control`, so nothing the
+//!   function prints can be taken for its result.
+//! - [`run`]: following one invocation from fork to outcome.
+//!
+//! This crate knows nothing of the database or of HTTP.
+
+pub mod channels;
+pub mod host;
+pub mod run;
+
+pub use channels::Channels;
+pub use host::{FieldError, HostSpec, WarmHost};
+pub use run::{LogLine, RunOutcome, RunRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("the deployment's Python process could not start: {0}")]
+    Spawn(String),
+    #[error("the deployment's Python process stopped: {0}")]
+    HostDied(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,243 @@
+//! Following one invocation from fork to outcome.
+
+use crate::channels::{Channel, Channels};
+use crate::host::{ExitInfo, WarmHost};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Longest log line kept as one line; longer output is split.
+const MAX_LINE: usize = 16 * 1024;
+/// Largest control frame (a result) accepted.
+const MAX_CONTROL_FRAME: usize = 256 << 20;
+/// How long to wait for a run's streams once its process is known to be gone.
+const GRACE: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub invocation_id: String,
+    pub function: String,
+    pub request: Value,
+    /// Extra environment for the run (API URL and token for the SDK).
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub ts_ms: i64,
+    /// `stdout`, `stderr` or `log`.
+    pub stream: &'static str,
+    pub level: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    /// The function's return value, as JSON.
+    Success(Value),
+    /// `{type, message, traceback}`.
+    Failure(Value),
+}
+
+pub fn failure(kind: &str, message: impl Into<String>) -> RunOutcome {
+    RunOutcome::Failure(json!({"type": kind, "message": message.into(), "traceback": null}))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Run one invocation in a child of `host`; log lines go to `logs` as they are produced.
+pub async fn run(
+    host: &WarmHost,
+    channels: &Arc<Channels>,
+    req: RunRequest,
+    logs: mpsc::UnboundedSender<LogLine>,
+) -> RunOutcome {
+    let mut reg = channels.register(&req.invocation_id);
+    let msg = json!({
+        "op": "run",
+        "invocation_id": req.invocation_id,
+        "function": req.function,
+        "request": req.request,
+        "socket": channels.socket_path(),
+        "key": reg.key,
+        "env": req.env,
+    });
+    let mut exit_rx = match host.fork(msg, &req.invocation_id).await {
+        Ok(rx) => Some(rx),
+        Err(e) => return failure("StartFailed", format!("the run could not start: {e}")),
+    };
+    let mut dead = host.dead_signal();
+    let mut exit: Option<ExitInfo> = None;
+    let mut control: Option<JoinHandle<Option<Value>>> = None;
+    let mut readers: Vec<JoinHandle<()>> = Vec::new();
+    let mut streams_seen = 0;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let outcome_frame: Option<Value> = loop {
+        tokio::select! {
+            Some((ch, stream)) = reg.connections.recv() => match ch {
+                Channel::Control => control = Some(tokio::spawn(read_control(stream, logs.clone()))),
+                Channel::Stdout | Channel::Stderr => {
+                    streams_seen += 1;
+                    let name = if ch == Channel::Stdout { "stdout" } else { "stderr" };
+                    readers.push(tokio::spawn(read_output(stream, name, logs.clone())));
+                }
+            },
+            r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
+                exit = Some(r.unwrap_or_default());
+                exit_rx = None;
+                deadline = Some(tokio::time::Instant::now() + GRACE);
+            }
+            _ = dead.wait_for(|d| d.is_some()), if exit_rx.is_some() => {
+                exit_rx = None;
+                deadline = Some(tokio::time::Instant::now() + GRACE);
+            }
+            r = async { control.as_mut().expect("guarded").await }, if control.is_some() => {
+                break r.ok().flatten();
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && control.is_none() => {
+                break None;
+            }
+        }
+    };
+    // The process is gone (its control stream closed). Collect the exit status and the rest of the output.
+    if let Some(rx) = exit_rx.take() {
+        if let Ok(Ok(e)) = tokio::time::timeout(GRACE, rx).await {
+            exit = Some(e);
+        }
+    }
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while streams_seen < 2 {
+        match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
+            Ok(Some((ch, stream))) if ch != Channel::Control => {
+                streams_seen += 1;
+                let name = if ch == Channel::Stdout {
+                    "stdout"
+                } else {
+                    "stderr"
+                };
+                readers.push(tokio::spawn(read_output(stream, name, logs.clone())));
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    for mut r in readers {
+        // A background process of the run may keep its output open; do not wait for it forever.
+        if tokio::time::timeout(GRACE, &mut r).await.is_err() {
+            r.abort();
+        }
+    }
+    match outcome_frame {
+        Some(f) if f["type"] == "result" => RunOutcome::Success(f["value"].clone()),
+        Some(f) if f["type"] == "error" => RunOutcome::Failure(f["error"].clone()),
+        _ => failure("ProcessExited", describe_exit(exit)),
+    }
+}
+
+fn describe_exit(exit: Option<ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo {
+            signal: Some(s), ..
+        }) => {
+            let name = match s {
+                9 => " (SIGKILL: killed, for example for using too much memory or by a cancel)",
+                11 => " (SIGSEGV: segmentation fault)",
+                6 => " (SIGABRT: aborted)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!(
+                "the function's process was killed by signal {s}{name} before it returned a result"
+            )
+        }
+        Some(ExitInfo { code: Some(c), .. }) => {
+            format!("the function's process exited with code {c} before it returned a result (for example through os._exit)")
+        }
+        _ => "the function's process ended without a result (its warm process stopped)".into(),
+    }
+}
+
+async fn read_control(mut s: UnixStream, logs: mpsc::UnboundedSender<LogLine>) -> Option<Value> {
+    let mut outcome = None;
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).await.is_err() {
+            return outcome;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_CONTROL_FRAME {
+            return Some(json!({"type": "error", "error": {
+                "type": "ResultTooLarge",
+                "message": format!("the result frame of {len} bytes is over the {MAX_CONTROL_FRAME}-byte limit"),
+                "traceback": null}}));
+        }
+        let mut buf = vec![0u8; len];
+        if s.read_exact(&mut buf).await.is_err() {
+            return outcome;
+        }
+        let Ok(frame) = serde_json::from_slice::<Value>(&buf) else {
+            continue;
+        };
+        match frame["type"].as_str() {
+            Some("log") => {
+                let _ = logs.send(LogLine {
+                    ts_ms: frame["ts_ms"].as_i64().unwrap_or_else(now_ms),
+                    stream: "log",
+                    level: frame["level"].as_str().map(str::to_string),
+                    message: frame["message"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            Some("result") | Some("error") => outcome = Some(frame),
+            _ => {}
+        }
+    }
+}
+
+async fn read_output(
+    mut s: UnixStream,
+    stream: &'static str,
+    logs: mpsc::UnboundedSender<LogLine>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let emit = |bytes: &[u8]| {
+        let _ = logs.send(LogLine {
+            ts_ms: now_ms(),
+            stream,
+            level: None,
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        });
+    };
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&pending[start..start + pos]);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() > MAX_LINE {
+            let rest = pending.split_off(MAX_LINE);
+            emit(&pending);
+            pending = rest;
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+}

@@ -1,0 +1,178 @@
+//! Invocations (one run of a function) and their logs.
+
+use crate::{now_ms, Result, Store, StoreError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Invocation {
+    pub id: String,
+    pub project_name: String,
+    pub function_name: String,
+    pub deployment_id: String,
+    /// `queued`, `running`, `success`, `failure` or `canceled`.
+    pub status: String,
+    /// JSON text.
+    pub request: String,
+    /// JSON text of the return value, on success.
+    pub result: Option<String>,
+    /// JSON text `{type, message, traceback}`, on failure.
+    pub error: Option<String>,
+    pub parent_invocation_id: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+}
+
+impl Invocation {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "failure" | "canceled")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InvocationLog {
+    pub seq: i64,
+    pub ts_ms: i64,
+    /// `stdout`, `stderr` or `log` (the `logging` module).
+    pub stream: String,
+    pub level: Option<String>,
+    pub message: String,
+}
+
+/// Filters for listing invocations.
+#[derive(Debug, Default, Clone)]
+pub struct InvocationFilter {
+    pub status: Option<String>,
+    pub project_name: Option<String>,
+    pub function_name: Option<String>,
+    /// Return invocations created before this id (ids are time-ordered).
+    pub before_id: Option<String>,
+    pub limit: i64,
+}
+
+const SELECT: &str = "SELECT id, project_name, function_name, deployment_id, status, request, result, error, parent_invocation_id, created_at_ms, started_at_ms, ended_at_ms FROM invocations";
+
+impl Store {
+    pub async fn insert_invocation(&self, inv: &Invocation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&inv.id)
+        .bind(&inv.project_name)
+        .bind(&inv.function_name)
+        .bind(&inv.deployment_id)
+        .bind(&inv.status)
+        .bind(&inv.request)
+        .bind(&inv.parent_invocation_id)
+        .bind(inv.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_invocation(&self, id: &str) -> Result<Invocation> {
+        sqlx::query_as::<_, Invocation>(&format!("{SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("invocation '{id}'")))
+    }
+
+    pub async fn list_invocations(&self, f: &InvocationFilter) -> Result<Vec<Invocation>> {
+        Ok(sqlx::query_as::<_, Invocation>(&format!(
+            "{SELECT} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR project_name = $2) AND ($3 IS NULL OR function_name = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(&f.status)
+        .bind(&f.project_name)
+        .bind(&f.function_name)
+        .bind(&f.before_id)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Move a queued invocation to running. False when it was no longer queued (canceled).
+    pub async fn mark_invocation_running(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE invocations SET status = 'running', started_at_ms = $1 WHERE id = $2 AND status = 'queued'")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record the end of a run. Only a run that has not already finished is changed.
+    pub async fn finish_invocation(
+        &self,
+        id: &str,
+        status: &str,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = $1, result = $2, error = $3, ended_at_ms = $4 WHERE id = $5 AND status IN ('queued', 'running')",
+        )
+        .bind(status)
+        .bind(result)
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Ids of invocations in a status, oldest first.
+    pub async fn invocation_ids_with_status(&self, status: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM invocations WHERE status = $1 ORDER BY id")
+                .bind(status)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Append log lines; `first_seq` numbers the first, the rest follow.
+    pub async fn append_invocation_logs(
+        &self,
+        id: &str,
+        first_seq: i64,
+        lines: &[InvocationLog],
+    ) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (i, l) in lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO invocation_logs (invocation_id, seq, ts_ms, stream, level, message) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(first_seq + i as i64)
+            .bind(l.ts_ms)
+            .bind(&l.stream)
+            .bind(&l.level)
+            .bind(&l.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn invocation_logs(
+        &self,
+        id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<InvocationLog>> {
+        Ok(sqlx::query_as::<_, InvocationLog>(
+            "SELECT seq, ts_ms, stream, level, message FROM invocation_logs WHERE invocation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

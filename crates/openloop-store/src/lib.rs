@@ -1,0 +1,45 @@
+//! Persistent state of an Openloop node, on SQLite (embedded default) or PostgreSQL.
+//!
+//! - [`db`]: connecting, pragmas and migrations.
+//! - [`keys`]: API keys, stored only as SHA-256 hashes.
+//! - [`deployments`]: projects, deployments and build logs.
+//! - [`invocations`]: invocations and their logs.
+//! - [`devboxes`]: devbox records.
+//!
+//! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
+//! databases; no SQL is built by string formatting.
+
+pub mod db;
+pub mod deployments;
+pub mod devboxes;
+pub mod invocations;
+pub mod keys;
+
+pub use db::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random id with a readable prefix, e.g. `inv_0193...`; time-ordered.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}

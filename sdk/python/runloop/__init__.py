@@ -1,0 +1,24 @@
+"""The Openloop agent SDK, importable as ``runloop``.
+
+Decorate ordinary Python functions with :func:`function` to deploy them; declare a
+parameter of type :class:`SystemCoordinator` to get devboxes and the rest of the
+platform injected.
+"""
+
+from ._coordinator import SystemCoordinator
+from ._devbox import Devbox, ExecResult, FileTools, ShellTools
+from ._errors import DefinitionError, RunloopError
+from ._function import FunctionDefinition, function, registered_functions
+
+__all__ = [
+    "DefinitionError",
+    "Devbox",
+    "ExecResult",
+    "FileTools",
+    "FunctionDefinition",
+    "RunloopError",
+    "ShellTools",
+    "SystemCoordinator",
+    "function",
+    "registered_functions",
+]

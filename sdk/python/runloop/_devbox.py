@@ -1,0 +1,90 @@
+"""Devboxes as seen from agent code."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ._client import ApiClient
+
+
+class ExecResult(NamedTuple):
+    """The outcome of a command: unpacks as ``(exit_code, stdout, stderr)``."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class ShellTools:
+    def __init__(self, devbox: Devbox) -> None:
+        self._devbox = devbox
+
+    def exec(
+        self, command: str, env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> ExecResult:
+        """Run ``command`` with bash inside the devbox and wait for it to finish."""
+        body: dict[str, Any] = {"command": command}
+        if env:
+            body["environment_variables"] = env
+        if cwd:
+            body["working_dir"] = cwd
+        r = self._devbox._client.request(
+            "POST", f"/v1/devboxes/{self._devbox.id}/execute_sync", body
+        )
+        return ExecResult(int(r["exit_status"]), r.get("stdout") or "", r.get("stderr") or "")
+
+
+class FileTools:
+    """Paths are relative to the devbox user's home directory, or absolute inside the devbox."""
+
+    def __init__(self, devbox: Devbox) -> None:
+        self._devbox = devbox
+
+    def _post(self, action: str, body: dict[str, Any]) -> bytes:
+        import json
+
+        return self._devbox._client.request_raw(
+            "POST",
+            f"/v1/devboxes/{self._devbox.id}/{action}",
+            json.dumps(body).encode(),
+            "application/json",
+        )
+
+    def read_file(self, path: str) -> str:
+        return self._post("read_file_contents", {"file_path": path}).decode()
+
+    def write_file(self, path: str, contents: str) -> None:
+        """Create or replace the file, creating parent directories."""
+        self._post("write_file_contents", {"file_path": path, "contents": contents})
+
+    def create_file(self, path: str, contents: str = "") -> None:
+        """Create the file (and its parent directories) with ``contents``."""
+        self.write_file(path, contents)
+
+    def delete_file(self, path: str) -> None:
+        self._post("delete_file", {"file_path": path})
+
+
+class Devbox:
+    def __init__(self, client: ApiClient, view: dict[str, Any]) -> None:
+        self._client = client
+        self.id: str = view["id"]
+        self.view = view
+        self.shell_tools = ShellTools(self)
+        self.file_tools = FileTools(self)
+
+    @property
+    def status(self) -> str:
+        self.view = self._client.request("GET", f"/v1/devboxes/{self.id}")
+        return str(self.view["status"])
+
+    def shutdown(self) -> None:
+        self.view = self._client.request("POST", f"/v1/devboxes/{self.id}/shutdown")
+
+    def __repr__(self) -> str:
+        return f"Devbox(id={self.id!r})"

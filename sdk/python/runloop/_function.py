@@ -1,0 +1,125 @@
+"""``@runloop.function``: signatures become request and response schemas."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from ._coordinator import SystemCoordinator
+from ._errors import DefinitionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class FunctionDefinition:
+    """Everything the platform needs to know about one deployed function."""
+
+    name: str
+    func: Callable[..., Any]
+    is_async: bool
+    request_model: type[BaseModel]
+    return_adapter: TypeAdapter[Any]
+    coordinator_params: list[str] = field(default_factory=list)
+
+    def request_schema(self) -> dict[str, Any]:
+        return self.request_model.model_json_schema()
+
+    def response_schema(self) -> dict[str, Any]:
+        return self.return_adapter.json_schema()
+
+    def validation_errors(self, request: Any) -> list[dict[str, str]]:
+        """The schema violations of ``request``, empty when it is valid."""
+        try:
+            self.request_model.model_validate(request)
+        except ValidationError as e:
+            return [
+                {
+                    "field": ".".join(str(p) for p in err["loc"]) or "request",
+                    "message": err["msg"],
+                    "type": err["type"],
+                }
+                for err in e.errors()
+            ]
+        return []
+
+    def arguments(self, request: Any) -> dict[str, Any]:
+        """Validated keyword arguments, without the injected coordinator."""
+        model = self.request_model.model_validate(request)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def dump_result(self, value: Any) -> Any:
+        return self.return_adapter.dump_python(value, mode="json")
+
+
+_REGISTRY: dict[str, FunctionDefinition] = {}
+
+
+def registered_functions() -> dict[str, FunctionDefinition]:
+    """The functions decorated so far, by name."""
+    return dict(_REGISTRY)
+
+
+def _is_coordinator(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, SystemCoordinator)
+
+
+def function(fn: F) -> F:
+    """Deploy ``fn`` as a function. Every parameter and the return type must be annotated."""
+    name = getattr(fn, "__name__", None)
+    if not callable(fn) or not name:
+        raise DefinitionError("@runloop.function must decorate a named function")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as e:  # unresolvable forward references and the like
+        raise DefinitionError(f"function '{name}': its annotations cannot be resolved: {e}") from e
+    fields: dict[str, Any] = {}
+    coordinators: list[str] = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise DefinitionError(
+                f"function '{name}': parameter '{param.name}' is *args or **kwargs; "
+                "declare each parameter by name with a type annotation"
+            )
+        if param.name not in hints:
+            raise DefinitionError(
+                f"function '{name}': parameter '{param.name}' has no type annotation; "
+                "every parameter of a @runloop.function must be annotated"
+            )
+        annotation = hints[param.name]
+        if _is_coordinator(annotation):
+            coordinators.append(param.name)
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    if "return" not in hints:
+        raise DefinitionError(
+            f"function '{name}': the return type is not annotated; add '-> TYPE' "
+            "(it becomes the response schema)"
+        )
+    try:
+        request_model = create_model(  # type: ignore[call-overload]
+            f"{name}_request",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+            **fields,
+        )
+        return_adapter: TypeAdapter[Any] = TypeAdapter(hints["return"])
+        request_model.model_json_schema()
+        return_adapter.json_schema()
+    except Exception as e:
+        raise DefinitionError(
+            f"function '{name}': its types cannot be turned into a JSON schema: {e}"
+        ) from e
+    _REGISTRY[name] = FunctionDefinition(
+        name=name,
+        func=fn,
+        is_async=inspect.iscoroutinefunction(fn),
+        request_model=request_model,
+        return_adapter=return_adapter,
+        coordinator_params=coordinators,
+    )
+    return fn
