@@ -45,6 +45,8 @@ class ApiClient:
             payload = e.read()
             try:
                 err = json.loads(payload)["error"]
-                raise RunloopError(e.code, err.get("code", "error"), err.get("message", "")) from None
+                raise RunloopError(
+                    e.code, err.get("code", "error"), err.get("message", "")
+                ) from None
             except (ValueError, KeyError, TypeError):
                 raise RunloopError(e.code, "http_error", payload.decode(errors="replace")) from None

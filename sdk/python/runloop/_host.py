@@ -94,12 +94,18 @@ def _run_child(msg: dict[str, Any], fn: FunctionDefinition) -> None:
         out.close()
         err.close()
         sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace",
-            line_buffering=True, write_through=True,
+            io.FileIO(1, "w", closefd=False),
+            encoding="utf-8",
+            errors="replace",
+            line_buffering=True,
+            write_through=True,
         )
         sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace",
-            line_buffering=True, write_through=True,
+            io.FileIO(2, "w", closefd=False),
+            encoding="utf-8",
+            errors="replace",
+            line_buffering=True,
+            write_through=True,
         )
         frames = FrameWriter(control)
         root = logging.getLogger()
@@ -195,7 +201,14 @@ class Host:
         fn = self.functions.get(msg.get("function", ""))
         if op == "validate":
             if fn is None:
-                self.send({"id": msg["id"], "errors": [{"field": "function", "message": "unknown function", "type": "unknown"}]})
+                self.send(
+                    {
+                        "id": msg["id"],
+                        "errors": [
+                            {"field": "function", "message": "unknown function", "type": "unknown"}
+                        ],
+                    }
+                )
             else:
                 self.send({"id": msg["id"], "errors": fn.validation_errors(msg.get("request"))})
         elif op == "run":
@@ -264,7 +277,9 @@ def main() -> None:
         importlib.import_module(args.module)
     except BaseException as e:  # noqa: BLE001
         control.sendall(
-            json.dumps({"event": "failed", "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}).encode()
+            json.dumps(
+                {"event": "failed", "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+            ).encode()
             + b"\n"
         )
         raise SystemExit(1) from None

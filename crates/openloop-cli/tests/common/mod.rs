@@ -1,0 +1,285 @@
+//! Test harness: the real `openloop` binary on a free port with a temporary data directory,
+//! on SQLite or on a fresh PostgreSQL database.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_openloop"))
+}
+
+/// The devbox agent is another package's binary: build it once per test process.
+fn ensure_agent() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "openloop-devbox-agent"])
+                .current_dir(repo_root())
+                .status()
+                .expect("cargo build of the devbox agent");
+            assert!(status.success(), "building openloop-devbox-agent failed");
+            let agent = bin().parent().unwrap().join("openloop-devbox-agent");
+            assert!(agent.exists(), "{} missing", agent.display());
+            agent
+        })
+        .clone()
+}
+
+/// A fresh PostgreSQL database for one server, from `OPENLOOP_TEST_POSTGRES_URL`.
+/// Returns None (the test is skipped) when the variable is unset outside CI.
+pub async fn postgres_database() -> Option<String> {
+    let Ok(admin) = std::env::var("OPENLOOP_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "OPENLOOP_TEST_POSTGRES_URL must be set in CI: the PostgreSQL tests may not be skipped there"
+        );
+        eprintln!("skipping: OPENLOOP_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    let name = format!("openloop_test_{}", uuid_like());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    Some(format!("{base}/{name}"))
+}
+
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+pub struct Server {
+    pub url: String,
+    pub key: String,
+    pub data: tempfile::TempDir,
+    pub database_url: Option<String>,
+    pub port: u16,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Start a server; `None` when the database is PostgreSQL and none is configured.
+    pub async fn start(db: Db) -> Option<Server> {
+        Self::start_with(db, &[]).await
+    }
+
+    pub async fn start_with(db: Db, env: &[(&str, &str)]) -> Option<Server> {
+        let database_url = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(postgres_database().await?),
+        };
+        let mut s = Server {
+            url: String::new(),
+            key: String::new(),
+            data: tempfile::tempdir().unwrap(),
+            database_url,
+            port: free_port(),
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            http: reqwest::Client::new(),
+        };
+        s.url = format!("http://127.0.0.1:{}", s.port);
+        s.spawn().await;
+        s.key = std::fs::read_to_string(s.data.path().join("admin-key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Some(s)
+    }
+
+    /// (Re)start the server process on the same port, data directory and database.
+    pub async fn spawn(&mut self) {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--port", &self.port.to_string(), "--data-dir"])
+            .arg(self.data.path())
+            .arg("--agent-bin")
+            .arg(ensure_agent())
+            .env("OPENLOOP_LOG", "info,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start openloop serve"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kill the server with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Deploy with the `openloop deploy` command; returns (success, stdout, stderr).
+    pub fn deploy_cli(&self, source: &Path, extra: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin())
+            .arg("deploy")
+            .arg(source)
+            .args(["--server", &self.url, "--api-key", &self.key])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn deploy_ok(&self, source: &Path) {
+        let (ok, out, err) = self.deploy_cli(source, &[]);
+        assert!(ok, "deploy failed:\n{out}\n{err}");
+    }
+
+    pub async fn invoke_sync(&self, project: &str, function: &str, request: Value) -> (u16, Value) {
+        let r = self
+            .post(&format!("/v1/functions/{project}/{function}/invoke_sync"))
+            .json(&json!({ "request": request }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Poll an invocation until it has finished (bounded).
+    pub async fn wait_invocation(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self
+                .get_json(&format!("/v1/functions/invocations/{id}"))
+                .await;
+            if matches!(
+                v["status"].as_str(),
+                Some("success" | "failure" | "canceled")
+            ) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "invocation {id} did not finish: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc_kill(c.id() as i32, 15);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn example() -> PathBuf {
+    repo_root().join("examples/example_python_agent")
+}
+
+/// Copy a directory tree (for making broken variants of a fixture).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Running functions: results, failures, logs, schemas, devboxes of a run; on both databases.
+
+mod common;
+
+use common::{fixture, Db, Server};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn logs_of(server: &Server, id: &str) -> Vec<Value> {
+    server
+        .get_json(&format!("/v1/functions/invocations/{id}/logs"))
+        .await["logs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn functions(db: Db) {
+    let Some(server) = Server::start(db).await else {
+        return;
+    };
+    server.deploy_ok(&fixture("test_agent"));
+
+    // Results, defaults and nested models.
+    let (code, inv) = server
+        .invoke_sync(
+            "test_agent",
+            "echo",
+            json!({"text": "ab", "times": 2, "point": {"x": 1, "y": 2}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        inv["result"],
+        json!({"text": "abab", "point": {"x": 1, "y": 2}})
+    );
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "z"}))
+        .await;
+    assert_eq!(inv["result"]["text"], "z");
+    let (_, inv) = server
+        .invoke_sync("test_agent", "async_echo", json!({"text": "hi"}))
+        .await;
+    assert_eq!(inv["result"], "HI");
+
+    // Schema violations are refused before anything runs, naming the field.
+    let before = server
+        .get_json("/v1/functions/invocations?function=echo&limit=1000")
+        .await["invocations"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (req, field) in [
+        (json!({}), "request.text"),
+        (json!({"text": "a", "times": "many"}), "request.times"),
+        (json!({"text": "a", "point": {"x": 1}}), "request.point.y"),
+        (json!({"text": "a", "bogus": 1}), "request.bogus"),
+    ] {
+        let (code, body) = server.invoke_sync("test_agent", "echo", req.clone()).await;
+        assert_eq!(code, 400, "{req}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{field}: {body}"
+        );
+    }
+    let after = server
+        .get_json("/v1/functions/invocations?function=echo&limit=1000")
+        .await["invocations"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        before, after,
+        "refused requests must not create invocations"
+    );
+
+    // print and logging are captured with their stream and level.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "noisy", json!({"n": 3}))
+        .await;
+    assert_eq!(inv["result"], 3);
+    let logs = logs_of(&server, inv["id"].as_str().unwrap()).await;
+    let lines: Vec<(String, String)> = logs
+        .iter()
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap().to_string(),
+                l["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for i in 0..3 {
+        assert!(
+            lines.contains(&("stdout".into(), format!("stdout line {i}"))),
+            "{lines:?}"
+        );
+    }
+    assert!(
+        lines.contains(&("stderr".into(), "to stderr".into())),
+        "{lines:?}"
+    );
+    let info = logs
+        .iter()
+        .find(|l| l["message"] == "info from logging")
+        .expect("logging line");
+    assert_eq!(info["stream"], "log");
+    assert_eq!(info["level"], "INFO");
+    assert!(info["ts_ms"].as_i64().unwrap() >= inv["started_at_ms"].as_i64().unwrap() - 1000);
+    let cli = std::process::Command::new(common::bin())
+        .args([
+            "logs",
+            inv["id"].as_str().unwrap(),
+            "--server",
+            &server.url,
+            "--api-key",
+            &server.key,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success());
+    assert!(
+        text.contains("[stdout] stdout line 2")
+            && text.contains("[log WARNING] warning from logging"),
+        "{text}"
+    );
+
+    // Exceptions: status failure with type, message and traceback.
+    let (code, inv) = server
+        .invoke_sync("test_agent", "fails", json!({"message": "boom"}))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(inv["status"], "failure");
+    assert_eq!(inv["error"]["type"], "ValueError");
+    assert_eq!(inv["error"]["message"], "boom");
+    assert!(inv["error"]["traceback"]
+        .as_str()
+        .unwrap()
+        .contains("raise ValueError(message)"));
+    assert!(inv["result"].is_null());
+
+    // A process that dies without a result fails alone; the next run works.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "hard_exit", json!({"code": 3}))
+        .await;
+    assert_eq!(inv["status"], "failure");
+    assert_eq!(inv["error"]["type"], "ProcessExited");
+    assert!(
+        inv["error"]["message"].as_str().unwrap().contains("code 3"),
+        "{inv}"
+    );
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "still here"}))
+        .await;
+    assert_eq!(inv["result"]["text"], "still here");
+
+    // Output that imitates the protocol cannot forge a result.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "fake_frames", json!({}))
+        .await;
+    assert_eq!(inv["result"], "genuine", "{inv}");
+
+    // A run that raised still has its devbox shut down.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "devbox_then_fail", json!({}))
+        .await;
+    assert_eq!(inv["status"], "failure");
+    assert_eq!(
+        inv["error"]["message"], "failed after using a devbox",
+        "{inv}"
+    );
+    let logs = logs_of(&server, inv["id"].as_str().unwrap()).await;
+    let devbox_id = logs
+        .iter()
+        .find_map(|l| l["message"].as_str().unwrap().strip_prefix("DEVBOX="))
+        .expect("the run printed its devbox id")
+        .to_string();
+    let devbox = server.get_json(&format!("/v1/devboxes/{devbox_id}")).await;
+    assert_eq!(devbox["status"], "shutdown", "{devbox}");
+
+    // Listing and filtering.
+    let failed = server
+        .get_json("/v1/functions/invocations?status=failure&limit=100")
+        .await;
+    assert!(failed["invocations"].as_array().unwrap().len() >= 3);
+    assert!(failed["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["status"] == "failure"));
+    let fns = server.get_json("/v1/functions").await;
+    let echo = fns["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "echo")
+        .unwrap();
+    assert_eq!(echo["request_schema"]["required"], json!(["text"]));
+    assert!(fns["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "devbox_then_fail"
+            && f["request_schema"]["properties"]
+                .as_object()
+                .unwrap()
+                .is_empty()));
+
+    // invoke_async answers at once; the run finishes in the background.
+    let r = server
+        .post("/v1/functions/test_agent/sleepy/invoke_async")
+        .json(&json!({"request": {"seconds": 1.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        matches!(v["status"].as_str(), Some("queued" | "running")),
+        "{v}"
+    );
+    let done = server
+        .wait_invocation(v["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["result"], "slept 1.0");
+}
+
+#[tokio::test]
+async fn functions_on_sqlite() {
+    functions(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn functions_on_postgres() {
+    functions(Db::Postgres).await;
+}
