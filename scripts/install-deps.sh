@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install what Openloop needs on a fresh Debian machine: bubblewrap and debootstrap for
-# devboxes, git for deployments from git URLs, and uv for Python environments.
+# Install what Openloop needs on a fresh Debian machine: bubblewrap, debootstrap, slirp4netns
+# and e2fsprogs for devboxes, git for deployments from git URLs, and uv for Python environments.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v slirp4netns >/dev/null || need_apt+=(slirp4netns)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v git >/dev/null || need_apt+=(git)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// Default devbox limits.
     pub devbox_memory_mb: u64,
     pub devbox_pids: u64,
+    /// Devboxes not created by a run shut down after this long without activity
+    /// (Runloop's `keep_alive_time_seconds` default).
+    pub devbox_idle_seconds: u64,
 }
 
 impl ServerConfig {

@@ -73,7 +73,11 @@ pub async fn serve(
         .map_err(|e| ServeError::Bind(config.listen, e))?;
     let notifier = Notifier::default();
     let tokens = Tokens::default();
-    let devboxes = Arc::new(Devboxes::new(store.clone(), config.clone()));
+    let devboxes = Arc::new(Devboxes::new(
+        store.clone(),
+        config.clone(),
+        notifier.clone(),
+    ));
     devboxes.recover().await?;
     let invocations = Arc::new(
         Invocations::new(

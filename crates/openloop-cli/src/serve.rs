@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Default devbox process limit.
     #[arg(long, default_value_t = 512)]
     devbox_pids: u64,
+    /// Seconds without activity after which a devbox not created by a run is shut down.
+    #[arg(long, env = "OPENLOOP_DEVBOX_IDLE_SECONDS", default_value_t = 3600)]
+    devbox_idle_seconds: u64,
 }
 
 /// Find a real executable named `name` on PATH, skipping pyenv-style shims.
@@ -109,6 +112,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_limit: args.body_limit,
         devbox_memory_mb: args.devbox_memory_mb,
         devbox_pids: args.devbox_pids,
+        devbox_idle_seconds: args.devbox_idle_seconds,
     };
     let (store, admin) = openloop_api::prepare(&config).await?;
     if let Some(secret) = admin {

@@ -52,6 +52,22 @@ pub fn run(
     })?;
     let pgid = child.id() as i32;
     let out = Arc::new(Mutex::new(stream.try_clone()?));
+    // The server ends an execution (kill, shutdown, its own exit) by closing the connection:
+    // then the whole command tree is killed. Nothing else is ever read after the request.
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let mut watch = stream.try_clone()?;
+        let finished = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            let _ = watch.read(&mut byte);
+            if !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        });
+    }
     let pumps: Vec<_> = [
         (
             child
@@ -95,6 +111,7 @@ pub fn run(
     })
     .collect();
     let status = child.wait()?;
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
     for p in pumps {
         let _ = p.join();
     }

@@ -177,3 +177,76 @@ async fn finish(s: &mut UnixStream) -> Result<(), SandboxError> {
         _ => Err(unexpected_end()),
     }
 }
+
+/// A file being written in chunks (uploads): `send` each chunk, then `finish`.
+pub struct FileWriter {
+    stream: UnixStream,
+}
+
+impl FileWriter {
+    pub async fn open(socket: &Path, path: &str) -> Result<FileWriter, SandboxError> {
+        let req = Request::WriteFile {
+            path: path.into(),
+            create_dirs: true,
+        };
+        Ok(FileWriter {
+            stream: open(socket, &req).await?,
+        })
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), SandboxError> {
+        for chunk in data.chunks(openloop_agent_proto::MAX_FRAME / 2) {
+            write_frame(&mut self.stream, kind::DATA, chunk).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<(), SandboxError> {
+        write_frame(&mut self.stream, kind::END, b"").await?;
+        finish(&mut self.stream).await
+    }
+}
+
+/// A file being read in chunks (downloads).
+pub struct FileReader {
+    stream: UnixStream,
+    first: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl FileReader {
+    /// Open the file; errors such as "not found" surface here, before any data.
+    pub async fn open(socket: &Path, path: &str) -> Result<FileReader, SandboxError> {
+        let mut stream = open(socket, &Request::ReadFile { path: path.into() }).await?;
+        let (first, done) = match read_frame(&mut stream).await? {
+            Some((kind::DATA, chunk)) => (Some(chunk), false),
+            Some((kind::END, _)) => (None, true),
+            Some((kind::ERROR, p)) => return Err(agent_error(&p)),
+            _ => return Err(unexpected_end()),
+        };
+        Ok(FileReader {
+            stream,
+            first,
+            done,
+        })
+    }
+
+    /// The next chunk, or `None` at the end of the file.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, SandboxError> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        match read_frame(&mut self.stream).await? {
+            Some((kind::DATA, chunk)) => Ok(Some(chunk)),
+            Some((kind::END, _)) => {
+                self.done = true;
+                Ok(None)
+            }
+            Some((kind::ERROR, p)) => Err(agent_error(&p)),
+            _ => Err(unexpected_end()),
+        }
+    }
+}

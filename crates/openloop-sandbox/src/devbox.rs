@@ -30,6 +30,10 @@ pub struct DevboxSpec {
     pub id: String,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Size of the devbox's writable disk; writes past it fail with ENOSPC inside the devbox.
+    pub disk_bytes: u64,
+    /// Outbound network through slirp4netns (never the host's loopback); otherwise none.
+    pub network: bool,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -41,6 +45,8 @@ pub struct Devbox {
     env: BTreeMap<String, String>,
     cgroup: Cgroup,
     pid: i32,
+    /// The slirp4netns process giving outbound network, if any.
+    network: tokio::sync::Mutex<Option<tokio::process::Child>>,
     /// `None` while running; the reason once the sandbox has exited.
     exited: watch::Receiver<Option<String>>,
 }
@@ -51,7 +57,7 @@ impl Devbox {
     pub async fn start(config: &SandboxConfig, spec: DevboxSpec) -> Result<Devbox, SandboxError> {
         let dir = config.devbox_dir.join(&spec.id);
         let start_err = |what: &str, e: std::io::Error| SandboxError::Start(format!("{what}: {e}"));
-        for sub in ["upper", "work", "root", "run"] {
+        for sub in ["disk", "root", "run"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| start_err("creating the devbox directory", e))?;
         }
@@ -63,8 +69,15 @@ impl Devbox {
             Some(SANDBOX_HOST_UID),
         )
         .map_err(|e| start_err("chown", e))?;
+        if let Err(e) = make_disk(&dir, spec.disk_bytes).await {
+            remove_dir(&dir);
+            return Err(start_err(
+                "creating the devbox disk (needs root, e2fsprogs and loop devices)",
+                e,
+            ));
+        }
         mount_overlay(&config.image, &dir).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&dir);
+            remove_dir(&dir);
             start_err(
                 "mounting the overlay root (is the server running as root?)",
                 e,
@@ -77,27 +90,55 @@ impl Devbox {
                 return Err(start_err("creating the devbox cgroups", e));
             }
         };
-        match spawn(config, &spec, &dir, &cgroup).await {
-            Ok((pid, exited)) => Ok(Devbox {
-                id: spec.id,
-                socket: dir.join("run/agent.sock"),
-                dir,
-                env: spec.env,
-                cgroup,
-                pid,
-                exited,
-            }),
+        let started = match spawn(config, &spec, &dir, &cgroup).await {
+            Ok(s) => s,
             Err(e) => {
                 cgroup.destroy();
                 remove_dir(&dir);
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let (pid, exited, inner_pid) = started;
+        let network = if spec.network {
+            match start_network(inner_pid, &cgroup).await {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    cgroup.destroy();
+                    remove_dir(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Devbox {
+            network: tokio::sync::Mutex::new(network),
+            id: spec.id,
+            socket: dir.join("run/agent.sock"),
+            dir,
+            env: spec.env,
+            cgroup,
+            pid,
+            exited,
+        })
     }
 
     /// Why the sandbox stopped, if it did.
     pub fn exit_reason(&self) -> Option<String> {
         self.exited.borrow().clone()
+    }
+
+    /// Wait until the sandbox has exited, for whatever reason; returns the reason.
+    pub async fn exited(&self) -> String {
+        let mut rx = self.exited.clone();
+        let result = rx.wait_for(|r| r.is_some()).await;
+        match result {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => "the sandbox is gone".into(),
+        }
     }
 
     fn check_running(&self) -> Result<(), SandboxError> {
@@ -146,6 +187,18 @@ impl Devbox {
         agent::delete_file(&self.socket, path).await
     }
 
+    /// Start writing a file in chunks (for uploads).
+    pub async fn upload(&self, path: &str) -> Result<agent::FileWriter, SandboxError> {
+        self.check_running()?;
+        agent::FileWriter::open(&self.socket, path).await
+    }
+
+    /// Start reading a file in chunks (for downloads).
+    pub async fn download(&self, path: &str) -> Result<agent::FileReader, SandboxError> {
+        self.check_running()?;
+        agent::FileReader::open(&self.socket, path).await
+    }
+
     /// Whether the kernel killed something in this devbox for using too much memory.
     pub fn oom_killed(&self) -> bool {
         self.cgroup.oom_killed()
@@ -155,6 +208,9 @@ impl Devbox {
     pub async fn shutdown(&self) {
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
+        }
+        if let Some(mut net) = self.network.lock().await.take() {
+            let _ = net.kill().await;
         }
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(|r| r.is_some()).await;
@@ -173,7 +229,12 @@ async fn spawn(
     spec: &DevboxSpec,
     dir: &Path,
     cgroup: &Cgroup,
-) -> Result<(i32, watch::Receiver<Option<String>>), SandboxError> {
+) -> Result<(i32, watch::Receiver<Option<String>>, i32), SandboxError> {
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::Io(std::io::Error::last_os_error()));
+    }
+    let (info_r, info_w) = (fds[0], fds[1]);
     let mut cmd = tokio::process::Command::new("bwrap");
     let uid = SANDBOX_UID.to_string();
     cmd.args([
@@ -205,6 +266,7 @@ async fn spawn(
         "PATH",
         "/usr/bin:/bin",
     ])
+    .args(["--info-fd", "4"])
     .args(["--", AGENT_PATH, "/run/openloop/agent.sock"])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -214,6 +276,9 @@ async fn spawn(
     let host_uid = SANDBOX_HOST_UID;
     unsafe {
         cmd.pre_exec(move || {
+            if libc::dup2(info_w, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             cgroup::join_in_child(&procs)?;
             // Drop to the unprivileged host uid before bwrap: the sandbox's user
             // namespace then maps to an account that owns nothing on the host.
@@ -226,7 +291,12 @@ async fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let spawned = cmd.spawn();
+    unsafe {
+        libc::close(info_w);
+    }
+    let info = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(info_r) };
+    let mut child = spawned.map_err(|e| {
         SandboxError::Start(format!(
             "could not run bwrap ({e}); install it with `apt-get install bubblewrap`"
         ))
@@ -246,6 +316,12 @@ async fn spawn(
             err.trim()
         )));
     }
+    // bwrap reports the pid of the sandbox's first process (in the host's pid namespace).
+    let inner_pid = tokio::task::spawn_blocking(move || read_child_pid(info))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(-1);
     let (tx, rx) = watch::channel(None);
     let id = spec.id.clone();
     tokio::spawn(async move {
@@ -259,15 +335,158 @@ async fn spawn(
         tracing::debug!(devbox = %id, %reason, stderr = %err.trim(), "devbox sandbox ended");
         let _ = tx.send(Some(reason));
     });
-    Ok((pid, rx))
+    Ok((pid, rx, inner_pid))
+}
+
+fn read_child_pid(mut info: std::fs::File) -> Option<i32> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let mut byte = [0u8; 1];
+    while !text.ends_with(b"}") && text.len() < 4096 {
+        match info.read(&mut byte) {
+            Ok(1) => text.push(byte[0]),
+            _ => break,
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v["child-pid"].as_i64().map(|p| p as i32)
+}
+
+/// Outbound network for the sandbox's network namespace: slirp4netns in user mode, with the
+/// host's loopback refused, in its own sandbox and seccomp filter, inside the devbox's cgroup.
+async fn start_network(
+    inner_pid: i32,
+    cgroup: &Cgroup,
+) -> Result<tokio::process::Child, SandboxError> {
+    if inner_pid <= 0 {
+        return Err(SandboxError::Start(
+            "bwrap did not report the sandbox's pid".into(),
+        ));
+    }
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::Io(std::io::Error::last_os_error()));
+    }
+    let (ready_r, ready_w) = (fds[0], fds[1]);
+    let userns = owning_userns(inner_pid).map_err(|e| {
+        SandboxError::Start(format!("cannot open the sandbox's network namespace: {e}"))
+    })?;
+    let userns_fd = std::os::fd::AsRawFd::as_raw_fd(&userns);
+    let mut cmd = tokio::process::Command::new("slirp4netns");
+    cmd.args([
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--ready-fd=3",
+        // bwrap nests a second user namespace; the network namespace belongs to the outer one.
+        "--userns-path=/proc/self/fd/4",
+    ])
+    .arg(inner_pid.to_string())
+    .arg("tap0")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let procs = cgroup.procs_files();
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(ready_w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(userns_fd, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            cgroup::join_in_child(&procs)?;
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(userns);
+    unsafe {
+        libc::close(ready_w);
+    }
+    let ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(ready_r) };
+    let mut child = spawned.map_err(|e| {
+        SandboxError::Start(format!(
+            "could not run slirp4netns ({e}); install it with `apt-get install slirp4netns`"
+        ))
+    })?;
+    let ok = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        matches!((&ready).read(&mut b), Ok(1))
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        let _ = child.start_kill();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err).await;
+        }
+        return Err(SandboxError::Start(format!(
+            "the devbox network did not come up (sandbox pid {inner_pid}): {}",
+            err.trim()
+        )));
+    }
+    Ok(child)
+}
+
+/// The user namespace that owns the network namespace of `pid` (`NS_GET_USERNS`).
+fn owning_userns(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    let net = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let fd = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Create the devbox's own disk: a sparse ext4 image of `bytes`, loop-mounted at `disk/`,
+/// holding the overlay's upper and work directories.
+async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let image = dir.join("disk.img");
+    let file = std::fs::File::create(&image)?;
+    file.set_len(bytes)?;
+    drop(file);
+    let run = |mut cmd: tokio::process::Command| async move {
+        let out = cmd.stdin(Stdio::null()).output().await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    };
+    let mut mkfs = tokio::process::Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(&image);
+    run(mkfs).await?;
+    let mut mount = tokio::process::Command::new("mount");
+    mount
+        .args(["-o", "loop,nosuid,nodev"])
+        .arg(&image)
+        .arg(dir.join("disk"));
+    run(mount).await?;
+    for sub in ["disk/upper", "disk/work"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let _ = std::fs::remove_dir_all(dir.join("disk/lost+found"));
+    Ok(())
 }
 
 fn mount_overlay(lower: &Path, dir: &Path) -> std::io::Result<()> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
-        dir.join("upper").display(),
-        dir.join("work").display()
+        dir.join("disk/upper").display(),
+        dir.join("disk/work").display()
     );
     let target = CString::new(dir.join("root").into_os_string().into_encoded_bytes())?;
     let opts = CString::new(opts)?;
@@ -288,9 +507,14 @@ fn mount_overlay(lower: &Path, dir: &Path) -> std::io::Result<()> {
 
 /// Unmount a devbox root (if mounted) and delete its directory.
 pub fn remove_dir(dir: &Path) {
-    if let Ok(target) = CString::new(dir.join("root").into_os_string().into_encoded_bytes()) {
-        unsafe {
-            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+    for mount_point in ["root", "disk"] {
+        if let Ok(target) =
+            CString::new(dir.join(mount_point).into_os_string().into_encoded_bytes())
+        {
+            unsafe {
+                // The loop device of the disk is released with its last mount (autoclear).
+                libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+            }
         }
     }
     if let Err(e) = std::fs::remove_dir_all(dir) {

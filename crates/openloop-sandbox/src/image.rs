@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 /// Bump when the preparation below changes, so caches are rebuilt.
-pub const IMAGE_NAME: &str = "debian-bookworm-v1";
+pub const IMAGE_NAME: &str = "debian-bookworm-v2";
 const PACKAGES: &str = "python3,python3-pip,python3-venv,git,curl,ca-certificates,procps,less";
 
 /// Return the path of the ready base image, building it first if needed.
@@ -94,6 +94,12 @@ fn prepare(root: &Path) -> std::io::Result<()> {
     )?;
     append(&root.join("etc/group"), &format!("user:x:{SANDBOX_UID}:\n"))?;
     std::fs::write(root.join("etc/hostname"), "devbox\n")?;
+    std::fs::write(
+        root.join("etc/hosts"),
+        "127.0.0.1 localhost devbox\n::1 localhost\n",
+    )?;
+    // The resolver of slirp4netns (outbound network); never the host's configuration.
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.0.2.3\n")?;
     // No package caches or host resolver configuration are carried into devboxes.
     let _ = std::fs::remove_dir_all(root.join("var/cache/apt/archives"));
     std::fs::write(root.join(".openloop-ready"), IMAGE_NAME)?;

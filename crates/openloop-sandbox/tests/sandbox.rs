@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 async fn start(tmp: &tempfile::TempDir, id: &str) -> Devbox {
+    start_with(tmp, id, false, 1 << 30).await
+}
+
+async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes: u64) -> Devbox {
     let image_dir =
         std::env::var("OPENLOOP_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/openloop/images".into());
     let mirror = std::env::var("OPENLOOP_DEBIAN_MIRROR")
@@ -32,6 +36,8 @@ async fn start(tmp: &tempfile::TempDir, id: &str) -> Devbox {
             pids: 64,
             cpu_shares: 1024,
         },
+        disk_bytes,
+        network,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }
@@ -93,7 +99,7 @@ async fn exec_files_and_isolation() {
     sh(&d, "echo layer > ~/f").await;
     assert!(tmp
         .path()
-        .join("devboxes/sbxtest1/upper/home/user/f")
+        .join("devboxes/sbxtest1/disk/upper/home/user/f")
         .exists());
 
     d.shutdown().await;
@@ -140,4 +146,25 @@ for k in kids:
     assert!(d.oom_killed() || code == 1);
     assert_eq!(sh(&d, "echo alive").await.1, "alive\n");
     d.shutdown().await;
+}
+
+#[tokio::test]
+async fn disk_limit_and_outbound_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_with(&tmp, "sbxtest3", true, 64 << 20).await;
+    let (code, _, err) = sh(&d, "dd if=/dev/zero of=big bs=1M count=200").await;
+    assert_ne!(code, 0);
+    assert!(err.contains("No space left on device"), "{err}");
+    let (code, _, _) = sh(&d, "rm big && echo ok > small").await;
+    assert_eq!(code, 0, "space is freed again");
+    // Outbound: the network namespace has a route out, but the host's loopback is refused.
+    let (_, out, _) = sh(&d, "cat /proc/net/dev").await;
+    assert!(out.contains("tap0"), "{out}");
+    let (code, _, _) = sh(&d, "curl -sS -m 3 http://10.0.2.2:22/ ; exit $?").await;
+    assert_ne!(
+        code, 0,
+        "the host's loopback must not be reachable through slirp"
+    );
+    d.shutdown().await;
+    assert!(!tmp.path().join("devboxes/sbxtest3").exists());
 }

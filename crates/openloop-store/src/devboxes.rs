@@ -11,19 +11,35 @@ pub struct DevboxRecord {
     pub status: String,
     /// The invocation that created it, if any; it is shut down when that run ends.
     pub invocation_id: Option<String>,
+    /// Runloop's failure code: `out_of_memory`, `out_of_disk`, `execution_failed`, `health_check_failed`.
     pub failure_reason: Option<String>,
+    /// `api_shutdown`, `keep_alive_timeout`, `entrypoint_exit`, `idle` or `ttl_expired`.
+    pub shutdown_reason: Option<String>,
+    /// Human-readable detail for the last status change.
+    pub status_message: Option<String>,
+    /// JSON list of `{status, transition_time_ms, failure_reason}`.
+    pub transitions: Option<String>,
     /// JSON of the create request (environment variable names, limits, ...).
     pub spec: String,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, failure_reason, spec, created_at_ms, ended_at_ms FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, failure_reason, shutdown_reason, status_message, transitions, spec, created_at_ms, ended_at_ms FROM devboxes";
+
+/// A status change.
+#[derive(Debug, Clone, Default)]
+pub struct StatusChange<'a> {
+    pub status: &'a str,
+    pub failure_reason: Option<&'a str>,
+    pub shutdown_reason: Option<&'a str>,
+    pub message: Option<&'a str>,
+}
 
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, spec, created_at_ms, transitions) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -31,6 +47,9 @@ impl Store {
         .bind(&d.invocation_id)
         .bind(&d.spec)
         .bind(d.created_at_ms)
+        .bind(
+            serde_json::json!([{"status": d.status, "transition_time_ms": d.created_at_ms}]).to_string(),
+        )
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -71,29 +90,52 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    pub async fn set_devbox_status(
-        &self,
-        id: &str,
-        status: &str,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        let ended = matches!(status, "shutdown" | "failure").then(now_ms);
+    /// Record a status change and append it to the devbox's transitions. A devbox that has
+    /// reached `shutdown` or `failure` stays there.
+    pub async fn set_devbox_status(&self, id: &str, change: StatusChange<'_>) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, transitions FROM devboxes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((current, transitions)) = row else {
+            return Err(StoreError::NotFound(format!("devbox '{id}'")));
+        };
+        if matches!(current.as_str(), "shutdown" | "failure") {
+            return Ok(());
+        }
+        let mut list: Vec<serde_json::Value> = transitions
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        list.push(serde_json::json!({
+            "status": change.status,
+            "transition_time_ms": now,
+            "failure_reason": change.failure_reason,
+        }));
+        let ended = matches!(change.status, "shutdown" | "failure").then_some(now);
         sqlx::query(
-            "UPDATE devboxes SET status = $1, failure_reason = COALESCE($2, failure_reason), ended_at_ms = COALESCE($3, ended_at_ms) WHERE id = $4",
+            "UPDATE devboxes SET status = $1, failure_reason = COALESCE($2, failure_reason), shutdown_reason = COALESCE($3, shutdown_reason), status_message = COALESCE($4, status_message), ended_at_ms = COALESCE($5, ended_at_ms), transitions = $6 WHERE id = $7",
         )
-        .bind(status)
-        .bind(reason)
+        .bind(change.status)
+        .bind(change.failure_reason)
+        .bind(change.shutdown_reason)
+        .bind(change.message)
         .bind(ended)
+        .bind(serde_json::Value::Array(list).to_string())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Devboxes that were live when the server stopped: after a restart they are gone.
     pub async fn shut_down_live_devboxes(&self, reason: &str) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE devboxes SET status = 'shutdown', failure_reason = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure')",
+            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure')",
         )
         .bind(reason)
         .bind(now_ms())

@@ -6,7 +6,7 @@ platform injected.
 """
 
 from ._coordinator import SystemCoordinator
-from ._devbox import Devbox, ExecResult, FileTools, ShellTools
+from ._devbox import Devbox, ExecResult, Execution, FileTools, ShellTools
 from ._errors import DefinitionError, RunloopError
 from ._function import FunctionDefinition, function, registered_functions
 
@@ -14,6 +14,7 @@ __all__ = [
     "DefinitionError",
     "Devbox",
     "ExecResult",
+    "Execution",
     "FileTools",
     "FunctionDefinition",
     "RunloopError",

@@ -29,8 +29,12 @@ class SystemCoordinator:
         setup_commands: list[str] | None = None,
         entrypoint: str | None = None,
         name: str | None = None,
+        network: bool = False,
     ) -> Devbox:
-        """Start a new devbox and wait until it is running."""
+        """Start a new devbox and wait until it is running.
+
+        ``network=True`` gives it outbound internet access (never the host's own services).
+        """
         from ._devbox import Devbox
 
         body: dict[str, Any] = {
@@ -38,6 +42,7 @@ class SystemCoordinator:
             "environment_variables": env_vars or {},
             "entrypoint": entrypoint,
             "launch_parameters": {"launch_commands": setup_commands or []},
+            "network": "outbound" if network else "none",
         }
         view = self._client.request("POST", "/v1/devboxes", body)
         return Devbox(self._client, view)

@@ -14,6 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+/// Largest file `upload_file` takes.
+const UPLOAD_LIMIT: usize = 4 << 30;
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/functions", get(functions::list_functions))
@@ -52,10 +55,43 @@ pub fn router(state: AppState) -> Router {
             get(deployments::stream_logs),
         )
         .route("/v1/devboxes", post(devboxes::create).get(devboxes::list))
+        .route(
+            "/v1/devboxes/create_and_await_running",
+            post(devboxes::create),
+        )
         .route("/v1/devboxes/{id}", get(devboxes::get))
+        .route(
+            "/v1/devboxes/{id}/wait_for_status",
+            post(devboxes::wait_for_status),
+        )
         .route(
             "/v1/devboxes/{id}/execute_sync",
             post(devboxes::execute_sync),
+        )
+        .route(
+            "/v1/devboxes/{id}/execute_async",
+            post(devboxes::execute_async),
+        )
+        .route("/v1/devboxes/{id}/execute", post(devboxes::execute))
+        .route(
+            "/v1/devboxes/{id}/executions/{eid}",
+            get(devboxes::get_execution),
+        )
+        .route(
+            "/v1/devboxes/{id}/executions/{eid}/wait_for_status",
+            post(devboxes::wait_for_execution),
+        )
+        .route(
+            "/v1/devboxes/{id}/executions/{eid}/kill",
+            post(devboxes::kill_execution),
+        )
+        .route(
+            "/v1/devboxes/{id}/executions/{eid}/stream_stdout_updates",
+            get(devboxes::stream_stdout),
+        )
+        .route(
+            "/v1/devboxes/{id}/executions/{eid}/stream_stderr_updates",
+            get(devboxes::stream_stderr),
         )
         .route(
             "/v1/devboxes/{id}/write_file_contents",
@@ -66,6 +102,15 @@ pub fn router(state: AppState) -> Router {
             post(devboxes::read_file),
         )
         .route("/v1/devboxes/{id}/delete_file", post(devboxes::delete_file))
+        .route(
+            "/v1/devboxes/{id}/upload_file",
+            post(devboxes::upload_file).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .route(
+            "/v1/devboxes/{id}/download_file",
+            post(devboxes::download_file),
+        )
+        .route("/v1/devboxes/{id}/keep_alive", post(devboxes::keep_alive))
         .route("/v1/devboxes/{id}/shutdown", post(devboxes::shutdown))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))

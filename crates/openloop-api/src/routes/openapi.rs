@@ -62,12 +62,72 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
         "A deployment's build log as Server-Sent Events",
     ),
     ("post", "/v1/devboxes", "Create a devbox"),
+    (
+        "post",
+        "/v1/devboxes/create_and_await_running",
+        "Create a devbox (answers once it runs)",
+    ),
     ("get", "/v1/devboxes", "List devboxes"),
     ("get", "/v1/devboxes/{id}", "A devbox"),
     (
         "post",
         "/v1/devboxes/{id}/execute_sync",
         "Run a command and wait for it",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/wait_for_status",
+        "Wait (up to timeout_seconds) for a devbox status; 408 otherwise",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/execute_async",
+        "Start a command; answers with its execution",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/execute",
+        "Start a command by command_id and wait up to optimistic_timeout",
+    ),
+    (
+        "get",
+        "/v1/devboxes/{id}/executions/{eid}",
+        "An execution's status and output so far",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/executions/{eid}/wait_for_status",
+        "Wait for an execution status; 408 otherwise",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/executions/{eid}/kill",
+        "Kill a running command and its children",
+    ),
+    (
+        "get",
+        "/v1/devboxes/{id}/executions/{eid}/stream_stdout_updates",
+        "Follow stdout as Server-Sent Events",
+    ),
+    (
+        "get",
+        "/v1/devboxes/{id}/executions/{eid}/stream_stderr_updates",
+        "Follow stderr as Server-Sent Events",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/upload_file",
+        "Upload a file (multipart: path, file)",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/download_file",
+        "Download a file's bytes",
+    ),
+    (
+        "post",
+        "/v1/devboxes/{id}/keep_alive",
+        "Reset the devbox's idle timer",
     ),
     (
         "post",

@@ -1,0 +1,618 @@
+//! Devboxes: records in the store, sandboxes in `openloop-sandbox`, executions in memory.
+//!
+//! - [`executions`]: commands running in devboxes.
+//! - [`view`]: Runloop's `DevboxView`.
+
+pub mod executions;
+pub mod view;
+
+use crate::auth::Principal;
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ApiResult};
+use crate::notify::Notifier;
+use executions::Execution;
+use openloop_sandbox::cgroup::Limits;
+use openloop_sandbox::{image, Devbox, DevboxSpec, SandboxConfig};
+use openloop_store::devboxes::{DevboxRecord, StatusChange};
+use openloop_store::{now_ms, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub use view::devbox_view;
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct LaunchParameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_commands: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_size_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_gb_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_cpu_cores: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_disk_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_time_seconds: Option<u64>,
+    /// Other Runloop launch parameters are accepted and echoed back.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct CreateDevbox {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub environment_variables: Option<BTreeMap<String, String>>,
+    /// Environment variable name → value (Openloop has no separate secret store).
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub launch_parameters: Option<LaunchParameters>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Path → contents of files written before the launch commands run.
+    #[serde(default)]
+    pub file_mounts: Option<BTreeMap<String, String>>,
+    /// Openloop extension: `"none"` (default) or `"outbound"` (internet, never the host's loopback).
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+/// Size, limits and network a devbox gets.
+struct Resources {
+    limits: Limits,
+    disk_bytes: u64,
+    network: bool,
+    keep_alive: Duration,
+}
+
+/// A running devbox and its idle deadline.
+struct Live {
+    devbox: Arc<Devbox>,
+    /// Milliseconds since the epoch after which an idle devbox is shut down (0: never).
+    idle_deadline_ms: AtomicI64,
+    keep_alive_ms: i64,
+    rearm: tokio::sync::Notify,
+}
+
+pub struct Devboxes {
+    store: Store,
+    config: Arc<ServerConfig>,
+    notifier: Notifier,
+    image: OnceCell<PathBuf>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    executions: Mutex<HashMap<String, Arc<Execution>>>,
+    /// `(devbox id, command id)` → execution id, so `execute` is idempotent.
+    by_command_id: Mutex<HashMap<(String, String), String>>,
+}
+
+fn status(status: &str) -> StatusChange<'_> {
+    StatusChange {
+        status,
+        ..Default::default()
+    }
+}
+
+impl Devboxes {
+    pub fn new(store: Store, config: Arc<ServerConfig>, notifier: Notifier) -> Self {
+        Devboxes {
+            store,
+            config,
+            notifier,
+            image: OnceCell::new(),
+            live: Mutex::new(HashMap::new()),
+            executions: Mutex::new(HashMap::new()),
+            by_command_id: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The base image, built on first use (concurrent callers wait for the one build).
+    pub async fn base_image(&self) -> ApiResult<PathBuf> {
+        self.image
+            .get_or_try_init(|| {
+                image::ensure_base_image(&self.config.image_dir, &self.config.debian_mirror)
+            })
+            .await
+            .cloned()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    fn resources(&self, req: &CreateDevbox) -> ApiResult<Resources> {
+        let params = req.launch_parameters.clone().unwrap_or_default();
+        let (mut memory_gb, mut cpus, mut disk_gb) =
+            (self.config.devbox_memory_mb as f64 / 1024.0, 1.0, 8u64);
+        if let Some(size) = &params.resource_size_request {
+            (memory_gb, cpus, disk_gb) = match size.as_str() {
+                "X_SMALL" => (1.0, 0.5, 4),
+                "SMALL" => (2.0, 1.0, 4),
+                "MEDIUM" => (4.0, 2.0, 8),
+                "LARGE" => (8.0, 2.0, 16),
+                "X_LARGE" => (16.0, 4.0, 32),
+                "XX_LARGE" => (32.0, 8.0, 64),
+                "CUSTOM_SIZE" => (memory_gb, cpus, disk_gb),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "launch_parameters.resource_size_request: unknown size '{other}'; use X_SMALL, SMALL, MEDIUM, LARGE, X_LARGE, XX_LARGE or CUSTOM_SIZE"
+                    )))
+                }
+            };
+        }
+        if let Some(gb) = params.custom_gb_memory {
+            if !(1..=64).contains(&gb) {
+                return Err(ApiError::BadRequest(
+                    "launch_parameters.custom_gb_memory must be 1 to 64".into(),
+                ));
+            }
+            memory_gb = gb as f64;
+        }
+        if let Some(c) = params.custom_cpu_cores {
+            if !(0.5..=16.0).contains(&c) {
+                return Err(ApiError::BadRequest(
+                    "launch_parameters.custom_cpu_cores must be 0.5 to 16".into(),
+                ));
+            }
+            cpus = c;
+        }
+        if let Some(d) = params.custom_disk_size {
+            if !(1..=64).contains(&d) {
+                return Err(ApiError::BadRequest(
+                    "launch_parameters.custom_disk_size must be 1 to 64 (GiB)".into(),
+                ));
+            }
+            disk_gb = d;
+        }
+        let network = match req.network.as_deref() {
+            None | Some("none") => false,
+            Some("outbound") => true,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "network: '{other}' is not 'none' or 'outbound'"
+                )))
+            }
+        };
+        let keep_alive = params
+            .keep_alive_time_seconds
+            .unwrap_or(self.config.devbox_idle_seconds)
+            .min(172_800);
+        Ok(Resources {
+            limits: Limits {
+                memory_bytes: (memory_gb * 1024.0 * 1024.0 * 1024.0) as u64,
+                pids: self.config.devbox_pids,
+                cpu_shares: ((cpus * 1024.0) as u64).max(2),
+            },
+            disk_bytes: disk_gb << 30,
+            network,
+            keep_alive: Duration::from_secs(keep_alive),
+        })
+    }
+
+    async fn set_status(&self, id: &str, change: StatusChange<'_>) -> ApiResult<()> {
+        self.store.set_devbox_status(id, change).await?;
+        self.notifier.notify(id);
+        Ok(())
+    }
+
+    async fn fail(&self, id: &str, code: &str, message: &str) -> ApiResult<()> {
+        self.set_status(
+            id,
+            StatusChange {
+                status: "failure",
+                failure_reason: Some(code),
+                message: Some(message),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateDevbox,
+        principal: &Principal,
+    ) -> ApiResult<Value> {
+        let res = self.resources(&req)?;
+        let params = req.launch_parameters.clone().unwrap_or_default();
+        let mut env = req.environment_variables.clone().unwrap_or_default();
+        env.extend(req.secrets.clone().unwrap_or_default());
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ApiError::BadRequest(format!(
+                    "environment variable name {k:?} is not valid"
+                )));
+            }
+        }
+        let id = openloop_store::new_id("dbx");
+        let spec_json = json!({
+            "launch_parameters": params,
+            "entrypoint": req.entrypoint,
+            "metadata": req.metadata.clone().unwrap_or_default(),
+            "network": if res.network { "outbound" } else { "none" },
+        });
+        let record = DevboxRecord {
+            id: id.clone(),
+            name: req.name.clone(),
+            status: "provisioning".into(),
+            invocation_id: principal.invocation_id().map(str::to_string),
+            failure_reason: None,
+            shutdown_reason: None,
+            status_message: None,
+            transitions: None,
+            spec: spec_json.to_string(),
+            created_at_ms: now_ms(),
+            ended_at_ms: None,
+        };
+        self.store.insert_devbox(&record).await?;
+        let image = match self.base_image().await {
+            Ok(i) => i,
+            Err(e) => {
+                self.fail(&id, "execution_failed", &e.to_string()).await?;
+                return Err(e);
+            }
+        };
+        let sandbox = SandboxConfig {
+            devbox_dir: self.config.devbox_dir(),
+            image,
+            agent_bin: self.config.agent_bin.clone(),
+        };
+        let spec = DevboxSpec {
+            id: id.clone(),
+            env,
+            limits: res.limits,
+            disk_bytes: res.disk_bytes,
+            network: res.network,
+        };
+        let devbox = match Devbox::start(&sandbox, spec).await {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                self.fail(&id, "execution_failed", &e.to_string()).await?;
+                return Err(ApiError::Internal(format!(
+                    "devbox {id} failed to start: {e}"
+                )));
+            }
+        };
+        let idle = record.invocation_id.is_none() && !res.keep_alive.is_zero();
+        let live = Arc::new(Live {
+            devbox: devbox.clone(),
+            idle_deadline_ms: AtomicI64::new(0),
+            keep_alive_ms: if idle {
+                res.keep_alive.as_millis() as i64
+            } else {
+                0
+            },
+            rearm: tokio::sync::Notify::new(),
+        });
+        self.touch(&live);
+        self.live
+            .lock()
+            .map(|mut m| m.insert(id.clone(), live.clone()))
+            .ok();
+        self.watch(id.clone(), live.clone());
+        self.set_status(&id, status("initializing")).await?;
+        for (path, contents) in req.file_mounts.iter().flatten() {
+            if let Err(e) = devbox.write_file(path, contents.as_bytes()).await {
+                self.fail(&id, "execution_failed", &format!("file mount {path}: {e}"))
+                    .await?;
+                self.stop(&id).await;
+                return self.view(&id).await;
+            }
+        }
+        for cmd in params.launch_commands.iter().flatten() {
+            let out = devbox
+                .exec(cmd, BTreeMap::new(), None, 64 * 1024, None)
+                .await;
+            let failed = match out {
+                Ok(o) if o.exit.shell_code() == 0 => None,
+                Ok(o) => Some(format!(
+                    "launch command {cmd:?} exited with {}: {}",
+                    o.exit.shell_code(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Some(format!("launch command {cmd:?} failed: {e}")),
+            };
+            if let Some(reason) = failed {
+                self.fail(&id, "execution_failed", &reason).await?;
+                self.stop(&id).await;
+                return self.view(&id).await;
+            }
+        }
+        if let Some(entry) = req.entrypoint.as_deref().filter(|e| !e.trim().is_empty()) {
+            // The entrypoint runs in the background for the devbox's life, its output in a log file.
+            let cmd = format!(
+                "nohup bash -c {} >/home/user/.entrypoint.log 2>&1 &",
+                shell_quote(entry)
+            );
+            devbox.exec(&cmd, BTreeMap::new(), None, 1024, None).await?;
+        }
+        self.set_status(&id, status("running")).await?;
+        self.view(&id).await
+    }
+
+    /// Push the idle deadline of a devbox out by its keep-alive time.
+    fn touch(&self, live: &Live) {
+        if live.keep_alive_ms > 0 {
+            live.idle_deadline_ms
+                .store(now_ms() + live.keep_alive_ms, Ordering::SeqCst);
+            live.rearm.notify_one();
+        }
+    }
+
+    /// Follow a live devbox: shut it down when idle past its deadline, and record a
+    /// failure when its sandbox dies on its own (for example the agent was killed).
+    fn watch(self: &Arc<Self>, id: String, live: Arc<Live>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let deadline = live.idle_deadline_ms.load(Ordering::SeqCst);
+                let sleep = async {
+                    if deadline == 0 {
+                        std::future::pending::<()>().await
+                    }
+                    let wait = (deadline - now_ms()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(wait)).await
+                };
+                tokio::select! {
+                    reason = live.devbox.exited() => {
+                        if this.is_live(&id) {
+                            let (code, message) = if live.devbox.oom_killed() {
+                                ("out_of_memory", "the devbox ran out of memory".to_string())
+                            } else {
+                                ("execution_failed", reason)
+                            };
+                            let _ = this.fail(&id, code, &message).await;
+                            this.stop(&id).await;
+                        }
+                        return;
+                    }
+                    _ = live.rearm.notified() => continue,
+                    _ = sleep => {
+                        if now_ms() < live.idle_deadline_ms.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if this.has_running_execution(&id) {
+                            this.touch(&live);
+                            continue;
+                        }
+                        let _ = this.shutdown(&id, "keep_alive_timeout", "idle past its keep-alive time").await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn is_live(&self, id: &str) -> bool {
+        self.live
+            .lock()
+            .map(|m| m.contains_key(id))
+            .unwrap_or(false)
+    }
+
+    fn has_running_execution(&self, id: &str) -> bool {
+        self.executions
+            .lock()
+            .map(|m| m.values().any(|e| e.devbox_id == id && !e.is_completed()))
+            .unwrap_or(false)
+    }
+
+    /// A devbox the caller may see (its own when the caller is a run).
+    pub async fn authorized(&self, id: &str, principal: &Principal) -> ApiResult<DevboxRecord> {
+        let rec = self.store.get_devbox(id).await?;
+        if let Some(inv) = principal.invocation_id() {
+            if rec.invocation_id.as_deref() != Some(inv) {
+                return Err(ApiError::NotFound(format!("devbox '{id}' not found")));
+            }
+        }
+        Ok(rec)
+    }
+
+    /// The live sandbox of a devbox the caller may use; counts as activity.
+    pub async fn running(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Devbox>> {
+        let rec = self.authorized(id, principal).await?;
+        let live = self.live.lock().ok().and_then(|m| m.get(id).cloned());
+        match live {
+            Some(l) if l.devbox.exit_reason().is_none() && rec.status == "running" => {
+                self.touch(&l);
+                Ok(l.devbox.clone())
+            }
+            _ => Err(ApiError::Conflict(format!(
+                "devbox {id} is not running (status {}){}",
+                rec.status,
+                rec.status_message
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    pub async fn keep_alive(&self, id: &str, principal: &Principal) -> ApiResult<()> {
+        self.running(id, principal).await.map(|_| ())
+    }
+
+    pub async fn view(&self, id: &str) -> ApiResult<Value> {
+        Ok(devbox_view(&self.store.get_devbox(id).await?))
+    }
+
+    /// Wait until the devbox's status is one of `statuses`; `None` when `within` passed first.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        statuses: &[String],
+        within: Duration,
+    ) -> ApiResult<Option<Value>> {
+        let mut sub = self.notifier.subscribe(id);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rec = self.store.get_devbox(id).await?;
+            if statuses.iter().any(|s| s == &rec.status) {
+                return Ok(Some(devbox_view(&rec)));
+            }
+            if tokio::time::timeout_at(deadline, sub.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str) {
+        let live = self.live.lock().ok().and_then(|mut m| m.remove(id));
+        if let Some(l) = live {
+            l.devbox.shutdown().await;
+        }
+        let gone: Vec<String> = self
+            .executions
+            .lock()
+            .map(|mut m| {
+                let ids: Vec<String> = m
+                    .values()
+                    .filter(|e| e.devbox_id == id)
+                    .map(|e| e.id.clone())
+                    .collect();
+                for e in &ids {
+                    if let Some(x) = m.remove(e) {
+                        x.kill();
+                    }
+                }
+                ids
+            })
+            .unwrap_or_default();
+        if !gone.is_empty() {
+            if let Ok(mut m) = self.by_command_id.lock() {
+                m.retain(|(d, _), _| d != id);
+            }
+        }
+    }
+
+    /// Shut a devbox down: kill everything in it, remove its layer and cgroups.
+    pub async fn shutdown(&self, id: &str, reason: &str, message: &str) -> ApiResult<()> {
+        self.stop(id).await;
+        self.set_status(
+            id,
+            StatusChange {
+                status: "shutdown",
+                shutdown_reason: Some(reason),
+                message: Some(message),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Shut down every devbox a run created.
+    pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
+        for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
+            self.shutdown(&id, "api_shutdown", "the invocation that created it ended")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Start a command; returns its execution (already registered).
+    pub async fn execute(
+        &self,
+        id: &str,
+        principal: &Principal,
+        command: String,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        command_id: Option<String>,
+    ) -> ApiResult<Arc<Execution>> {
+        if let Some(cid) = &command_id {
+            let known = self
+                .by_command_id
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&(id.to_string(), cid.clone())).cloned());
+            if let Some(eid) = known {
+                self.authorized(id, principal).await?;
+                return self.execution(id, &eid, principal).await;
+            }
+        }
+        let devbox = self.running(id, principal).await?;
+        let exec = Execution::start(
+            openloop_store::new_id("exe"),
+            id.to_string(),
+            devbox,
+            command,
+            env,
+            cwd,
+        );
+        self.executions
+            .lock()
+            .map(|mut m| m.insert(exec.id.clone(), exec.clone()))
+            .ok();
+        if let Some(cid) = command_id {
+            self.by_command_id
+                .lock()
+                .map(|mut m| m.insert((id.to_string(), cid), exec.id.clone()))
+                .ok();
+        }
+        Ok(exec)
+    }
+
+    pub async fn execution(
+        &self,
+        devbox_id: &str,
+        execution_id: &str,
+        principal: &Principal,
+    ) -> ApiResult<Arc<Execution>> {
+        self.authorized(devbox_id, principal).await?;
+        self.executions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(execution_id).cloned())
+            .filter(|e| e.devbox_id == devbox_id)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "execution '{execution_id}' of devbox '{devbox_id}' not found"
+                ))
+            })
+    }
+
+    /// After a restart: no sandbox survives, so clean their remains and records.
+    pub async fn recover(&self) -> ApiResult<()> {
+        let dir = self.config.devbox_dir();
+        let ids =
+            tokio::task::spawn_blocking(move || openloop_sandbox::devbox::clean_leftovers(&dir))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !ids.is_empty() {
+            tracing::info!(
+                count = ids.len(),
+                "removed devboxes left by a previous server process"
+            );
+        }
+        self.store
+            .shut_down_live_devboxes("the server restarted; devboxes do not survive a restart")
+            .await?;
+        Ok(())
+    }
+
+    pub async fn shutdown_all(&self) {
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            let _ = self
+                .shutdown(&id, "api_shutdown", "the server stopped")
+                .await;
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
