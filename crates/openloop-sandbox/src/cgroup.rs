@@ -119,8 +119,9 @@ impl Cgroup {
             .collect()
     }
 
-    /// Whether the kernel's OOM killer acted inside this devbox.
-    pub fn oom_killed(&self) -> bool {
+    /// How many processes the kernel's OOM killer has killed inside this devbox.
+    pub fn oom_kills(&self) -> u64 {
+        let mut total = 0;
         for d in &self.dirs {
             let file = if self.v2 {
                 "memory.events"
@@ -130,14 +131,12 @@ impl Cgroup {
             if let Ok(text) = std::fs::read_to_string(d.join(file)) {
                 for line in text.lines() {
                     if let Some(n) = line.strip_prefix("oom_kill ") {
-                        if n.trim().parse::<u64>().unwrap_or(0) > 0 {
-                            return true;
-                        }
+                        total += n.trim().parse::<u64>().unwrap_or(0);
                     }
                 }
             }
         }
-        false
+        total
     }
 
     /// Kill every process left in the cgroups and remove them.

@@ -201,7 +201,12 @@ impl Devbox {
 
     /// Whether the kernel killed something in this devbox for using too much memory.
     pub fn oom_killed(&self) -> bool {
-        self.cgroup.oom_killed()
+        self.cgroup.oom_kills() > 0
+    }
+
+    /// How many processes were killed in this devbox for using too much memory.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
     }
 
     /// Kill everything in the devbox and remove its writable layer and cgroups.

@@ -17,15 +17,21 @@ pub struct DevboxRecord {
     pub shutdown_reason: Option<String>,
     /// Human-readable detail for the last status change.
     pub status_message: Option<String>,
-    /// JSON list of `{status, transition_time_ms, failure_reason}`.
-    pub transitions: Option<String>,
     /// JSON of the create request (environment variable names, limits, ...).
     pub spec: String,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, failure_reason, shutdown_reason, status_message, transitions, spec, created_at_ms, ended_at_ms FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms FROM devboxes";
+
+/// One entry of a devbox's status history.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Transition {
+    pub status: String,
+    pub transition_time_ms: i64,
+    pub failure_reason: Option<String>,
+}
 
 /// A status change.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +45,7 @@ pub struct StatusChange<'a> {
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, spec, created_at_ms, transitions) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -47,11 +53,10 @@ impl Store {
         .bind(&d.invocation_id)
         .bind(&d.spec)
         .bind(d.created_at_ms)
-        .bind(
-            serde_json::json!([{"status": d.status, "transition_time_ms": d.created_at_ms}]).to_string(),
-        )
         .execute(&self.pool)
         .await?;
+        self.add_transition(&d.id, &d.status, d.created_at_ms, None)
+            .await?;
         Ok(())
     }
 
@@ -90,45 +95,55 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// Record a status change and append it to the devbox's transitions. A devbox that has
+    async fn add_transition(
+        &self,
+        id: &str,
+        status: &str,
+        at_ms: i64,
+        failure: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO devbox_transitions (devbox_id, transition_time_ms, status, failure_reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(at_ms)
+        .bind(status)
+        .bind(failure)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A devbox's status history, oldest first.
+    pub async fn devbox_transitions(&self, id: &str) -> Result<Vec<Transition>> {
+        Ok(sqlx::query_as::<_, Transition>(
+            "SELECT status, transition_time_ms, failure_reason FROM devbox_transitions WHERE devbox_id = $1 ORDER BY transition_time_ms",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Record a status change (one statement, no read-modify-write). A devbox that has
     /// reached `shutdown` or `failure` stays there.
     pub async fn set_devbox_status(&self, id: &str, change: StatusChange<'_>) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, transitions FROM devboxes WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((current, transitions)) = row else {
-            return Err(StoreError::NotFound(format!("devbox '{id}'")));
-        };
-        if matches!(current.as_str(), "shutdown" | "failure") {
-            return Ok(());
-        }
-        let mut list: Vec<serde_json::Value> = transitions
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default();
-        list.push(serde_json::json!({
-            "status": change.status,
-            "transition_time_ms": now,
-            "failure_reason": change.failure_reason,
-        }));
         let ended = matches!(change.status, "shutdown" | "failure").then_some(now);
-        sqlx::query(
-            "UPDATE devboxes SET status = $1, failure_reason = COALESCE($2, failure_reason), shutdown_reason = COALESCE($3, shutdown_reason), status_message = COALESCE($4, status_message), ended_at_ms = COALESCE($5, ended_at_ms), transitions = $6 WHERE id = $7",
+        let r = sqlx::query(
+            "UPDATE devboxes SET status = $1, failure_reason = COALESCE($2, failure_reason), shutdown_reason = COALESCE($3, shutdown_reason), status_message = COALESCE($4, status_message), ended_at_ms = COALESCE($5, ended_at_ms) WHERE id = $6 AND status NOT IN ('shutdown', 'failure')",
         )
         .bind(change.status)
         .bind(change.failure_reason)
         .bind(change.shutdown_reason)
         .bind(change.message)
         .bind(ended)
-        .bind(serde_json::Value::Array(list).to_string())
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
+        if r.rows_affected() == 1 {
+            self.add_transition(id, change.status, now, change.failure_reason)
+                .await?;
+        }
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::services::devboxes::executions::{Execution, Stream};
-use crate::services::devboxes::{devbox_view, CreateDevbox};
+use crate::services::devboxes::CreateDevbox;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, Path, Query, State};
@@ -48,9 +48,8 @@ pub async fn get(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(devbox_view(
-        &state.devboxes.authorized(&id, &principal).await?,
-    )))
+    let rec = state.devboxes.authorized(&id, &principal).await?;
+    Ok(Json(state.devboxes.view_of(&rec).await?))
 }
 
 #[derive(Deserialize)]
@@ -73,8 +72,12 @@ pub async fn list(
         .await?;
     let has_more = items.len() as i64 > limit;
     items.truncate(limit as usize);
+    let mut views = Vec::with_capacity(items.len());
+    for rec in &items {
+        views.push(state.devboxes.view_of(rec).await?);
+    }
     Ok(Json(json!({
-        "devboxes": items.iter().map(devbox_view).collect::<Vec<_>>(),
+        "devboxes": views,
         "has_more": has_more,
         "remaining_count": if has_more { 1 } else { 0 },
     })))

@@ -157,6 +157,55 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Create a devbox over the API; returns its id.
+    pub async fn create_devbox(&self, body: Value) -> String {
+        let r = self.post("/v1/devboxes").json(&body).send().await.unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "create devbox: {status} {v}");
+        assert_eq!(v["status"], "running", "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// `execute_sync` in a devbox: (exit status, stdout, stderr).
+    pub async fn exec(&self, devbox: &str, command: &str) -> (i64, String, String) {
+        let r = self
+            .post(&format!("/v1/devboxes/{devbox}/execute_sync"))
+            .json(&json!({ "command": command }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "exec {command:?}: {status} {v}");
+        (
+            v["exit_status"].as_i64().unwrap(),
+            v["stdout"].as_str().unwrap().to_string(),
+            v["stderr"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// The server answers and a known-good devbox still runs commands.
+    pub async fn assert_healthy(&self, witness: &str) {
+        let r = self
+            .http
+            .get(format!("{}/health", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "server unhealthy");
+        let (code, out, _) = self.exec(witness, "echo alive").await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "alive\n"),
+            "the witness devbox stopped working"
+        );
+    }
+
     /// Kill the server with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

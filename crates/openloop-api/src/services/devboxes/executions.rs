@@ -60,6 +60,7 @@ impl Execution {
         let me = Arc::clone(&exec);
         let handle = tokio::spawn(async move {
             let (tx, mut rx) = mpsc::unbounded_channel();
+            let oom_before = devbox.oom_kills();
             let run = devbox.exec(&command, env, cwd, 0, Some(tx));
             let pump = async {
                 while let Some(chunk) = rx.recv().await {
@@ -68,7 +69,14 @@ impl Execution {
             };
             let (result, _) = tokio::join!(run, pump);
             match result {
-                Ok(out) => me.finish(out.exit.shell_code(), None),
+                Ok(out) => {
+                    if out.exit.signal == Some(9) && devbox.oom_kills() > oom_before {
+                        me.push(OutputChunk::Stderr(
+                            b"\nopenloop: the command was killed for using more than the devbox's memory limit\n".to_vec(),
+                        ));
+                    }
+                    me.finish(out.exit.shell_code(), None)
+                }
                 Err(e) => me.finish(-1, Some(e.to_string())),
             }
         });

@@ -246,7 +246,6 @@ impl Devboxes {
             failure_reason: None,
             shutdown_reason: None,
             status_message: None,
-            transitions: None,
             spec: spec_json.to_string(),
             created_at_ms: now_ms(),
             ended_at_ms: None,
@@ -368,8 +367,8 @@ impl Devboxes {
                             } else {
                                 ("execution_failed", reason)
                             };
-                            let _ = this.fail(&id, code, &message).await;
                             this.stop(&id).await;
+                            let _ = this.fail(&id, code, &message).await;
                         }
                         return;
                     }
@@ -439,7 +438,15 @@ impl Devboxes {
     }
 
     pub async fn view(&self, id: &str) -> ApiResult<Value> {
-        Ok(devbox_view(&self.store.get_devbox(id).await?))
+        self.view_of(&self.store.get_devbox(id).await?).await
+    }
+
+    /// The `DevboxView` of a record, with its status history.
+    pub async fn view_of(&self, rec: &DevboxRecord) -> ApiResult<Value> {
+        Ok(devbox_view(
+            rec,
+            &self.store.devbox_transitions(&rec.id).await?,
+        ))
     }
 
     /// Wait until the devbox's status is one of `statuses`; `None` when `within` passed first.
@@ -454,7 +461,7 @@ impl Devboxes {
         loop {
             let rec = self.store.get_devbox(id).await?;
             if statuses.iter().any(|s| s == &rec.status) {
-                return Ok(Some(devbox_view(&rec)));
+                return Ok(Some(self.view_of(&rec).await?));
             }
             if tokio::time::timeout_at(deadline, sub.changed())
                 .await

@@ -1,15 +1,10 @@
 //! Runloop's `DevboxView`.
 
-use openloop_store::devboxes::DevboxRecord;
+use openloop_store::devboxes::{DevboxRecord, Transition};
 use serde_json::{json, Value};
 
-pub fn devbox_view(r: &DevboxRecord) -> Value {
+pub fn devbox_view(r: &DevboxRecord, transitions: &[Transition]) -> Value {
     let spec: Value = serde_json::from_str(&r.spec).unwrap_or(Value::Null);
-    let transitions: Value = r
-        .transitions
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_else(|| json!([]));
     json!({
         "id": r.id,
         "name": r.name,
