@@ -20,6 +20,12 @@ pub struct ServerConfig {
     pub agent_bin: PathBuf,
     /// Invocations running at once on this node.
     pub max_concurrent_runs: usize,
+    /// Invocations of one function running at once (0: only the node's limit applies).
+    pub max_concurrent_runs_per_function: usize,
+    /// Memory limit of one run (its process and everything it starts), in MiB.
+    pub run_memory_mb: u64,
+    /// Process limit of one run.
+    pub run_pids: u64,
     /// Largest JSON request body.
     pub body_limit: usize,
     /// Default devbox limits.

@@ -50,9 +50,22 @@ pub struct ServeArgs {
     /// Invocations running at once.
     #[arg(long, env = "OPENLOOP_MAX_CONCURRENT_RUNS", default_value_t = 256)]
     max_concurrent_runs: usize,
+    /// Invocations of one function running at once (0: no per-function limit).
+    #[arg(
+        long,
+        env = "OPENLOOP_MAX_CONCURRENT_RUNS_PER_FUNCTION",
+        default_value_t = 0
+    )]
+    max_concurrent_runs_per_function: usize,
     /// Largest JSON request body, in bytes.
     #[arg(long, env = "OPENLOOP_BODY_LIMIT", default_value_t = 10 << 20)]
     body_limit: usize,
+    /// Memory limit of one function run, in MiB.
+    #[arg(long, env = "OPENLOOP_RUN_MEMORY_MB", default_value_t = 4096)]
+    run_memory_mb: u64,
+    /// Process limit of one function run.
+    #[arg(long, env = "OPENLOOP_RUN_PIDS", default_value_t = 1024)]
+    run_pids: u64,
     /// Default devbox memory limit in MiB.
     #[arg(long, default_value_t = 2048)]
     devbox_memory_mb: u64,
@@ -88,7 +101,22 @@ fn agent_beside_exe() -> anyhow::Result<PathBuf> {
     Ok(agent)
 }
 
+/// Many runs at once hold three sockets each: lift the open-files limit to the hard maximum.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let uv = match args.uv {
         Some(u) => u,
         None => find_on_path("uv")
@@ -109,7 +137,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         python: args.python,
         agent_bin,
         max_concurrent_runs: args.max_concurrent_runs,
+        max_concurrent_runs_per_function: args.max_concurrent_runs_per_function,
         body_limit: args.body_limit,
+        run_memory_mb: args.run_memory_mb,
+        run_pids: args.run_pids,
         devbox_memory_mb: args.devbox_memory_mb,
         devbox_pids: args.devbox_pids,
         devbox_idle_seconds: args.devbox_idle_seconds,

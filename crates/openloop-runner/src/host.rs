@@ -94,8 +94,9 @@ impl WarmHost {
         // Output the module prints outside any run goes to the server log.
         let dep = spec.deployment_id.clone();
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        tokio::spawn(forward_output(dep.clone(), stdout));
-        tokio::spawn(forward_output(dep, stderr));
+        let tail: Tail = Arc::default();
+        tokio::spawn(forward_output(dep.clone(), stdout, tail.clone()));
+        let stderr_done = tokio::spawn(forward_output(dep, stderr, tail.clone()));
 
         let first = lines.next_line().await?;
         let ready: Value = match first {
@@ -104,8 +105,14 @@ impl WarmHost {
             }
             None => {
                 let status = child.wait().await.ok();
+                let _ = stderr_done.await;
+                let said = tail
+                    .lock()
+                    .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default();
                 return Err(RunnerError::Spawn(format!(
-                    "the process exited while importing the module ({status:?})"
+                    "the process exited while importing the module ({}):\n{said}",
+                    status.map(|s| s.to_string()).unwrap_or_default()
                 )));
             }
         };
@@ -260,10 +267,23 @@ impl Drop for WarmHost {
     }
 }
 
-async fn forward_output<R: tokio::io::AsyncRead + Unpin>(deployment: String, src: Option<R>) {
+/// The last lines the warm process printed, for start-up failures.
+type Tail = Arc<Mutex<std::collections::VecDeque<String>>>;
+
+async fn forward_output<R: tokio::io::AsyncRead + Unpin>(
+    deployment: String,
+    src: Option<R>,
+    tail: Tail,
+) {
     let Some(src) = src else { return };
     let mut lines = BufReader::new(src).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(mut t) = tail.lock() {
+            t.push_back(line.clone());
+            if t.len() > 20 {
+                t.pop_front();
+            }
+        }
         tracing::info!(deployment = %deployment, "{line}");
     }
 }

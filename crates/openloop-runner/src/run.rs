@@ -2,6 +2,7 @@
 
 use crate::channels::{Channel, Channels};
 use crate::host::{ExitInfo, WarmHost};
+use openloop_sandbox::cgroup::{Cgroup, Limits};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub struct RunRequest {
     pub request: Value,
     /// Extra environment for the run (API URL and token for the SDK).
     pub env: BTreeMap<String, String>,
+    /// Memory, process and CPU limits of the run's own cgroup.
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +67,48 @@ pub async fn run(
     logs: mpsc::UnboundedSender<LogLine>,
 ) -> RunOutcome {
     let mut reg = channels.register(&req.invocation_id);
+    // The run's own cgroup: a memory hog or a fork bomb fails alone, and whatever the run
+    // leaves behind is killed with it.
+    let cgroup = match Cgroup::create(&format!("run-{}", req.invocation_id), req.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            return failure(
+                "StartFailed",
+                format!("the run's cgroup could not be created: {e}"),
+            )
+        }
+    };
+    let procs: Vec<String> = cgroup
+        .procs_files()
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let outcome = run_in(host, channels, &req, &mut reg, procs, logs).await;
+    let oom = cgroup.oom_kills() > 0;
+    tokio::task::spawn_blocking(move || cgroup.destroy())
+        .await
+        .ok();
+    match outcome {
+        RunOutcome::Failure(mut e) if oom && e["type"] == "ProcessExited" => {
+            e["type"] = json!("OutOfMemory");
+            e["message"] = json!(format!(
+                "the function's process was killed for using more than the run's {} MiB memory limit",
+                req.limits.memory_bytes >> 20
+            ));
+            RunOutcome::Failure(e)
+        }
+        other => other,
+    }
+}
+
+async fn run_in(
+    host: &WarmHost,
+    channels: &Arc<Channels>,
+    req: &RunRequest,
+    reg: &mut crate::channels::Registration,
+    cgroup_procs: Vec<String>,
+    logs: mpsc::UnboundedSender<LogLine>,
+) -> RunOutcome {
     let msg = json!({
         "op": "run",
         "invocation_id": req.invocation_id,
@@ -72,6 +117,7 @@ pub async fn run(
         "socket": channels.socket_path(),
         "key": reg.key,
         "env": req.env,
+        "cgroup_procs": cgroup_procs,
     });
     let mut exit_rx = match host.fork(msg, &req.invocation_id).await {
         Ok(rx) => Some(rx),

@@ -7,7 +7,7 @@ platform injected.
 
 from ._coordinator import SystemCoordinator
 from ._devbox import Devbox, ExecResult, Execution, FileTools, ShellTools
-from ._errors import DefinitionError, RunloopError
+from ._errors import DefinitionError, InvocationFailed, RunloopError
 from ._function import FunctionDefinition, function, registered_functions
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Execution",
     "FileTools",
     "FunctionDefinition",
+    "InvocationFailed",
     "RunloopError",
     "ShellTools",
     "SystemCoordinator",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._errors import InvocationFailed
+
 if TYPE_CHECKING:
     from ._client import ApiClient
     from ._devbox import Devbox
@@ -46,6 +48,32 @@ class SystemCoordinator:
         }
         view = self._client.request("POST", "/v1/devboxes", body)
         return Devbox(self._client, view)
+
+    def invoke(self, project: str, function: str, request: dict[str, Any]) -> Any:
+        """Run another deployed function and return its result.
+
+        The new invocation is recorded with this one as its parent. A failed run raises
+        :class:`runloop.InvocationFailed` carrying the remote error.
+        """
+        view = self._client.request(
+            "POST", f"/v1/functions/{project}/{function}/invoke_sync", {"request": request}
+        )
+        if view["status"] != "success":
+            raise InvocationFailed(view)
+        return view["result"]
+
+    async def ainvoke(self, project: str, function: str, request: dict[str, Any]) -> Any:
+        """:meth:`invoke` for ``async def`` functions: awaits without blocking the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.invoke, project, function, request)
+
+    def invoke_async(self, project: str, function: str, request: dict[str, Any]) -> str:
+        """Queue another function's run and return its invocation id at once."""
+        view = self._client.request(
+            "POST", f"/v1/functions/{project}/{function}/invoke_async", {"request": request}
+        )
+        return str(view["id"])
 
     def get_devbox(self, devbox_id: str) -> Devbox:
         from ._devbox import Devbox

@@ -85,6 +85,11 @@ def _run_child(msg: dict[str, Any], fn: FunctionDefinition) -> None:
     code = 0
     try:
         os.setsid()
+        # Join the run's own cgroup before anything else runs: its limits then hold for
+        # the function and everything it starts.
+        for procs in msg.get("cgroup_procs") or []:
+            with open(procs, "w") as f:
+                f.write("0")
         path, inv, key = msg["socket"], msg["invocation_id"], msg["key"]
         control = _connect(path, inv, key, "control")
         out = _connect(path, inv, key, "stdout")

@@ -49,7 +49,8 @@ async fn submit(
     function: &str,
     body: InvokeBody,
 ) -> ApiResult<Invocation> {
-    principal.require_key()?;
+    // A run may invoke other functions through its coordinator; the new run records its parent.
+    let parent = principal.invocation_id().map(str::to_string);
     let request = body.request.ok_or_else(|| {
         ApiError::Validation(
             "the body must be {\"request\": {...}} with the function's parameters".into(),
@@ -57,7 +58,7 @@ async fn submit(
     })?;
     state
         .invocations
-        .submit(project, function, request, None)
+        .submit(project, function, request, parent)
         .await
 }
 
@@ -102,6 +103,15 @@ pub struct ListQuery {
     function: Option<String>,
     starting_after: Option<String>,
     limit: Option<i64>,
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_key()?;
+    Ok(Json(invocation_view(&state.invocations.cancel(&id).await?)))
 }
 
 pub async fn list_invocations(

@@ -45,6 +45,10 @@ pub fn router(state: AppState) -> Router {
             post(functions::invoke_async),
         )
         .route(
+            "/v1/functions/invocations/{id}/cancel",
+            post(functions::cancel),
+        )
+        .route(
             "/v1/deployments",
             post(deployments::create).get(deployments::list),
         )

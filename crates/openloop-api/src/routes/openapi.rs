@@ -46,6 +46,11 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "post",
+        "/v1/functions/invocations/{id}/cancel",
+        "Cancel a queued or running invocation",
+    ),
+    (
+        "post",
         "/v1/deployments",
         "Deploy a repository: {source, ref?, name?}",
     ),

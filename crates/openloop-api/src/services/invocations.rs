@@ -8,6 +8,7 @@ use crate::notify::Notifier;
 use crate::services::devboxes::Devboxes;
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
+use openloop_sandbox::cgroup::Limits;
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
 use openloop_store::{now_ms, Store};
@@ -29,6 +30,10 @@ pub struct Invocations {
     /// Serialises starting the warm process of one deployment.
     starting: tokio::sync::Mutex<()>,
     slots: Arc<Semaphore>,
+    /// Per `project/function` limits, created on first use.
+    function_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Runs in flight: invocation id → the warm process running it.
+    running: Mutex<HashMap<String, Arc<WarmHost>>>,
 }
 
 pub fn manifest_of(dep: &Deployment) -> ApiResult<Manifest> {
@@ -58,6 +63,8 @@ impl Invocations {
             channels,
             hosts: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
+            function_slots: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,13 +191,29 @@ impl Invocations {
         });
     }
 
+    fn function_slots(&self, project: &str, function: &str) -> Option<Arc<Semaphore>> {
+        let limit = self.config.max_concurrent_runs_per_function;
+        if limit == 0 {
+            return None;
+        }
+        let key = format!("{project}/{function}");
+        self.function_slots.lock().ok().map(|mut m| {
+            m.entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        })
+    }
+
     async fn execute(&self, id: &str) -> ApiResult<()> {
-        let _slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Unavailable("the server is stopping".into()))?;
+        let stopping = |_| ApiError::Unavailable("the server is stopping".into());
+        let queued = self.store.get_invocation(id).await?;
+        // The function's own limit first, so a busy function never holds a node-wide slot.
+        let _function_slot = match self.function_slots(&queued.project_name, &queued.function_name)
+        {
+            Some(sem) => Some(sem.acquire_owned().await.map_err(stopping)?),
+            None => None,
+        };
+        let _slot = self.slots.clone().acquire_owned().await.map_err(stopping)?;
         if !self.store.mark_invocation_running(id).await? {
             return Ok(());
         }
@@ -205,6 +228,10 @@ impl Invocations {
             ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
         ]);
         let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
+        self.running
+            .lock()
+            .map(|mut m| m.insert(id.to_string(), host.clone()))
+            .ok();
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
@@ -220,11 +247,17 @@ impl Invocations {
                 function: inv.function_name.clone(),
                 request,
                 env,
+                limits: Limits {
+                    memory_bytes: self.config.run_memory_mb << 20,
+                    pids: self.config.run_pids,
+                    cpu_shares: 1024,
+                },
             },
             log_tx,
         )
         .await;
         let _ = writer.await;
+        self.running.lock().map(|mut m| m.remove(id)).ok();
         self.tokens.revoke(&token);
         if let Err(e) = self.devboxes.shutdown_for_invocation(id).await {
             tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
@@ -243,6 +276,31 @@ impl Invocations {
         };
         self.notifier.notify(id);
         Ok(())
+    }
+
+    /// Cancel a queued or running invocation: its process tree is killed, its devboxes shut
+    /// down, and its status becomes `canceled`.
+    pub async fn cancel(&self, id: &str) -> ApiResult<Invocation> {
+        let inv = self.store.get_invocation(id).await?;
+        if inv.is_finished() {
+            return Err(ApiError::Conflict(format!(
+                "invocation {id} has already finished ({}); there is nothing to cancel",
+                inv.status
+            )));
+        }
+        let err = serde_json::json!({"type": "Canceled", "message": "the invocation was canceled", "traceback": null});
+        self.store
+            .finish_invocation(id, "canceled", None, Some(&err.to_string()))
+            .await?;
+        let host = self.running.lock().ok().and_then(|m| m.get(id).cloned());
+        if let Some(h) = host {
+            if let Err(e) = h.kill(id).await {
+                tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
+            }
+        }
+        self.devboxes.shutdown_for_invocation(id).await?;
+        self.notifier.notify(id);
+        Ok(self.store.get_invocation(id).await?)
     }
 
     /// Wait until an invocation has finished, then return it.

@@ -1,0 +1,432 @@
+//! `openloop-bench`: starts its own server on a temporary data directory, deploys a bundled
+//! echo and sleep function, and prints figures as a table and one JSON line.
+//!
+//! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Warm invoke_sync calls for the latency figures.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// Concurrent clients for the throughput figure.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Duration of the throughput run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    throughput_seconds: u64,
+    /// Sleeping invocations held at once.
+    #[arg(long, default_value_t = 1000)]
+    sleepers: usize,
+    /// Repetitions of each devbox figure.
+    #[arg(long, default_value_t = 50)]
+    devbox_runs: usize,
+    /// Skip the devbox figures.
+    #[arg(long)]
+    no_devboxes: bool,
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    key: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe_kill(self.child.id(), 15);
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("no parent")?.to_path_buf())
+}
+
+async fn start_server(sleepers: usize) -> Result<Server> {
+    let data = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let openloop = bin_dir()?.join("openloop");
+    if !openloop.exists() {
+        bail!(
+            "{} not found: run `cargo build --release --workspace` first",
+            openloop.display()
+        );
+    }
+    let child = Command::new(&openloop)
+        .args(["serve", "--port", &port.to_string(), "--data-dir"])
+        .arg(data.path())
+        .args(["--max-concurrent-runs", &(sleepers + 64).to_string()])
+        .env("OPENLOOP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/health")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = std::fs::read_to_string(data.path().join("admin-key"))?
+        .trim()
+        .to_string();
+    Ok(Server {
+        child,
+        url,
+        key,
+        _data: data,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Bench {
+    s: Server,
+    http: reqwest::Client,
+}
+
+impl Bench {
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.s.url))
+            .bearer_auth(&self.s.key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.s.url))
+            .bearer_auth(&self.s.key)
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    }
+
+    /// Deploy and wait for the outcome; returns the wall time.
+    async fn deploy(&self, source: &Path) -> Result<Duration> {
+        let t = Instant::now();
+        let dep = self
+            .post(
+                "/v1/deployments",
+                json!({"source": source, "name": "bench"}),
+            )
+            .await?;
+        let id = dep["id"].as_str().context("deployment id")?.to_string();
+        let resp = self
+            .http
+            .get(format!("{}/v1/deployments/{id}/logs/stream", self.s.url))
+            .bearer_auth(&self.s.key)
+            .send()
+            .await?;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            if String::from_utf8_lossy(&chunk?).contains("event: end") {
+                break;
+            }
+        }
+        let elapsed = t.elapsed();
+        let d = self.get(&format!("/v1/deployments/{id}")).await?;
+        if d["status"] != "deployed" {
+            bail!("deployment failed: {d}");
+        }
+        Ok(elapsed)
+    }
+
+    async fn echo(&self) -> Result<Duration> {
+        let t = Instant::now();
+        let v = self
+            .post(
+                "/v1/functions/bench/echo/invoke_sync",
+                json!({"request": {"text": "hi"}}),
+            )
+            .await?;
+        if v["result"] != "hi" {
+            bail!("unexpected echo: {v}");
+        }
+        Ok(t.elapsed())
+    }
+}
+
+/// Proportional set size (kB) of a process and all its descendants.
+fn tree_pss_kb(root: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root];
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let after = stat.rsplit(')').next().unwrap_or("");
+                if let Some(ppid) = after
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok())
+                {
+                    children.entry(ppid).or_default().push(pid);
+                }
+            }
+        }
+    }
+    while let Some(pid) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("Pss:") {
+                    total += v
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+        stack.extend(children.get(&pid).cloned().unwrap_or_default());
+    }
+    total
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent");
+    let server = start_server(args.sleepers).await?;
+    let b = Bench {
+        s: server,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+    };
+    let mut figures = serde_json::Map::new();
+    let mut table: Vec<(String, String)> = Vec::new();
+    let mut put = |name: &str, value: f64, unit: &str| {
+        figures.insert(name.to_string(), json!((value * 100.0).round() / 100.0));
+        table.push((name.to_string(), format!("{value:.2} {unit}")));
+    };
+
+    let first_deploy = b.deploy(&agent).await?;
+    put("deploy_first_s", first_deploy.as_secs_f64(), "s");
+    put("cold_first_call_ms", ms(b.echo().await?), "ms");
+
+    let mut lat = Vec::with_capacity(args.calls);
+    for _ in 0..args.calls {
+        lat.push(ms(b.echo().await?));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    put("invoke_sync_warm_p50_ms", percentile(&lat, 0.5), "ms");
+    put("invoke_sync_warm_p99_ms", percentile(&lat, 0.99), "ms");
+
+    let stop = Instant::now() + Duration::from_secs(args.throughput_seconds);
+    let started = Instant::now();
+    let workers = (0..args.clients).map(|_| async {
+        let mut n = 0u64;
+        while Instant::now() < stop {
+            b.echo().await?;
+            n += 1;
+        }
+        anyhow::Ok(n)
+    });
+    let done: u64 = futures::future::try_join_all(workers)
+        .await?
+        .into_iter()
+        .sum();
+    put(
+        &format!("invoke_sync_throughput_{}_clients_per_s", args.clients),
+        done as f64 / started.elapsed().as_secs_f64(),
+        "runs/s",
+    );
+
+    let mut async_lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let v = b
+            .post(
+                "/v1/functions/bench/echo/invoke_async",
+                json!({"request": {"text": "hi"}}),
+            )
+            .await?;
+        let id = v["id"].as_str().context("id")?.to_string();
+        let resp = b
+            .http
+            .get(format!(
+                "{}/v1/functions/invocations/{id}/logs/stream",
+                b.s.url
+            ))
+            .bearer_auth(&b.s.key)
+            .send()
+            .await?;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            if String::from_utf8_lossy(&chunk?).contains("event: end") {
+                break;
+            }
+        }
+        async_lat.push(ms(t.elapsed()));
+    }
+    async_lat.sort_by(|a, b| a.total_cmp(b));
+    put(
+        "invoke_async_to_completed_p50_ms",
+        percentile(&async_lat, 0.5),
+        "ms",
+    );
+
+    // Many long runs at once: all admitted, memory of the server and every child.
+    let t = Instant::now();
+    let admits = (0..args.sleepers).map(|_| {
+        b.post(
+            "/v1/functions/bench/sleep/invoke_async",
+            json!({"request": {"seconds": 30.0}}),
+        )
+    });
+    let admitted: Vec<Value> = futures::future::try_join_all(admits).await?;
+    let admit_time = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = b
+            .get("/v1/functions/invocations?status=running&limit=1000")
+            .await?;
+        let n = running["invocations"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0);
+        if n >= args.sleepers || Instant::now() > deadline {
+            put("sleepers_running", n as f64, "runs");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put("sleepers_admitted", admitted.len() as f64, "runs");
+    put("sleepers_admit_s", admit_time.as_secs_f64(), "s");
+    put(
+        "sleepers_total_pss_mib",
+        tree_pss_kb(b.s.child.id()) as f64 / 1024.0,
+        "MiB",
+    );
+
+    let redeploy = b.deploy(&agent).await?;
+    put(
+        "redeploy_unchanged_requirements_s",
+        redeploy.as_secs_f64(),
+        "s",
+    );
+
+    if !args.no_devboxes {
+        let mut create = Vec::new();
+        let mut exec = Vec::new();
+        let mut files = Vec::new();
+        let ten_mb = "x".repeat(10 << 20);
+        for _ in 0..args.devbox_runs {
+            let t = Instant::now();
+            let d = b.post("/v1/devboxes", json!({})).await?;
+            let id = d["id"].as_str().context("devbox id")?.to_string();
+            b.post(
+                &format!("/v1/devboxes/{id}/execute_sync"),
+                json!({"command": "true"}),
+            )
+            .await?;
+            create.push(ms(t.elapsed()));
+            for _ in 0..20 {
+                let t = Instant::now();
+                b.post(
+                    &format!("/v1/devboxes/{id}/execute_sync"),
+                    json!({"command": "true"}),
+                )
+                .await?;
+                exec.push(ms(t.elapsed()));
+            }
+            let t = Instant::now();
+            b.post(
+                &format!("/v1/devboxes/{id}/write_file_contents"),
+                json!({"file_path": "ten.txt", "contents": ten_mb}),
+            )
+            .await?;
+            let r = b
+                .http
+                .post(format!("{}/v1/devboxes/{id}/read_file_contents", b.s.url))
+                .bearer_auth(&b.s.key)
+                .json(&json!({"file_path": "ten.txt"}))
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            if r.len() != ten_mb.len() {
+                bail!("read back {} bytes", r.len());
+            }
+            files.push(ms(t.elapsed()));
+            b.post(&format!("/v1/devboxes/{id}/shutdown"), json!({}))
+                .await?;
+        }
+        for v in [&mut create, &mut exec, &mut files] {
+            v.sort_by(|a, b| a.total_cmp(b));
+        }
+        put(
+            "devbox_create_to_first_exec_p50_ms",
+            percentile(&create, 0.5),
+            "ms",
+        );
+        put(
+            "devbox_execute_sync_true_p50_ms",
+            percentile(&exec, 0.5),
+            "ms",
+        );
+        put(
+            "devbox_10mb_write_then_read_p50_ms",
+            percentile(&files, 0.5),
+            "ms",
+        );
+    }
+
+    println!("{:<48} {:>14}", "figure", "value");
+    for (name, value) in &table {
+        println!("{name:<48} {value:>14}");
+    }
+    println!("{}", Value::Object(figures));
+    Ok(())
+}
