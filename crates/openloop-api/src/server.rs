@@ -128,6 +128,11 @@ pub async fn serve(
         }
     });
     tracing::info!(addr = %config.listen, data_dir = %config.data_dir.display(), "openloop listening");
+    // Small responses and SSE events go out at once, not after the peer's delayed ACK.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

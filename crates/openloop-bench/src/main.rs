@@ -248,6 +248,7 @@ async fn main() -> Result<()> {
     let mut table: Vec<(String, String)> = Vec::new();
     let mut put = |name: &str, value: f64, unit: &str| {
         figures.insert(name.to_string(), json!((value * 100.0).round() / 100.0));
+        eprintln!("  {name}: {value:.2} {unit}");
         table.push((name.to_string(), format!("{value:.2} {unit}")));
     };
 

@@ -85,9 +85,10 @@ pub async fn run(
         .collect();
     let outcome = run_in(host, channels, &req, &mut reg, procs, logs).await;
     let oom = cgroup.oom_kills() > 0;
-    tokio::task::spawn_blocking(move || cgroup.destroy())
-        .await
-        .ok();
+    // Whatever the run left running dies now; removing the cgroup directories (which the
+    // kernel may refuse for a moment while the last processes exit) happens off the path.
+    cgroup.kill_all();
+    tokio::task::spawn_blocking(move || cgroup.destroy());
     match outcome {
         RunOutcome::Failure(mut e) if oom && e["type"] == "ProcessExited" => {
             e["type"] = json!("OutOfMemory");

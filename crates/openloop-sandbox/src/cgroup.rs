@@ -139,18 +139,25 @@ impl Cgroup {
         total
     }
 
+    /// Send SIGKILL to every process in the cgroups.
+    pub fn kill_all(&self) {
+        for d in &self.dirs {
+            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
     /// Kill every process left in the cgroups and remove them.
     pub fn destroy(&self) {
         for _ in 0..100 {
             let mut busy = false;
+            self.kill_all();
             for d in &self.dirs {
-                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        unsafe {
-                            libc::kill(pid, libc::SIGKILL);
-                        }
-                    }
-                }
                 if d.exists() && std::fs::remove_dir(d).is_err() {
                     busy = true;
                 }

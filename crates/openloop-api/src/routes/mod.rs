@@ -14,6 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+/// Largest text file `write_file_contents` takes (the JSON body around it included).
+const FILE_LIMIT: usize = 64 << 20;
 /// Largest file `upload_file` takes.
 const UPLOAD_LIMIT: usize = 4 << 30;
 
@@ -99,7 +101,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/devboxes/{id}/write_file_contents",
-            post(devboxes::write_file),
+            post(devboxes::write_file).layer(DefaultBodyLimit::max(FILE_LIMIT)),
         )
         .route(
             "/v1/devboxes/{id}/read_file_contents",

@@ -34,6 +34,16 @@ pub struct Invocations {
     function_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Runs in flight: invocation id → the warm process running it.
     running: Mutex<HashMap<String, Arc<WarmHost>>>,
+    /// Deployed deployments never change: their parsed manifests, by id.
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Project → its active deployment id, kept in step by [`Invocations::activate`].
+    active: Mutex<HashMap<String, String>>,
+}
+
+/// A deployment with its parsed manifest.
+pub struct Loaded {
+    pub dep: Deployment,
+    pub manifest: Manifest,
 }
 
 pub fn manifest_of(dep: &Deployment) -> ApiResult<Manifest> {
@@ -65,7 +75,47 @@ impl Invocations {
             starting: tokio::sync::Mutex::new(()),
             function_slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn cache(&self, dep: &Deployment) -> ApiResult<Arc<Loaded>> {
+        let loaded = Arc::new(Loaded {
+            manifest: manifest_of(dep)?,
+            dep: dep.clone(),
+        });
+        if dep.status == "deployed" {
+            self.loaded
+                .lock()
+                .map(|mut m| m.insert(dep.id.clone(), loaded.clone()))
+                .ok();
+        }
+        Ok(loaded)
+    }
+
+    /// A deployed deployment and its manifest (from memory after the first read).
+    async fn deployment(&self, id: &str) -> ApiResult<Arc<Loaded>> {
+        if let Some(l) = self.loaded.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(l);
+        }
+        self.cache(&self.store.get_deployment(id).await?)
+    }
+
+    /// The deployment serving a project, if any.
+    async fn active_deployment(&self, project: &str) -> ApiResult<Option<Arc<Loaded>>> {
+        let known = self.active.lock().ok().and_then(|m| m.get(project).cloned());
+        if let Some(id) = known {
+            return self.deployment(&id).await.map(Some);
+        }
+        let Some(dep) = self.store.active_deployment(project).await? else {
+            return Ok(None);
+        };
+        self.active
+            .lock()
+            .map(|mut m| m.insert(project.to_string(), dep.id.clone()))
+            .ok();
+        self.cache(&dep).map(Some)
     }
 
     /// The warm process of a deployment, started if it is not running.
@@ -109,6 +159,10 @@ impl Invocations {
     /// the table now and stop when their last run ends (runs hold their own reference).
     pub async fn activate(&self, dep: &Deployment) -> ApiResult<()> {
         self.host_for(dep).await?;
+        self.active
+            .lock()
+            .map(|mut m| m.insert(dep.project_name.clone(), dep.id.clone()))
+            .ok();
         if let Ok(mut m) = self.hosts.lock() {
             m.retain(|id, (project, _)| id == &dep.id || project != &dep.project_name);
         }
@@ -123,12 +177,12 @@ impl Invocations {
         request: Value,
         parent: Option<String>,
     ) -> ApiResult<Invocation> {
-        let dep = self.store.active_deployment(project).await?.ok_or_else(|| {
+        let loaded = self.active_deployment(project).await?.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "project '{project}' not found: it has no successful deployment (deploy it with `openloop deploy`)"
             ))
         })?;
-        let manifest = manifest_of(&dep)?;
+        let (dep, manifest) = (&loaded.dep, &loaded.manifest);
         if manifest.function(function).is_none() {
             let names: Vec<&str> = manifest.functions.iter().map(|f| f.name.as_str()).collect();
             return Err(ApiError::NotFound(format!(
@@ -141,7 +195,7 @@ impl Invocations {
                 "`request` must be a JSON object of the function's parameters".into(),
             ));
         }
-        let host = self.host_for(&dep).await?;
+        let host = self.host_for(dep).await?;
         let errors = host
             .validate(function, &request)
             .await
@@ -218,9 +272,9 @@ impl Invocations {
             return Ok(());
         }
         self.notifier.notify(id);
-        let inv = self.store.get_invocation(id).await?;
-        let dep = self.store.get_deployment(&inv.deployment_id).await?;
-        let host = self.host_for(&dep).await?;
+        let inv = queued;
+        let dep = self.deployment(&inv.deployment_id).await?;
+        let host = self.host_for(&dep.dep).await?;
         let token = self.tokens.issue(id);
         let env = BTreeMap::from([
             ("OPENLOOP_API_URL".to_string(), self.config.internal_url()),
