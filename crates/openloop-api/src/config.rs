@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// Devboxes not created by a run shut down after this long without activity
     /// (Runloop's `keep_alive_time_seconds` default).
     pub devbox_idle_seconds: u64,
+    /// Devbox disks of the default size kept formatted ahead of time (0: none).
+    pub devbox_disk_pool: usize,
+    /// Sandboxes of the default shape kept started ahead of time (0: none).
+    pub devbox_warm_pool: usize,
 }
 
 impl ServerConfig {

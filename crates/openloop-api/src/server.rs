@@ -79,6 +79,7 @@ pub async fn serve(
         notifier.clone(),
     ));
     devboxes.recover().await?;
+    devboxes.start_warm_pool();
     let invocations = Arc::new(
         Invocations::new(
             store.clone(),

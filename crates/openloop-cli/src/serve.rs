@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// Seconds without activity after which a devbox not created by a run is shut down.
     #[arg(long, env = "OPENLOOP_DEVBOX_IDLE_SECONDS", default_value_t = 3600)]
     devbox_idle_seconds: u64,
+    /// Devbox disks kept formatted ahead of time, so creating a devbox does not wait for mkfs.
+    #[arg(long, env = "OPENLOOP_DEVBOX_DISK_POOL", default_value_t = 4)]
+    devbox_disk_pool: usize,
+    /// Devbox sandboxes of the default shape kept started, so a create answers in milliseconds.
+    #[arg(long, env = "OPENLOOP_DEVBOX_WARM_POOL", default_value_t = 2)]
+    devbox_warm_pool: usize,
 }
 
 /// Find a real executable named `name` on PATH, skipping pyenv-style shims.
@@ -144,6 +150,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         devbox_memory_mb: args.devbox_memory_mb,
         devbox_pids: args.devbox_pids,
         devbox_idle_seconds: args.devbox_idle_seconds,
+        devbox_disk_pool: args.devbox_disk_pool,
+        devbox_warm_pool: args.devbox_warm_pool,
     };
     let (store, admin) = openloop_api::prepare(&config).await?;
     if let Some(secret) = admin {

@@ -179,6 +179,17 @@ async fn functions(db: Db) {
     let devbox = server.get_json(&format!("/v1/devboxes/{devbox_id}")).await;
     assert_eq!(devbox["status"], "shutdown", "{devbox}");
 
+    // The SDK's devbox tools: env and cwd, async exec, binary upload/download, kill.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "devbox_tools", json!({}))
+        .await;
+    assert_eq!(
+        inv["result"],
+        json!({"async_exit": 4, "async_out": "later\n", "binary_ok": true, "empty": "",
+               "killed_status": "completed", "devbox_status": "running"}),
+        "{inv}"
+    );
+
     // Listing and filtering.
     let failed = server
         .get_json("/v1/functions/invocations?status=failure&limit=100")

@@ -2,6 +2,7 @@
 
 use crate::agent::{self, ExecOutput, OutputChunk};
 use crate::cgroup::{self, Cgroup, Limits};
+use crate::disk;
 use crate::{SandboxError, SANDBOX_HOST_UID, SANDBOX_UID};
 use openloop_agent_proto::Request;
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ pub struct SandboxConfig {
     pub image: PathBuf,
     /// The `openloop-devbox-agent` binary, bound read-only into every devbox.
     pub agent_bin: PathBuf,
+    /// Disks formatted ahead of time, so creating a devbox does not wait for `mkfs`.
+    pub pool: Option<std::sync::Arc<disk::DiskPool>>,
 }
 
 /// What to start.
@@ -42,7 +45,7 @@ pub struct Devbox {
     pub id: String,
     dir: PathBuf,
     socket: PathBuf,
-    env: BTreeMap<String, String>,
+    env: std::sync::RwLock<BTreeMap<String, String>>,
     cgroup: Cgroup,
     pid: i32,
     /// The slirp4netns process giving outbound network, if any.
@@ -57,6 +60,12 @@ impl Devbox {
     pub async fn start(config: &SandboxConfig, spec: DevboxSpec) -> Result<Devbox, SandboxError> {
         let dir = config.devbox_dir.join(&spec.id);
         let start_err = |what: &str, e: std::io::Error| SandboxError::Start(format!("{what}: {e}"));
+        let pooled = config.pool.as_ref().and_then(|p| p.take(spec.disk_bytes));
+        if let Some(ready) = &pooled {
+            std::fs::create_dir_all(&config.devbox_dir)
+                .map_err(|e| start_err("creating the devbox directory", e))?;
+            std::fs::rename(ready, &dir).map_err(|e| start_err("taking a prepared disk", e))?;
+        }
         for sub in ["disk", "root", "run"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| start_err("creating the devbox directory", e))?;
@@ -69,7 +78,9 @@ impl Devbox {
             Some(SANDBOX_HOST_UID),
         )
         .map_err(|e| start_err("chown", e))?;
-        if let Err(e) = make_disk(&dir, spec.disk_bytes).await {
+        if pooled.is_some() {
+            // The disk came formatted and mounted.
+        } else if let Err(e) = disk::make_disk(&dir, spec.disk_bytes).await {
             remove_dir(&dir);
             return Err(start_err(
                 "creating the devbox disk (needs root, e2fsprogs and loop devices)",
@@ -119,7 +130,7 @@ impl Devbox {
             id: spec.id,
             socket: dir.join("run/agent.sock"),
             dir,
-            env: spec.env,
+            env: std::sync::RwLock::new(spec.env),
             cgroup,
             pid,
             exited,
@@ -129,6 +140,14 @@ impl Devbox {
     /// Why the sandbox stopped, if it did.
     pub fn exit_reason(&self) -> Option<String> {
         self.exited.borrow().clone()
+    }
+
+    /// Set the environment every later command starts with (for a devbox started ahead of
+    /// time and handed out later).
+    pub fn set_env(&self, env: BTreeMap<String, String>) {
+        if let Ok(mut e) = self.env.write() {
+            *e = env;
+        }
     }
 
     /// Wait until the sandbox has exited, for whatever reason; returns the reason.
@@ -158,7 +177,7 @@ impl Devbox {
         live: Option<mpsc::UnboundedSender<OutputChunk>>,
     ) -> Result<ExecOutput, SandboxError> {
         self.check_running()?;
-        let mut all_env = self.env.clone();
+        let mut all_env = self.env.read().map(|e| e.clone()).unwrap_or_default();
         all_env.extend(env);
         let req = Request::Exec {
             command: command.to_string(),
@@ -449,41 +468,6 @@ fn owning_userns(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Create the devbox's own disk: a sparse ext4 image of `bytes`, loop-mounted at `disk/`,
-/// holding the overlay's upper and work directories.
-async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    let image = dir.join("disk.img");
-    let file = std::fs::File::create(&image)?;
-    file.set_len(bytes)?;
-    drop(file);
-    let run = |mut cmd: tokio::process::Command| async move {
-        let out = cmd.stdin(Stdio::null()).output().await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
-        }
-    };
-    let mut mkfs = tokio::process::Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
-        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
-        .arg(&image);
-    run(mkfs).await?;
-    let mut mount = tokio::process::Command::new("mount");
-    mount
-        .args(["-o", "loop,nosuid,nodev"])
-        .arg(&image)
-        .arg(dir.join("disk"));
-    run(mount).await?;
-    for sub in ["disk/upper", "disk/work"] {
-        std::fs::create_dir_all(dir.join(sub))?;
-    }
-    let _ = std::fs::remove_dir_all(dir.join("disk/lost+found"));
-    Ok(())
 }
 
 fn mount_overlay(lower: &Path, dir: &Path) -> std::io::Result<()> {

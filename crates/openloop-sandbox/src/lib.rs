@@ -2,6 +2,7 @@
 //!
 //! - [`image`]: the frozen base root filesystem (Debian minbase from `debootstrap`), built once and cached.
 //! - [`cgroup`]: memory and pids limits, cgroup v1 or v2.
+//! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time.
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
 //! - [`agent`]: the client side of the agent protocol (exec, files) over the devbox's Unix socket.
@@ -11,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod devbox;
+pub mod disk;
 pub mod image;
 
 pub use agent::{ExecOutput, OutputChunk};

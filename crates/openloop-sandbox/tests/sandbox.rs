@@ -27,6 +27,7 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         image,
         agent_bin: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/debug/openloop-devbox-agent"),
+        pool: None,
     };
     let spec = DevboxSpec {
         id: id.into(),

@@ -104,7 +104,11 @@ impl Invocations {
 
     /// The deployment serving a project, if any.
     async fn active_deployment(&self, project: &str) -> ApiResult<Option<Arc<Loaded>>> {
-        let known = self.active.lock().ok().and_then(|m| m.get(project).cloned());
+        let known = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|m| m.get(project).cloned());
         if let Some(id) = known {
             return self.deployment(&id).await.map(Some);
         }

@@ -12,7 +12,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use executions::Execution;
 use openloop_sandbox::cgroup::Limits;
+use openloop_sandbox::disk::DiskPool;
 use openloop_sandbox::{image, Devbox, DevboxSpec, SandboxConfig};
+
+/// Disk of a devbox that asks for no particular size, in GiB.
+const DEFAULT_DISK_GB: u64 = 8;
 use openloop_store::devboxes::{DevboxRecord, StatusChange};
 use openloop_store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
@@ -92,6 +96,11 @@ pub struct Devboxes {
     image: OnceCell<PathBuf>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     executions: Mutex<HashMap<String, Arc<Execution>>>,
+    /// Disks of the default size formatted ahead of time.
+    pool: Option<Arc<DiskPool>>,
+    /// Sandboxes of the default shape started ahead of time, not yet anyone's devbox.
+    warm: Mutex<std::collections::VecDeque<Arc<Devbox>>>,
+    warm_refill: Arc<tokio::sync::Notify>,
     /// `(devbox id, command id)` → execution id, so `execute` is idempotent.
     by_command_id: Mutex<HashMap<(String, String), String>>,
 }
@@ -104,8 +113,19 @@ fn status(status: &str) -> StatusChange<'_> {
 }
 
 impl Devboxes {
+    /// Must be called inside the Tokio runtime (the disk pool fills in the background).
     pub fn new(store: Store, config: Arc<ServerConfig>, notifier: Notifier) -> Self {
+        let pool = (config.devbox_disk_pool > 0).then(|| {
+            DiskPool::start(
+                config.data_dir.join("disk-pool"),
+                DEFAULT_DISK_GB << 30,
+                config.devbox_disk_pool,
+            )
+        });
         Devboxes {
+            pool,
+            warm: Mutex::new(std::collections::VecDeque::new()),
+            warm_refill: Arc::new(tokio::sync::Notify::new()),
             store,
             config,
             notifier,
@@ -129,8 +149,11 @@ impl Devboxes {
 
     fn resources(&self, req: &CreateDevbox) -> ApiResult<Resources> {
         let params = req.launch_parameters.clone().unwrap_or_default();
-        let (mut memory_gb, mut cpus, mut disk_gb) =
-            (self.config.devbox_memory_mb as f64 / 1024.0, 1.0, 8u64);
+        let (mut memory_gb, mut cpus, mut disk_gb) = (
+            self.config.devbox_memory_mb as f64 / 1024.0,
+            1.0,
+            DEFAULT_DISK_GB,
+        );
         if let Some(size) = &params.resource_size_request {
             (memory_gb, cpus, disk_gb) = match size.as_str() {
                 "X_SMALL" => (1.0, 0.5, 4),
@@ -231,7 +254,12 @@ impl Devboxes {
                 )));
             }
         }
-        let id = openloop_store::new_id("dbx");
+        // A sandbox started ahead of time serves any devbox of the default shape.
+        let warm = self.take_warm(&res);
+        let id = match &warm {
+            Some(d) => d.id.clone(),
+            None => openloop_store::new_id("dbx"),
+        };
         let spec_json = json!({
             "launch_parameters": params,
             "entrypoint": req.entrypoint,
@@ -251,32 +279,26 @@ impl Devboxes {
             ended_at_ms: None,
         };
         self.store.insert_devbox(&record).await?;
-        let image = match self.base_image().await {
-            Ok(i) => i,
-            Err(e) => {
-                self.fail(&id, "execution_failed", &e.to_string()).await?;
-                return Err(e);
+        let devbox = match warm {
+            Some(d) => {
+                d.set_env(env);
+                d
             }
-        };
-        let sandbox = SandboxConfig {
-            devbox_dir: self.config.devbox_dir(),
-            image,
-            agent_bin: self.config.agent_bin.clone(),
-        };
-        let spec = DevboxSpec {
-            id: id.clone(),
-            env,
-            limits: res.limits,
-            disk_bytes: res.disk_bytes,
-            network: res.network,
-        };
-        let devbox = match Devbox::start(&sandbox, spec).await {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                self.fail(&id, "execution_failed", &e.to_string()).await?;
-                return Err(ApiError::Internal(format!(
-                    "devbox {id} failed to start: {e}"
-                )));
+            None => {
+                let spec = DevboxSpec {
+                    id: id.clone(),
+                    env,
+                    limits: res.limits,
+                    disk_bytes: res.disk_bytes,
+                    network: res.network,
+                };
+                match self.start_sandbox(spec).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.fail(&id, "execution_failed", &e.to_string()).await?;
+                        return Err(e);
+                    }
+                }
             }
         };
         let idle = record.invocation_id.is_none() && !res.keep_alive.is_zero();
@@ -334,6 +356,87 @@ impl Devboxes {
         }
         self.set_status(&id, status("running")).await?;
         self.view(&id).await
+    }
+
+    async fn start_sandbox(&self, spec: DevboxSpec) -> ApiResult<Arc<Devbox>> {
+        let id = spec.id.clone();
+        let sandbox = SandboxConfig {
+            devbox_dir: self.config.devbox_dir(),
+            image: self.base_image().await?,
+            agent_bin: self.config.agent_bin.clone(),
+            pool: self.pool.clone(),
+        };
+        Devbox::start(&sandbox, spec)
+            .await
+            .map(Arc::new)
+            .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
+    }
+
+    /// The resources of a devbox that asks for nothing in particular.
+    fn default_resources(&self) -> Option<Resources> {
+        self.resources(&CreateDevbox::default()).ok()
+    }
+
+    /// Keep `devbox_warm_pool` sandboxes of the default shape started, so that creating a
+    /// devbox costs a database write instead of a sandbox start.
+    pub fn start_warm_pool(self: &Arc<Self>) {
+        let want = self.config.devbox_warm_pool;
+        if want == 0 {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let refill = self.warm_refill.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                let Some(res) = this.default_resources() else {
+                    return;
+                };
+                while this.warm.lock().map(|w| w.len()).unwrap_or(want) < want {
+                    let spec = DevboxSpec {
+                        id: openloop_store::new_id("dbx"),
+                        env: BTreeMap::new(),
+                        limits: res.limits,
+                        disk_bytes: res.disk_bytes,
+                        network: false,
+                    };
+                    match this.start_sandbox(spec).await {
+                        Ok(d) => {
+                            this.warm.lock().map(|mut w| w.push_back(d)).ok();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not start a devbox ahead of time");
+                            break;
+                        }
+                    }
+                }
+                drop(this);
+                refill.notified().await;
+            }
+        });
+    }
+
+    fn take_warm(&self, res: &Resources) -> Option<Arc<Devbox>> {
+        let default = self.default_resources()?;
+        let same = !res.network
+            && res.disk_bytes == default.disk_bytes
+            && res.limits.memory_bytes == default.limits.memory_bytes
+            && res.limits.pids == default.limits.pids
+            && res.limits.cpu_shares == default.limits.cpu_shares;
+        if !same {
+            return None;
+        }
+        let mut taken = None;
+        if let Ok(mut w) = self.warm.lock() {
+            while let Some(d) = w.pop_front() {
+                if d.exit_reason().is_none() {
+                    taken = Some(d);
+                    break;
+                }
+            }
+        }
+        self.warm_refill.notify_one();
+        taken
     }
 
     /// Push the idle deadline of a devbox out by its keep-alive time.
@@ -607,6 +710,14 @@ impl Devboxes {
     }
 
     pub async fn shutdown_all(&self) {
+        let warm: Vec<Arc<Devbox>> = self
+            .warm
+            .lock()
+            .map(|mut w| w.drain(..).collect())
+            .unwrap_or_default();
+        for d in warm {
+            d.shutdown().await;
+        }
         let ids: Vec<String> = self
             .live
             .lock()

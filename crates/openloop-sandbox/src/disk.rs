@@ -1,0 +1,129 @@
+//! A devbox's own disk: a sparse ext4 image, loop-mounted, holding the overlay's upper and
+//! work directories. Writes past its size fail with ENOSPC inside the devbox, never on the host.
+//!
+//! Formatting and mounting take ~15 ms, so a [`DiskPool`] keeps a few disks of the default
+//! size ready; a devbox takes one by renaming its directory (the mount moves with it).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+/// Create `dir/disk.img` of `bytes` and mount it at `dir/disk`, with `upper/` and `work/`.
+pub async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("disk"))?;
+    let image = dir.join("disk.img");
+    let file = std::fs::File::create(&image)?;
+    file.set_len(bytes)?;
+    drop(file);
+    let mut mkfs = tokio::process::Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(&image);
+    run(mkfs).await?;
+    let mut mount = tokio::process::Command::new("mount");
+    mount
+        .args(["-o", "loop,nosuid,nodev"])
+        .arg(&image)
+        .arg(dir.join("disk"));
+    run(mount).await?;
+    for sub in ["disk/upper", "disk/work"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let _ = std::fs::remove_dir_all(dir.join("disk/lost+found"));
+    Ok(())
+}
+
+async fn run(mut cmd: tokio::process::Command) -> std::io::Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Disks of one size, formatted and mounted ahead of time.
+pub struct DiskPool {
+    dir: PathBuf,
+    size: u64,
+    want: usize,
+    ready: Mutex<VecDeque<PathBuf>>,
+    refill: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for DiskPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskPool")
+            .field("dir", &self.dir)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl DiskPool {
+    /// Start keeping `want` disks of `size` bytes ready under `dir` (emptied first).
+    pub fn start(dir: PathBuf, size: u64, want: usize) -> Arc<DiskPool> {
+        clean(&dir);
+        let pool = Arc::new(DiskPool {
+            dir,
+            size,
+            want,
+            ready: Mutex::new(VecDeque::new()),
+            refill: Arc::new(tokio::sync::Notify::new()),
+        });
+        let weak = Arc::downgrade(&pool);
+        let refill = pool.refill.clone();
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            loop {
+                let Some(pool) = weak.upgrade() else { return };
+                while pool.ready.lock().map(|r| r.len()).unwrap_or(pool.want) < pool.want {
+                    n += 1;
+                    let dir = pool.dir.join(format!("d{n}"));
+                    match make_disk(&dir, pool.size).await {
+                        Ok(()) => {
+                            pool.ready.lock().map(|mut r| r.push_back(dir)).ok();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not prepare a devbox disk; devboxes will format their own");
+                            crate::devbox::remove_dir(&dir);
+                            break;
+                        }
+                    }
+                }
+                drop(pool);
+                refill.notified().await;
+            }
+        });
+        pool
+    }
+
+    /// A ready disk directory of exactly `size` bytes, if one is waiting.
+    pub fn take(&self, size: u64) -> Option<PathBuf> {
+        if size != self.size {
+            return None;
+        }
+        let disk = self.ready.lock().ok().and_then(|mut r| r.pop_front());
+        self.refill.notify_one();
+        disk
+    }
+}
+
+/// Unmount and delete every prepared disk under `dir`.
+pub fn clean(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            crate::devbox::remove_dir(&e.path());
+        }
+    }
+    let _ = std::fs::create_dir_all(dir);
+}
+
+impl Drop for DiskPool {
+    fn drop(&mut self) {
+        clean(&self.dir);
+    }
+}
