@@ -172,7 +172,10 @@ async fn fifty_devboxes_at_once() {
         assert_eq!(status, 200);
     }
     for id in &ids {
-        assert!(!server.data.path().join("devboxes").join(id).exists(), "{id} left files behind");
+        assert!(
+            !server.data.path().join("devboxes").join(id).exists(),
+            "{id} left files behind"
+        );
     }
     server.assert_healthy(&witness).await;
 }

@@ -96,20 +96,28 @@ async fn crashes_hogs_and_bombs_fail_alone() {
         "the bomb's processes are gone with its run"
     );
 
-    // A run that kills its own warm process still returns; the next run gets a new one.
-    let (_, inv) = server
-        .invoke_sync("test_agent", "kill_warm_process", json!({}))
-        .await;
-    assert_eq!(inv["result"], "parent killed", "{inv}");
-    let (_, inv) = server
-        .invoke_sync("test_agent", "echo", json!({"text": "after"}))
-        .await;
-    assert_eq!(inv["result"]["text"], "after", "{inv}");
-
     let b = server
         .wait_invocation(&bystander, Duration::from_secs(30))
         .await;
     assert_eq!(b["status"], "success", "{b}");
+
+    // A run that kills its own warm process ends with it, as do the runs sharing that warm
+    // process's sandbox, each with the reason recorded; the next run gets a new warm process.
+    let (_, inv) = server
+        .invoke_sync("test_agent", "kill_warm_process", json!({}))
+        .await;
+    assert_eq!(inv["status"], "failure", "{inv}");
+    assert!(
+        inv["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warm process"),
+        "{inv}"
+    );
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "after"}))
+        .await;
+    assert_eq!(inv["result"]["text"], "after", "{inv}");
 }
 
 #[tokio::test]

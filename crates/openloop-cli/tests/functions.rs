@@ -190,6 +190,18 @@ async fn functions(db: Db) {
         "{inv}"
     );
 
+    // Function code runs sandboxed: no data directory, read-only code, a private scratch.
+    let data = server.data.path().display().to_string();
+    let (_, inv) = server
+        .invoke_sync("test_agent", "look_around", json!({"data_dir": data}))
+        .await;
+    assert_eq!(
+        inv["result"],
+        json!({"database": false, "admin_key": false, "devboxes": false, "own_code": true,
+               "code_writable": false, "scratch_writable": true, "uid": 1000, "host_processes": false}),
+        "{inv}"
+    );
+
     // Listing and filtering.
     let failed = server
         .get_json("/v1/functions/invocations?status=failure&limit=100")

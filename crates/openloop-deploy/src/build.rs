@@ -7,6 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
     pub venv: VenvSettings,
+    /// When set, the module is imported inside a Python sandbox with this scratch directory
+    /// (user code never runs unconfined on the host).
+    pub sandbox_scratch: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +46,14 @@ pub async fn build(
         }
     };
     let env = venv::ensure(&settings.venv, &requirements, log).await?;
-    let functions = manifest::read(&env, &repo, &module, log).await?;
+    let functions = manifest::read(
+        &env,
+        &repo,
+        &module,
+        settings.sandbox_scratch.as_deref(),
+        log,
+    )
+    .await?;
     Ok(BuildOutput {
         manifest: Manifest {
             module_path: module.path.clone(),

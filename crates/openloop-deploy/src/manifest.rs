@@ -1,8 +1,9 @@
 //! The functions a deployment exports, read by importing its module.
 
 use crate::{DeployError, LogSink, ModuleConfig};
+use openloop_sandbox::python::PythonSandbox;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,15 +42,36 @@ pub async fn read(
     venv: &Path,
     repo: &Path,
     module: &ModuleConfig,
+    sandbox_scratch: Option<&Path>,
     log: &LogSink,
 ) -> Result<Vec<FunctionSpec>, DeployError> {
-    let out_file = repo.join(".openloop-manifest.json");
-    let mut cmd = Command::new(venv.join("bin/python"));
+    let python = venv.join("bin/python");
+    let (mut cmd, out_file, out_arg) = match sandbox_scratch {
+        Some(scratch) => {
+            let sandbox = PythonSandbox {
+                read_only: vec![venv.to_path_buf(), repo.to_path_buf()],
+                scratch: scratch.to_path_buf(),
+                cwd: repo.to_path_buf(),
+            };
+            let cmd = sandbox.command(&python)?;
+            (
+                cmd,
+                scratch.join("manifest.json"),
+                PathBuf::from("/tmp/manifest.json"),
+            )
+        }
+        None => {
+            let out = repo.join(".openloop-manifest.json");
+            let mut cmd = Command::new(&python);
+            cmd.current_dir(repo);
+            (cmd, out.clone(), out)
+        }
+    };
+    let _ = std::fs::remove_file(&out_file);
     cmd.args(["-m", "runloop._manifest", "--module-dir"])
         .arg(module.dir(repo))
         .args(["--module", &module.name, "--out"])
-        .arg(&out_file)
-        .current_dir(repo)
+        .arg(&out_arg)
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let _ = log.send(format!(
         "importing module '{}' to read its functions",

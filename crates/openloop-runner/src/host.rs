@@ -24,6 +24,8 @@ pub struct HostSpec {
     /// The directory to put on `sys.path`.
     pub module_dir: PathBuf,
     pub module_name: String,
+    /// The sandbox to run in; `None` runs the process directly (tests of the runner alone).
+    pub sandbox: Option<openloop_sandbox::python::PythonSandbox>,
 }
 
 /// One schema violation, as pydantic reports it.
@@ -59,7 +61,12 @@ impl WarmHost {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs: OwnedFd = theirs.into();
         let fd = theirs.as_raw_fd();
-        let mut cmd = tokio::process::Command::new(&spec.python);
+        let mut cmd = match &spec.sandbox {
+            Some(sb) => sb
+                .command(&spec.python)
+                .map_err(|e| RunnerError::Spawn(format!("preparing the sandbox: {e}")))?,
+            None => tokio::process::Command::new(&spec.python),
+        };
         cmd.args(["-m", "runloop._host", "--module-dir"])
             .arg(&spec.module_dir)
             .args(["--module", &spec.module_name, "--control-fd", "3"])

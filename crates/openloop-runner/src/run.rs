@@ -78,12 +78,7 @@ pub async fn run(
             )
         }
     };
-    let procs: Vec<String> = cgroup
-        .procs_files()
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
-    let outcome = run_in(host, channels, &req, &mut reg, procs, logs).await;
+    let outcome = run_in(host, channels, &req, &mut reg, &cgroup, logs).await;
     let oom = cgroup.oom_kills() > 0;
     // Whatever the run left running dies now; removing the cgroup directories (which the
     // kernel may refuse for a moment while the last processes exit) happens off the path.
@@ -107,7 +102,7 @@ async fn run_in(
     channels: &Arc<Channels>,
     req: &RunRequest,
     reg: &mut crate::channels::Registration,
-    cgroup_procs: Vec<String>,
+    cgroup: &Cgroup,
     logs: mpsc::UnboundedSender<LogLine>,
 ) -> RunOutcome {
     let msg = json!({
@@ -118,7 +113,6 @@ async fn run_in(
         "socket": channels.socket_path(),
         "key": reg.key,
         "env": req.env,
-        "cgroup_procs": cgroup_procs,
     });
     let mut exit_rx = match host.fork(msg, &req.invocation_id).await {
         Ok(rx) => Some(rx),
@@ -133,7 +127,10 @@ async fn run_in(
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
             Some((ch, stream)) = reg.connections.recv() => match ch {
-                Channel::Control => control = Some(tokio::spawn(read_control(stream, logs.clone()))),
+                Channel::Control => match admit(stream, cgroup).await {
+                    Ok(stream) => control = Some(tokio::spawn(read_control(stream, logs.clone()))),
+                    Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
+                },
                 Channel::Stdout | Channel::Stderr => {
                     streams_seen += 1;
                     let name = if ch == Channel::Stdout { "stdout" } else { "stderr" };
@@ -145,7 +142,7 @@ async fn run_in(
                 exit_rx = None;
                 deadline = Some(tokio::time::Instant::now() + GRACE);
             }
-            _ = dead.wait_for(|d| d.is_some()), if exit_rx.is_some() => {
+            _ = async { let _ = dead.wait_for(|d| d.is_some()).await; }, if exit_rx.is_some() => {
                 exit_rx = None;
                 deadline = Some(tokio::time::Instant::now() + GRACE);
             }
@@ -190,6 +187,19 @@ async fn run_in(
         Some(f) if f["type"] == "error" => RunOutcome::Failure(f["error"].clone()),
         _ => failure("ProcessExited", describe_exit(exit)),
     }
+}
+
+/// Move the run's process (known from its control connection) into the run's cgroup, then
+/// let it go on: the child waits for this byte before it runs any user code.
+async fn admit(mut stream: UnixStream, cgroup: &Cgroup) -> std::io::Result<UnixStream> {
+    use tokio::io::AsyncWriteExt;
+    let pid = stream
+        .peer_cred()?
+        .pid()
+        .ok_or_else(|| std::io::Error::other("the run's pid is unknown"))?;
+    cgroup.attach(pid)?;
+    stream.write_all(b"\x01").await?;
+    Ok(stream)
 }
 
 fn describe_exit(exit: Option<ExitInfo>) -> String {

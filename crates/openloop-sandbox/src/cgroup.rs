@@ -139,16 +139,33 @@ impl Cgroup {
         total
     }
 
-    /// Send SIGKILL to every process in the cgroups.
-    pub fn kill_all(&self) {
+    /// Move process `pid` into these cgroups.
+    pub fn attach(&self, pid: i32) -> std::io::Result<()> {
         for d in &self.dirs {
-            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
+            std::fs::write(d.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Send SIGKILL to every process in the cgroups, again until none is left (a fork bomb
+    /// may start new ones while the first are killed).
+    pub fn kill_all(&self) {
+        for _ in 0..100 {
+            let mut seen = false;
+            for d in &self.dirs {
+                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        seen = true;
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
                     }
                 }
             }
+            if !seen {
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time.
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
+//! - [`python`]: the sandbox a deployment's Python code runs in.
 //! - [`agent`]: the client side of the agent protocol (exec, files) over the devbox's Unix socket.
 //!
 //! This crate knows nothing of the database or of HTTP.
@@ -14,6 +15,7 @@ pub mod cgroup;
 pub mod devbox;
 pub mod disk;
 pub mod image;
+pub mod python;
 
 pub use agent::{ExecOutput, OutputChunk};
 pub use devbox::{Devbox, DevboxSpec, SandboxConfig};

@@ -85,15 +85,14 @@ def _run_child(msg: dict[str, Any], fn: FunctionDefinition) -> None:
     code = 0
     try:
         os.setsid()
-        # Join the run's own cgroup before anything else runs: its limits then hold for
-        # the function and everything it starts.
-        for procs in msg.get("cgroup_procs") or []:
-            with open(procs, "w") as f:
-                f.write("0")
         path, inv, key = msg["socket"], msg["invocation_id"], msg["key"]
         control = _connect(path, inv, key, "control")
         out = _connect(path, inv, key, "stdout")
         err = _connect(path, inv, key, "stderr")
+        # The server moves this process into the run's own cgroup, then sends one byte:
+        # nothing of the function runs before its limits hold.
+        if control.recv(1) != b"\x01":
+            os._exit(70)
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         out.close()

@@ -137,6 +137,12 @@ impl Deployments {
                 python: self.config.python.clone(),
                 cache_dir: self.config.venv_dir(),
             },
+            sandbox_scratch: Some(
+                self.config
+                    .data_dir
+                    .join("scratch")
+                    .join(format!("build-{id}")),
+            ),
         };
         let dest = self.config.deployments_dir().join(id);
         let out = openloop_deploy::build(&settings, &dep.source, dep.git_ref.as_deref(), dest, log)

@@ -9,6 +9,7 @@ use crate::services::devboxes::Devboxes;
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
 use openloop_sandbox::cgroup::Limits;
+use openloop_sandbox::python::PythonSandbox;
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
 use openloop_store::{now_ms, Store};
@@ -133,12 +134,22 @@ impl Invocations {
         }
         let m = manifest_of(dep)?;
         let source = PathBuf::from(&m.source_dir);
+        let sandbox = PythonSandbox {
+            read_only: vec![
+                PathBuf::from(&m.venv),
+                source.clone(),
+                self.config.run_dir(),
+            ],
+            scratch: self.config.data_dir.join("scratch").join(&dep.id),
+            cwd: source.clone(),
+        };
         let spec = HostSpec {
             deployment_id: dep.id.clone(),
             python: PathBuf::from(&m.venv).join("bin/python"),
             module_dir: source.join(&m.module_path),
             source_dir: source,
             module_name: m.module_name.clone(),
+            sandbox: Some(sandbox),
         };
         let host = WarmHost::start(spec)
             .await
