@@ -53,6 +53,18 @@ impl ServerConfig {
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
     }
+    /// A short tag naming this instance's cgroups, so that several servers on one host (each
+    /// with its own data directory) never clean up each other's.
+    pub fn instance_tag(&self) -> String {
+        // FNV-1a of the data directory's path.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.data_dir.as_os_str().as_encoded_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}", h as u32)
+    }
+
     /// The URL the SDK inside runs uses to reach this server.
     pub fn internal_url(&self) -> String {
         let ip = if self.listen.ip().is_unspecified() {

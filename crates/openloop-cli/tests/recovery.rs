@@ -21,7 +21,7 @@ async fn invoke_async(server: &Server, function: &str, request: Value) -> String
 }
 
 async fn restart_recovery(db: Db) {
-    let Some(mut server) = Server::start_with(db, &[("OPENLOOP_MAX_CONCURRENT_RUNS", "1")]).await
+    let Some(mut server) = Server::start_with(db, &[("OPENLOOP_MAX_CONCURRENT_RUNS", "2")]).await
     else {
         return;
     };
@@ -43,14 +43,20 @@ async fn restart_recovery(db: Db) {
     assert_eq!(done["status"], "success");
     assert_eq!(done["result"], "slept 1.5");
 
-    // One run in flight (the only slot) and one queued behind it; then the server dies.
+    // Two runs in flight (both slots: one plain, one retryable) and one queued behind them;
+    // then the server dies.
     let running = invoke_async(&server, "sleepy", json!({"seconds": 60})).await;
+    let retried = invoke_async(&server, "sleepy_retryable", json!({"seconds": 2})).await;
     let queued = invoke_async(&server, "echo", json!({"text": "after restart"})).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while server
         .get_json(&format!("/v1/functions/invocations/{running}"))
         .await["status"]
         != "running"
+        || server
+            .get_json(&format!("/v1/functions/invocations/{retried}"))
+            .await["status"]
+            != "running"
     {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -74,6 +80,14 @@ async fn restart_recovery(db: Db) {
         .await;
     assert_eq!(q["status"], "success", "{q}");
     assert_eq!(q["result"]["text"], "after restart");
+    let again = server
+        .wait_invocation(&retried, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        again["status"], "success",
+        "a retryable run is run again: {again}"
+    );
+    assert_eq!(again["result"], "slept 2.0");
 }
 
 #[tokio::test]

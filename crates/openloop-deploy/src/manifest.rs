@@ -10,6 +10,9 @@ use tokio::process::Command;
 pub struct FunctionSpec {
     pub name: String,
     pub is_async: bool,
+    /// Queue again after a server crash instead of failing.
+    #[serde(default)]
+    pub retryable: bool,
     pub request_schema: serde_json::Value,
     pub response_schema: serde_json::Value,
 }

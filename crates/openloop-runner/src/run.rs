@@ -27,6 +27,8 @@ pub struct RunRequest {
     pub request: Value,
     /// Extra environment for the run (API URL and token for the SDK).
     pub env: BTreeMap<String, String>,
+    /// Name of the run's own cgroup (unique on the host).
+    pub cgroup_name: String,
     /// Memory, process and CPU limits of the run's own cgroup.
     pub limits: Limits,
 }
@@ -69,7 +71,7 @@ pub async fn run(
     let mut reg = channels.register(&req.invocation_id);
     // The run's own cgroup: a memory hog or a fork bomb fails alone, and whatever the run
     // leaves behind is killed with it.
-    let cgroup = match Cgroup::create(&format!("run-{}", req.invocation_id), req.limits) {
+    let cgroup = match Cgroup::create(&req.cgroup_name, req.limits) {
         Ok(c) => c,
         Err(e) => {
             return failure(

@@ -223,6 +223,48 @@ fn own_paths() -> std::io::Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// Directories that hold this process's own cgroups, one per relevant controller.
+fn parents() -> (Vec<PathBuf>, bool) {
+    let v2 = Path::new(ROOT).join("cgroup.controllers").exists();
+    let mut out = Vec::new();
+    for (ctrls, p) in &own_paths().unwrap_or_default() {
+        let bases: Vec<PathBuf> = if v2 {
+            if ctrls.is_empty() {
+                vec![PathBuf::from(ROOT)]
+            } else {
+                vec![]
+            }
+        } else {
+            ctrls
+                .split(',')
+                .filter(|c| ["memory", "pids", "cpu"].contains(c))
+                .map(|c| Path::new(ROOT).join(c))
+                .collect()
+        };
+        for b in bases {
+            out.push(b.join(p.trim_start_matches('/')));
+        }
+    }
+    (out, v2)
+}
+
+/// Remove every cgroup whose name starts with `openloop-{prefix}` (after a crash).
+pub fn remove_leftovers(prefix: &str) -> usize {
+    let (parents, v2) = parents();
+    let want = format!("openloop-{prefix}");
+    let mut dirs = Vec::new();
+    for parent in parents {
+        for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&want) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    let n = dirs.len();
+    Cgroup { dirs, v2 }.destroy();
+    n
+}
+
 /// The cgroups of a devbox left behind by a previous server process (after a crash).
 pub fn leftover(name: &str) -> Cgroup {
     let v2 = Path::new(ROOT).join("cgroup.controllers").exists();

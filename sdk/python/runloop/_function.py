@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
@@ -25,6 +25,8 @@ class FunctionDefinition:
     request_model: type[BaseModel]
     return_adapter: TypeAdapter[Any]
     coordinator_params: list[str] = field(default_factory=list)
+    #: Run again after a server crash instead of failing (the function must be idempotent).
+    retryable: bool = False
 
     def request_schema(self) -> dict[str, Any]:
         return self.request_model.model_json_schema()
@@ -68,8 +70,26 @@ def _is_coordinator(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, SystemCoordinator)
 
 
-def function(fn: F) -> F:
-    """Deploy ``fn`` as a function. Every parameter and the return type must be annotated."""
+@overload
+def function(fn: F) -> F: ...
+
+
+@overload
+def function(*, retryable: bool = False) -> Callable[[F], F]: ...
+
+
+def function(fn: F | None = None, *, retryable: bool = False) -> F | Callable[[F], F]:
+    """Deploy ``fn`` as a function. Every parameter and the return type must be annotated.
+
+    ``@runloop.function(retryable=True)`` marks a function that is safe to run again: a run
+    cut short by a server crash is queued again instead of failing.
+    """
+    if fn is None:
+        return lambda f: _register(f, retryable)
+    return _register(fn, retryable)
+
+
+def _register(fn: F, retryable: bool) -> F:
     name = getattr(fn, "__name__", None)
     if not callable(fn) or not name:
         raise DefinitionError("@runloop.function must decorate a named function")
@@ -121,5 +141,6 @@ def function(fn: F) -> F:
         request_model=request_model,
         return_adapter=return_adapter,
         coordinator_params=coordinators,
+        retryable=retryable,
     )
     return fn

@@ -37,6 +37,7 @@ def describe(module_dir: str, module: str) -> dict[str, Any]:
             {
                 "name": f.name,
                 "is_async": f.is_async,
+                "retryable": f.retryable,
                 "request_schema": f.request_schema(),
                 "response_schema": f.response_schema(),
             }

@@ -64,6 +64,19 @@ impl Invocations {
         devboxes: Arc<Devboxes>,
     ) -> std::io::Result<Self> {
         let channels = Channels::bind(&config.run_dir()).await?;
+        // Before anything runs: cgroups of runs cut short by a crash of a previous process.
+        let prefix = format!("run-{}-", config.instance_tag());
+        let removed = tokio::task::spawn_blocking(move || {
+            openloop_sandbox::cgroup::remove_leftovers(&prefix)
+        })
+        .await
+        .unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed run cgroups left by a previous server process"
+            );
+        }
         Ok(Invocations {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
             store,
@@ -316,6 +329,7 @@ impl Invocations {
                 function: inv.function_name.clone(),
                 request,
                 env,
+                cgroup_name: format!("run-{}-{id}", self.config.instance_tag()),
                 limits: Limits {
                     memory_bytes: self.config.run_memory_mb << 20,
                     pids: self.config.run_pids,
@@ -387,9 +401,22 @@ impl Invocations {
     /// After a restart: runs that were running are failed, queued ones run.
     pub async fn recover(self: &Arc<Self>) -> ApiResult<()> {
         for id in self.store.invocation_ids_with_status("running").await? {
+            let inv = self.store.get_invocation(&id).await?;
+            let retryable = match self.deployment(&inv.deployment_id).await {
+                Ok(l) => l
+                    .manifest
+                    .function(&inv.function_name)
+                    .map(|f| f.retryable)
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if retryable && self.store.requeue_invocation(&id).await? {
+                tracing::info!(invocation = %id, "re-queued a retryable run cut short by the restart");
+                continue;
+            }
             let err = serde_json::json!({
                 "type": "ServerRestarted",
-                "message": "the server stopped while this invocation was running; invoke it again",
+                "message": "the server stopped while this invocation was running; invoke it again (or mark the function retryable)",
                 "traceback": null,
             });
             self.store
