@@ -15,9 +15,16 @@ pub enum Channel {
     Stderr,
 }
 
+/// One stream of a run: which it is, the socket, and bytes that arrived after the header.
+pub struct Connection {
+    pub channel: Channel,
+    pub stream: UnixStream,
+    pub early: Vec<u8>,
+}
+
 struct Expected {
     key: String,
-    tx: mpsc::UnboundedSender<(Channel, UnixStream)>,
+    tx: mpsc::UnboundedSender<Connection>,
 }
 
 /// Listens on `<run dir>/engine.sock` and hands each connection to the run it belongs to.
@@ -31,7 +38,7 @@ pub struct Registration {
     channels: Arc<Channels>,
     pub invocation_id: String,
     pub key: String,
-    pub connections: mpsc::UnboundedReceiver<(Channel, UnixStream)>,
+    pub connections: mpsc::UnboundedReceiver<Connection>,
 }
 
 impl Drop for Registration {
@@ -98,23 +105,30 @@ impl Channels {
     }
 
     async fn dispatch(&self, mut stream: UnixStream) {
-        // The header is one JSON line of at most 1 KiB.
-        let mut header = Vec::with_capacity(256);
-        let mut byte = [0u8; 1];
-        while header.len() < 1024 {
-            match stream.read(&mut byte).await {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) => header.push(byte[0]),
-                _ => return,
+        // The header is one JSON line of at most 1 KiB; it normally arrives in one read.
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 1024];
+        let newline = loop {
+            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                break pos;
             }
-        }
+            if buf.len() > 1024 {
+                return;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let early = buf.split_off(newline + 1);
+        let header = &buf[..newline];
         #[derive(serde::Deserialize)]
         struct Header {
             invocation_id: String,
             key: String,
             channel: String,
         }
-        let Ok(h) = serde_json::from_slice::<Header>(&header) else {
+        let Ok(h) = serde_json::from_slice::<Header>(header) else {
             return;
         };
         let channel = match h.channel.as_str() {
@@ -130,6 +144,10 @@ impl Channels {
             },
             Err(_) => return,
         };
-        let _ = tx.send((channel, stream));
+        let _ = tx.send(Connection {
+            channel,
+            stream,
+            early,
+        });
     }
 }

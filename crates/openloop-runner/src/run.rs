@@ -1,6 +1,6 @@
 //! Following one invocation from fork to outcome.
 
-use crate::channels::{Channel, Channels};
+use crate::channels::{Channel, Channels, Connection};
 use crate::host::{ExitInfo, WarmHost};
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use serde::Serialize;
@@ -128,15 +128,14 @@ async fn run_in(
     let mut deadline: Option<tokio::time::Instant> = None;
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
-            Some((ch, stream)) = reg.connections.recv() => match ch {
-                Channel::Control => match admit(stream, cgroup).await {
-                    Ok(stream) => control = Some(tokio::spawn(read_control(stream, logs.clone()))),
+            Some(conn) = reg.connections.recv() => match conn.channel {
+                Channel::Control => match admit(conn.stream, cgroup).await {
+                    Ok(stream) => control = Some(tokio::spawn(read_control(stream, conn.early, logs.clone()))),
                     Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
                 },
                 Channel::Stdout | Channel::Stderr => {
                     streams_seen += 1;
-                    let name = if ch == Channel::Stdout { "stdout" } else { "stderr" };
-                    readers.push(tokio::spawn(read_output(stream, name, logs.clone())));
+                    readers.push(tokio::spawn(read_output(conn, logs.clone())));
                 }
             },
             r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
@@ -165,14 +164,9 @@ async fn run_in(
     let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
     while streams_seen < 2 {
         match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
-            Ok(Some((ch, stream))) if ch != Channel::Control => {
+            Ok(Some(conn)) if conn.channel != Channel::Control => {
                 streams_seen += 1;
-                let name = if ch == Channel::Stdout {
-                    "stdout"
-                } else {
-                    "stderr"
-                };
-                readers.push(tokio::spawn(read_output(stream, name, logs.clone())));
+                readers.push(tokio::spawn(read_output(conn, logs.clone())));
             }
             Ok(Some(_)) => {}
             _ => break,
@@ -227,7 +221,12 @@ fn describe_exit(exit: Option<ExitInfo>) -> String {
     }
 }
 
-async fn read_control(mut s: UnixStream, logs: mpsc::UnboundedSender<LogLine>) -> Option<Value> {
+async fn read_control(
+    s: UnixStream,
+    early: Vec<u8>,
+    logs: mpsc::UnboundedSender<LogLine>,
+) -> Option<Value> {
+    let mut s = std::io::Cursor::new(early).chain(s);
     let mut outcome = None;
     loop {
         let mut len = [0u8; 4];
@@ -263,13 +262,15 @@ async fn read_control(mut s: UnixStream, logs: mpsc::UnboundedSender<LogLine>) -
     }
 }
 
-async fn read_output(
-    mut s: UnixStream,
-    stream: &'static str,
-    logs: mpsc::UnboundedSender<LogLine>,
-) {
+async fn read_output(conn: Connection, logs: mpsc::UnboundedSender<LogLine>) {
+    let stream = if conn.channel == Channel::Stdout {
+        "stdout"
+    } else {
+        "stderr"
+    };
+    let mut s = conn.stream;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
+    let mut pending: Vec<u8> = conn.early;
     let emit = |bytes: &[u8]| {
         let _ = logs.send(LogLine {
             ts_ms: now_ms(),

@@ -287,6 +287,12 @@ def main() -> None:
             + b"\n"
         )
         raise SystemExit(1) from None
+    # Objects that exist now (the module, pydantic, the SDK) move to a permanent generation:
+    # collections in forked children then never touch them, so their pages stay shared.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     Host(control).serve()
 
 
