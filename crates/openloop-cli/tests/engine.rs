@@ -245,3 +245,34 @@ async fn functions_invoke_functions_and_limits_hold() {
         "{a} {b}"
     );
 }
+
+#[tokio::test]
+async fn redeploy_keeps_runs_in_flight_on_the_old_deployment() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("test_agent"));
+    let in_flight = invoke_async(&server, "sleepy", json!({"seconds": 3})).await;
+    wait_status(&server, &in_flight, "running").await;
+    let old = server
+        .get_json(&format!("/v1/functions/invocations/{in_flight}"))
+        .await["deployment_id"]
+        .clone();
+
+    server.deploy_ok(&fixture("test_agent"));
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "new"}))
+        .await;
+    assert_eq!(inv["result"]["text"], "new");
+    assert_ne!(
+        inv["deployment_id"], old,
+        "new runs go to the new deployment"
+    );
+
+    let done = server
+        .wait_invocation(&in_flight, Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(
+        done["deployment_id"], old,
+        "the run in flight finished on the old deployment"
+    );
+}

@@ -91,3 +91,17 @@ def test_exec_result_unpacks_and_prints() -> None:
     assert (code, out, err) == (0, "hello\n", "")
     assert r.exit_code == 0 and r.ok
     assert "hello" in str(r) and "exit_code=0" in str(r)
+
+
+def test_retryable_form() -> None:
+    @runloop.function(retryable=True)
+    def again(x: int) -> int:
+        return x
+
+    @runloop.function()
+    def once(x: int) -> int:
+        return x
+
+    assert registered_functions()["again"].retryable
+    assert not registered_functions()["once"].retryable
+    assert again(3) == 3
