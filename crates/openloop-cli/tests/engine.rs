@@ -6,20 +6,6 @@ use common::{fixture, Db, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-async fn invoke_async(server: &Server, function: &str, request: Value) -> String {
-    let r = server
-        .post(&format!("/v1/functions/test_agent/{function}/invoke_async"))
-        .json(&json!({ "request": request }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 async fn wait_status(server: &Server, id: &str, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -61,7 +47,9 @@ async fn crashes_hogs_and_bombs_fail_alone() {
     .unwrap();
     server.deploy_ok(&fixture("test_agent"));
     // A long run in flight the whole time must be unaffected.
-    let bystander = invoke_async(&server, "sleepy", json!({"seconds": 4})).await;
+    let bystander = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 4}))
+        .await;
 
     let (_, inv) = server
         .invoke_sync("test_agent", "segfault", json!({}))
@@ -149,7 +137,9 @@ async fn huge_output_keeps_result_and_logs() {
 async fn cancel_kills_the_run_and_its_devboxes() {
     let server = Server::start(Db::Sqlite).await.unwrap();
     server.deploy_ok(&fixture("test_agent"));
-    let id = invoke_async(&server, "devbox_and_wait", json!({"seconds": 120})).await;
+    let id = server
+        .invoke_async("test_agent", "devbox_and_wait", json!({"seconds": 120}))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let devbox = loop {
         if let Some(d) = log_lines(&server, &id)
@@ -221,8 +211,12 @@ async fn functions_invoke_functions_and_limits_hold() {
     assert_eq!(inv["result"], "HEY", "{inv}");
 
     // One sleepy at a time: the second waits in the queue until the first ends.
-    let first = invoke_async(&server, "sleepy", json!({"seconds": 1.5})).await;
-    let second = invoke_async(&server, "sleepy", json!({"seconds": 0.1})).await;
+    let first = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 1.5}))
+        .await;
+    let second = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 0.1}))
+        .await;
     wait_status(&server, &first, "running").await;
     assert_eq!(
         server
@@ -250,7 +244,9 @@ async fn functions_invoke_functions_and_limits_hold() {
 async fn redeploy_keeps_runs_in_flight_on_the_old_deployment() {
     let server = Server::start(Db::Sqlite).await.unwrap();
     server.deploy_ok(&fixture("test_agent"));
-    let in_flight = invoke_async(&server, "sleepy", json!({"seconds": 3})).await;
+    let in_flight = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 3}))
+        .await;
     wait_status(&server, &in_flight, "running").await;
     let old = server
         .get_json(&format!("/v1/functions/invocations/{in_flight}"))

@@ -3,22 +3,8 @@
 mod common;
 
 use common::{fixture, Db, Server};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-
-async fn invoke_async(server: &Server, function: &str, request: Value) -> String {
-    let r = server
-        .post(&format!("/v1/functions/test_agent/{function}/invoke_async"))
-        .json(&json!({ "request": request }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn restart_recovery(db: Db) {
     let Some(mut server) = Server::start_with(db, &[("OPENLOOP_MAX_CONCURRENT_RUNS", "2")]).await
@@ -45,9 +31,15 @@ async fn restart_recovery(db: Db) {
 
     // Two runs in flight (both slots: one plain, one retryable) and one queued behind them;
     // then the server dies.
-    let running = invoke_async(&server, "sleepy", json!({"seconds": 60})).await;
-    let retried = invoke_async(&server, "sleepy_retryable", json!({"seconds": 2})).await;
-    let queued = invoke_async(&server, "echo", json!({"text": "after restart"})).await;
+    let running = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 60}))
+        .await;
+    let retried = server
+        .invoke_async("test_agent", "sleepy_retryable", json!({"seconds": 2}))
+        .await;
+    let queued = server
+        .invoke_async("test_agent", "echo", json!({"text": "after restart"}))
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while server
         .get_json(&format!("/v1/functions/invocations/{running}"))

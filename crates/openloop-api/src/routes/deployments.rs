@@ -1,6 +1,6 @@
 //! `/v1/deployments`: build a repository into a project's new deployment.
 
-use super::functions::async_stream;
+use super::functions::{follow, Page, PAGE};
 use super::page_limit;
 use crate::auth::Principal;
 use crate::error::ApiResult;
@@ -110,35 +110,25 @@ pub async fn stream_logs(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require_key()?;
     state.store.get_deployment(&id).await?;
-    let stream = async_stream(move |tx| async move {
-        let mut sub = state.notifier.subscribe(&id);
-        let mut after = 0;
-        loop {
-            let Ok(d) = state.store.get_deployment(&id).await else {
-                return;
-            };
-            let Ok(lines) = state.store.deployment_logs(&id, after, 1000).await else {
-                return;
-            };
-            for l in &lines {
-                after = l.seq;
-                if tx
-                    .send(Event::default().event("log").data(l.line.clone()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if lines.len() == 1000 {
-                continue;
-            }
-            if matches!(d.status.as_str(), "deployed" | "failed") {
-                let ev = Event::default().event("end").json_data(view(&d));
-                let _ = tx.send(ev.unwrap_or_default()).await;
-                return;
-            }
-            sub.changed().await;
+    let notifier = state.notifier.clone();
+    let key = id.clone();
+    let stream = follow(notifier, key, 0, move |after| {
+        let (state, id) = (state.clone(), id.clone());
+        async move {
+            let d = state.store.get_deployment(&id).await.ok()?;
+            let lines = state.store.deployment_logs(&id, after, PAGE).await.ok()?;
+            let events = lines
+                .iter()
+                .map(|l| {
+                    (
+                        l.seq,
+                        Ok(Event::default().event("log").data(l.line.clone())),
+                    )
+                })
+                .collect();
+            let end = matches!(d.status.as_str(), "deployed" | "failed")
+                .then(|| Event::default().event("end").json_data(view(&d)));
+            Some(Page { events, end })
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

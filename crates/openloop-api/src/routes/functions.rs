@@ -200,40 +200,82 @@ pub async fn stream_logs(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require_key()?;
     state.store.get_invocation(&id).await?;
-    let mut after = q.after_seq.unwrap_or(0);
-    let stream = async_stream(move |tx| async move {
-        let mut sub = state.notifier.subscribe(&id);
+    let notifier = state.notifier.clone();
+    let key = id.clone();
+    let stream = follow(notifier, key, q.after_seq.unwrap_or(0), move |after| {
+        let (state, id) = (state.clone(), id.clone());
+        async move {
+            let inv = state.store.get_invocation(&id).await.ok()?;
+            let logs = state.store.invocation_logs(&id, after, PAGE).await.ok()?;
+            let events = logs
+                .iter()
+                .map(|l| {
+                    (
+                        l.seq,
+                        Event::default()
+                            .event("log")
+                            .id(l.seq.to_string())
+                            .json_data(l),
+                    )
+                })
+                .collect();
+            let end = inv.is_finished().then(|| {
+                Event::default()
+                    .event("end")
+                    .json_data(invocation_view(&inv))
+            });
+            Some(Page { events, end })
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Rows read per round of a followed stream.
+pub(crate) const PAGE: i64 = 1000;
+
+/// One round of a followed stream: new events with their cursor, and the final event once
+/// the followed thing has finished.
+pub(crate) struct Page {
+    pub events: Vec<(i64, Result<Event, axum::Error>)>,
+    pub end: Option<Result<Event, axum::Error>>,
+}
+
+/// Server-Sent Events that follow something recorded in the store: send what is new after
+/// the cursor, send `end` once finished, otherwise wait for a change notification of `key`
+/// (subscribed before each read, so nothing is missed).
+pub(crate) fn follow<F, Fut>(
+    notifier: crate::notify::Notifier,
+    key: String,
+    mut after: i64,
+    poll: F,
+) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: Fn(i64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<Page>> + Send,
+{
+    async_stream(move |tx| async move {
+        let mut sub = notifier.subscribe(&key);
         loop {
-            let Ok(inv) = state.store.get_invocation(&id).await else {
+            let Some(page) = poll(after).await else {
                 return;
             };
-            let Ok(logs) = state.store.invocation_logs(&id, after, 1000).await else {
-                return;
-            };
-            for l in &logs {
-                after = l.seq;
-                let ev = Event::default()
-                    .event("log")
-                    .id(l.seq.to_string())
-                    .json_data(l);
+            let full = page.events.len() as i64 == PAGE;
+            for (cursor, ev) in page.events {
+                after = cursor;
                 if tx.send(ev.unwrap_or_default()).await.is_err() {
                     return;
                 }
             }
-            if logs.len() == 1000 {
+            if full {
                 continue;
             }
-            if inv.is_finished() {
-                let ev = Event::default()
-                    .event("end")
-                    .json_data(invocation_view(&inv));
-                let _ = tx.send(ev.unwrap_or_default()).await;
+            if let Some(end) = page.end {
+                let _ = tx.send(end.unwrap_or_default()).await;
                 return;
             }
             sub.changed().await;
         }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    })
 }
 
 /// A stream fed by a task through a channel.

@@ -263,6 +263,21 @@ impl Server {
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
+    /// `invoke_async`; returns the new invocation's id.
+    pub async fn invoke_async(&self, project: &str, function: &str, request: Value) -> String {
+        let r = self
+            .post(&format!("/v1/functions/{project}/{function}/invoke_async"))
+            .json(&json!({ "request": request }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Poll an invocation until it has finished (bounded).
     pub async fn wait_invocation(&self, id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
