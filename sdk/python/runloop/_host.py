@@ -169,6 +169,8 @@ class Host:
         self.functions = registered_functions()
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
+        #: A process forked ahead of time for the next run: (pid, write end of its pipe).
+        self.spare: tuple[int, int] | None = None
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
@@ -180,6 +182,7 @@ class Host:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(self.control, selectors.EVENT_READ, "control")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._fork_spare()
         self.send({"event": "ready", "functions": sorted(self.functions)})
         while True:
             for key, _ in self.sel.select():
@@ -219,18 +222,12 @@ class Host:
             if fn is None:
                 self.send({"id": msg["id"], "error": f"unknown function {msg.get('function')!r}"})
                 return
-            pid = os.fork()
-            if pid == 0:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                self.sel.close()
-                self.control.close()
-                os.close(self.wake_r)
-                os.close(self.wake_w)
-                _run_child(msg, fn)
+            pid = self._hand_to_spare(msg)
             self.children[pid] = msg["invocation_id"]
             self.by_invocation[msg["invocation_id"]] = pid
             self.send({"id": msg["id"], "pid": pid})
+            # The next run's process is forked now, off that run's critical path.
+            self._fork_spare()
         elif op == "kill":
             pid = self.by_invocation.get(msg.get("invocation_id", ""))
             if pid is not None:
@@ -238,6 +235,50 @@ class Host:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def _fork_spare(self) -> None:
+        """Fork the next run's process ahead of time; it waits for its run on a pipe."""
+        if self.spare is not None:
+            return
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self.sel.close()
+            self.control.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            chunks = []
+            while True:
+                chunk = os.read(r, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            if not chunks:
+                os._exit(0)
+            msg = json.loads(b"".join(chunks))
+            _run_child(msg, registered_functions()[msg["function"]])
+        os.close(r)
+        self.spare = (pid, w)
+
+    def _hand_to_spare(self, msg: dict[str, Any]) -> int:
+        """Give the run to the waiting process (forking one if there is none); its pid."""
+        for _ in range(2):
+            self._fork_spare()
+            assert self.spare is not None
+            pid, w = self.spare
+            self.spare = None
+            try:
+                data = json.dumps(msg).encode()
+                while data:
+                    data = data[os.write(w, data) :]
+                os.close(w)
+                return pid
+            except OSError:
+                os.close(w)  # that process died while waiting; fork another
+        raise RuntimeError("could not start the run's process")
 
     def reap(self) -> None:
         while self.children:
@@ -249,6 +290,9 @@ class Host:
                 return
             inv = self.children.pop(pid, None)
             if inv is None:
+                if self.spare is not None and self.spare[0] == pid:
+                    os.close(self.spare[1])
+                    self.spare = None
                 continue
             self.by_invocation.pop(inv, None)
             event: dict[str, Any] = {"event": "exit", "invocation_id": inv, "pid": pid}
@@ -260,6 +304,11 @@ class Host:
             self.send(event)
 
     def shutdown(self) -> None:
+        if self.spare is not None:
+            try:
+                os.kill(self.spare[0], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in list(self.children):
             try:
                 os.killpg(pid, signal.SIGKILL)
