@@ -267,31 +267,11 @@ pub fn remove_leftovers(prefix: &str) -> usize {
 
 /// The cgroups of a devbox left behind by a previous server process (after a crash).
 pub fn leftover(name: &str) -> Cgroup {
-    let v2 = Path::new(ROOT).join("cgroup.controllers").exists();
-    let own = own_paths().unwrap_or_default();
-    let mut dirs = Vec::new();
-    for (ctrls, p) in &own {
-        let bases: Vec<PathBuf> = if v2 {
-            if ctrls.is_empty() {
-                vec![PathBuf::from(ROOT)]
-            } else {
-                vec![]
-            }
-        } else {
-            ctrls
-                .split(',')
-                .filter(|c| ["memory", "pids", "cpu"].contains(c))
-                .map(|c| Path::new(ROOT).join(c))
-                .collect()
-        };
-        for b in bases {
-            let d = b
-                .join(p.trim_start_matches('/'))
-                .join(format!("openloop-{name}"));
-            if d.exists() {
-                dirs.push(d);
-            }
-        }
-    }
+    let (parents, v2) = parents();
+    let dirs = parents
+        .into_iter()
+        .map(|p| p.join(format!("openloop-{name}")))
+        .filter(|d| d.exists())
+        .collect();
     Cgroup { dirs, v2 }
 }
