@@ -24,33 +24,31 @@ class ShellTools:
     def __init__(self, devbox: Devbox) -> None:
         self._devbox = devbox
 
-    def exec(
-        self, command: str, env: dict[str, str] | None = None, cwd: str | None = None
-    ) -> ExecResult:
-        """Run ``command`` with bash inside the devbox and wait for it to finish."""
+    def _start(
+        self, endpoint: str, command: str, env: dict[str, str] | None, cwd: str | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"command": command}
         if env:
             body["environment_variables"] = env
         if cwd:
             body["working_dir"] = cwd
-        r = self._devbox._client.request(
-            "POST", f"/v1/devboxes/{self._devbox.id}/execute_sync", body
+        view: dict[str, Any] = self._devbox._client.request(
+            "POST", f"/v1/devboxes/{self._devbox.id}/{endpoint}", body
         )
+        return view
+
+    def exec(
+        self, command: str, env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> ExecResult:
+        """Run ``command`` with bash inside the devbox and wait for it to finish."""
+        r = self._start("execute_sync", command, env, cwd)
         return ExecResult(int(r["exit_status"]), r.get("stdout") or "", r.get("stderr") or "")
 
     def exec_async(
         self, command: str, env: dict[str, str] | None = None, cwd: str | None = None
     ) -> Execution:
         """Start ``command`` and return at once; see :class:`Execution`."""
-        body: dict[str, Any] = {"command": command}
-        if env:
-            body["environment_variables"] = env
-        if cwd:
-            body["working_dir"] = cwd
-        view = self._devbox._client.request(
-            "POST", f"/v1/devboxes/{self._devbox.id}/execute_async", body
-        )
-        return Execution(self._devbox, view)
+        return Execution(self._devbox, self._start("execute_async", command, env, cwd))
 
 
 class Execution:
