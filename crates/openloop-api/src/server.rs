@@ -61,6 +61,9 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
+/// How long open requests may take to finish once the server is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Run the server until `shutdown` resolves.
 pub async fn serve(
     config: ServerConfig,
@@ -134,9 +137,21 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // On the stop signal, open requests (a long invoke_sync, a followed log stream) get a few
+    // seconds to end; the server does not wait on them forever. Runs cut short this way are
+    // handled at the next start like after a crash.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    });
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the stop signal; stopping anyway"),
+    }
     devboxes.shutdown_all().await;
     Ok(())
 }
