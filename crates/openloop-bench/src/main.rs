@@ -158,9 +158,21 @@ impl Bench {
             )
             .await?;
         let id = dep["id"].as_str().context("deployment id")?.to_string();
+        self.wait_for_end(&format!("/v1/deployments/{id}/logs/stream"))
+            .await?;
+        let elapsed = t.elapsed();
+        let d = self.get(&format!("/v1/deployments/{id}")).await?;
+        if d["status"] != "deployed" {
+            bail!("deployment failed: {d}");
+        }
+        Ok(elapsed)
+    }
+
+    /// Follow a Server-Sent Events stream until its `end` event.
+    async fn wait_for_end(&self, path: &str) -> Result<()> {
         let resp = self
             .http
-            .get(format!("{}/v1/deployments/{id}/logs/stream", self.s.url))
+            .get(format!("{}{path}", self.s.url))
             .bearer_auth(&self.s.key)
             .send()
             .await?;
@@ -170,12 +182,7 @@ impl Bench {
                 break;
             }
         }
-        let elapsed = t.elapsed();
-        let d = self.get(&format!("/v1/deployments/{id}")).await?;
-        if d["status"] != "deployed" {
-            bail!("deployment failed: {d}");
-        }
-        Ok(elapsed)
+        Ok(())
     }
 
     async fn echo(&self) -> Result<Duration> {
@@ -294,21 +301,8 @@ async fn main() -> Result<()> {
             )
             .await?;
         let id = v["id"].as_str().context("id")?.to_string();
-        let resp = b
-            .http
-            .get(format!(
-                "{}/v1/functions/invocations/{id}/logs/stream",
-                b.s.url
-            ))
-            .bearer_auth(&b.s.key)
-            .send()
+        b.wait_for_end(&format!("/v1/functions/invocations/{id}/logs/stream"))
             .await?;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            if String::from_utf8_lossy(&chunk?).contains("event: end") {
-                break;
-            }
-        }
         async_lat.push(ms(t.elapsed()));
     }
     async_lat.sort_by(|a, b| a.total_cmp(b));

@@ -80,9 +80,9 @@ pub async fn invoke_async(
     Path((project, function)): Path<(String, String)>,
     ApiJson(body): ApiJson<InvokeBody>,
 ) -> ApiResult<Json<Value>> {
+    // Answered as recorded (`queued`); the run starts in its own task.
     let inv = submit(&state, &principal, &project, &function, body).await?;
-    let current = state.store.get_invocation(&inv.id).await?;
-    Ok(Json(invocation_view(&current)))
+    Ok(Json(invocation_view(&inv)))
 }
 
 pub async fn get_invocation(
