@@ -6,6 +6,9 @@
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
 //! - [`python`]: the sandbox a deployment's Python code runs in.
+//! - [`seccomp`]: the syscall filters every sandbox loads (no namespace creation, mounting,
+//!   keyring, bpf, io_uring, kernel modules, ...), as bytes for `bwrap --seccomp` or installed
+//!   in a forked child.
 //! - [`agent`]: the client side of the agent protocol (exec, files) over the devbox's Unix socket.
 //!
 //! This crate knows nothing of the database or of HTTP.
@@ -16,6 +19,7 @@ pub mod devbox;
 pub mod disk;
 pub mod image;
 pub mod python;
+pub mod seccomp;
 
 pub use agent::{ExecOutput, OutputChunk};
 pub use devbox::{Devbox, DevboxSpec, SandboxConfig};
