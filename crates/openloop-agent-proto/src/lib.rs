@@ -181,3 +181,129 @@ mod tests {
         );
     }
 }
+
+/// Handing connections to the agent without any path in the file system.
+///
+/// The agent inherits one end of a `SOCK_SEQPACKET` pair (the control socket) as a file
+/// descriptor. For every request the server makes a fresh connected socket pair and sends
+/// one end over the control socket (`SCM_RIGHTS`); the agent serves the request on it. No
+/// socket is ever looked up by path, so nothing inside a devbox can redirect the server.
+pub mod fdpass {
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    /// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
+    pub fn control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+        pair(libc::SOCK_SEQPACKET)
+    }
+
+    /// A connected `SOCK_STREAM` pair, both ends close-on-exec.
+    pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+        pair(libc::SOCK_STREAM)
+    }
+
+    fn pair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                kind | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    const SPACE: usize = 64;
+
+    /// Send `fd` as one message on `control` (with `flags`, e.g. `MSG_DONTWAIT`).
+    pub fn send_fd(control: RawFd, fd: RawFd, flags: libc::c_int) -> io::Result<()> {
+        let mut byte = [1u8];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let mut space = [0u64; SPACE / 8];
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        }
+        loop {
+            let n = unsafe { libc::sendmsg(control, &msg, flags | libc::MSG_NOSIGNAL) };
+            if n == 1 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Receive one descriptor from `control` (close-on-exec). `Ok(None)` when the peer
+    /// closed the control socket; messages without a descriptor are skipped.
+    pub fn recv_fd(control: RawFd) -> io::Result<Option<OwnedFd>> {
+        loop {
+            let mut byte = [0u8];
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+                iov_len: 1,
+            };
+            let mut space = [0u64; SPACE / 8];
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = SPACE;
+            let n = unsafe { libc::recvmsg(control, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut got = None;
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                    {
+                        let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                        let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize)
+                            / std::mem::size_of::<RawFd>();
+                        for i in 0..count {
+                            let fd = std::ptr::read_unaligned(data.add(i));
+                            if got.is_none() {
+                                got = Some(OwnedFd::from_raw_fd(fd));
+                            } else {
+                                libc::close(fd);
+                            }
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                }
+            }
+            if got.is_some() {
+                return Ok(got);
+            }
+        }
+    }
+}

@@ -18,6 +18,16 @@ pub struct ServerConfig {
     pub python: PathBuf,
     /// The `openloop-devbox-agent` binary.
     pub agent_bin: PathBuf,
+    /// The `openloop` binary itself, which launches the jails Python code runs in
+    /// (`openloop __jail`).
+    pub launcher: PathBuf,
+    /// Memory limit of a deployment's warm process (its import, request validation and the
+    /// spare process of the next run), in MiB.
+    pub warm_memory_mb: u64,
+    /// Size of each run's own `/tmp` (a tmpfs that counts against the run's memory), in MiB.
+    pub run_tmp_mb: u64,
+    /// Memory limit of a build (`uv` and the package build hooks it runs), in MiB.
+    pub build_memory_mb: u64,
     /// Invocations running at once on this node.
     pub max_concurrent_runs: usize,
     /// Invocations of one function running at once (0: only the node's limit applies).
@@ -49,6 +59,10 @@ impl ServerConfig {
     }
     pub fn venv_dir(&self) -> PathBuf {
         self.data_dir.join("venvs")
+    }
+    /// The read-only layer that puts the agent into every devbox.
+    pub fn agent_layer_dir(&self) -> PathBuf {
+        self.data_dir.join("agent-layer")
     }
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")

@@ -4,6 +4,8 @@
 //! - `deploy`, `logs`: talk to a server over HTTP ([`client`]).
 //! - `keys`: manage API keys directly in the database ([`keys`]).
 //! - `image build`: build the devbox base image ahead of time.
+//! - `__jail SPEC` (internal): the launcher of the sandboxes Python code runs in
+//!   ([`openloop_sandbox::jail`]); handled before anything else starts, since it forks.
 
 mod client;
 mod keys;
@@ -46,8 +48,24 @@ enum ImageCommand {
     },
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The jail launcher must run before any thread exists (it forks and unshares).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new(openloop_sandbox::jail::JAIL_ARG)) {
+        let spec = args.next().unwrap_or_default();
+        openloop_sandbox::jail::main(&spec.to_string_lossy());
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run());
+}
+
+async fn run() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -66,6 +66,15 @@ pub struct ServeArgs {
     /// Process limit of one function run.
     #[arg(long, env = "OPENLOOP_RUN_PIDS", default_value_t = 1024)]
     run_pids: u64,
+    /// Size of each function run's own /tmp (a tmpfs counted in the run's memory), in MiB.
+    #[arg(long, env = "OPENLOOP_RUN_TMP_MB", default_value_t = 512)]
+    run_tmp_mb: u64,
+    /// Memory limit of a deployment's warm process (module import, request validation), in MiB.
+    #[arg(long, env = "OPENLOOP_WARM_MEMORY_MB", default_value_t = 1024)]
+    warm_memory_mb: u64,
+    /// Memory limit of one build (uv and package build hooks), in MiB.
+    #[arg(long, env = "OPENLOOP_BUILD_MEMORY_MB", default_value_t = 4096)]
+    build_memory_mb: u64,
     /// Default devbox memory limit in MiB.
     #[arg(long, default_value_t = 2048)]
     devbox_memory_mb: u64,
@@ -142,6 +151,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         uv,
         python: args.python,
         agent_bin,
+        launcher: std::env::current_exe().context("locating the openloop binary")?,
+        warm_memory_mb: args.warm_memory_mb,
+        run_tmp_mb: args.run_tmp_mb,
+        build_memory_mb: args.build_memory_mb,
         max_concurrent_runs: args.max_concurrent_runs,
         max_concurrent_runs_per_function: args.max_concurrent_runs_per_function,
         body_limit: args.body_limit,

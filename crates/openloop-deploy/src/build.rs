@@ -2,14 +2,61 @@
 
 use crate::venv::VenvSettings;
 use crate::{manifest, source, venv, DeployError, LogSink, Manifest, ModuleConfig};
-use std::path::PathBuf;
+use openloop_sandbox::cgroup::{Cgroup, Limits};
+use openloop_sandbox::jail::FUNCTION_HOST_UID;
+use openloop_sandbox::python::{PythonSandbox, APP};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
     pub venv: VenvSettings,
-    /// When set, the module is imported inside a Python sandbox with this scratch directory
-    /// (user code never runs unconfined on the host).
-    pub sandbox_scratch: Option<PathBuf>,
+    pub sandbox: BuildSandbox,
+}
+
+/// The sandbox every step of a build that runs the project's or its packages' code runs in:
+/// `uv` with its build hooks, and the module import. User code never runs unconfined on
+/// the host.
+#[derive(Debug, Clone)]
+pub struct BuildSandbox {
+    /// The `openloop` binary (the jail launcher).
+    pub launcher: PathBuf,
+    /// A private directory for what the build hands back (the manifest).
+    pub scratch: PathBuf,
+    /// The build's own cgroup and its limits.
+    pub cgroup_name: String,
+    pub limits: Limits,
+    /// Size of the build's `/tmp`.
+    pub tmp_bytes: u64,
+    /// `cgroup.procs` of the build's cgroup, once created.
+    procs: Vec<std::ffi::CString>,
+}
+
+impl BuildSandbox {
+    pub fn new(launcher: PathBuf, scratch: PathBuf, cgroup_name: String, limits: Limits) -> Self {
+        BuildSandbox {
+            launcher,
+            scratch,
+            cgroup_name,
+            limits,
+            tmp_bytes: 1 << 30,
+            procs: Vec::new(),
+        }
+    }
+
+    /// A jail for one step: the system directories, `repo` as the working directory
+    /// (writable while packages are installed: local packages are built in place), the
+    /// host's network (packages are fetched), inside the build's cgroup.
+    pub fn python(&self, repo: &Path, writable: bool) -> PythonSandbox {
+        let mut sb = PythonSandbox::new(&self.launcher, self.tmp_bytes).bind(repo, APP, writable);
+        sb.cgroup_procs = self.procs.clone();
+        sb
+    }
+
+    /// Create `dir` (and its parents) owned by the sandbox's uid, so the jail can write it.
+    pub fn owned_dir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::os::unix::fs::chown(dir, Some(FUNCTION_HOST_UID), Some(FUNCTION_HOST_UID))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -17,9 +64,29 @@ pub struct BuildOutput {
     pub manifest: Manifest,
 }
 
-/// Build `source` at `git_ref` into `dest` (the deployment's directory, created here).
+/// Build `source` at `git_ref` into `dest` (the deployment's directory, created here), for
+/// `project` (which owns the cached environment and package cache).
 pub async fn build(
     settings: &BuildSettings,
+    project: &str,
+    source_spec: &str,
+    git_ref: Option<&str>,
+    dest: PathBuf,
+    log: &LogSink,
+) -> Result<BuildOutput, DeployError> {
+    let cgroup = Cgroup::create(&settings.sandbox.cgroup_name, settings.sandbox.limits)?;
+    let mut sandbox = settings.sandbox.clone();
+    sandbox.procs = cgroup.procs_files();
+    let result = build_in(settings, &sandbox, project, source_spec, git_ref, dest, log).await;
+    // Whatever a build hook left running dies with the build.
+    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+    result
+}
+
+async fn build_in(
+    settings: &BuildSettings,
+    sandbox: &BuildSandbox,
+    project: &str,
     source_spec: &str,
     git_ref: Option<&str>,
     dest: PathBuf,
@@ -45,15 +112,13 @@ pub async fn build(
             ))
         }
     };
-    let env = venv::ensure(&settings.venv, &requirements, log).await?;
-    let functions = manifest::read(
-        &env,
-        &repo,
-        &module,
-        settings.sandbox_scratch.as_deref(),
-        log,
-    )
-    .await?;
+    // The source belongs to the build's uid while the build runs (local packages are built
+    // in place), and to root afterwards: function code sees it read-only.
+    chown_tree(&repo, FUNCTION_HOST_UID)?;
+    let env = venv::ensure(&settings.venv, sandbox, project, &repo, &requirements, log).await;
+    chown_tree(&repo, 0)?;
+    let env = env?;
+    let functions = manifest::read(&env, &repo, &module, sandbox, log).await?;
     Ok(BuildOutput {
         manifest: Manifest {
             module_path: module.path.clone(),
@@ -63,4 +128,15 @@ pub async fn build(
             functions,
         },
     })
+}
+
+/// Give `dir` and everything below it (not following links) to `uid`.
+fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for e in std::fs::read_dir(dir)? {
+            chown_tree(&e?.path(), uid)?;
+        }
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ pub mod sdk;
 pub mod source;
 pub mod venv;
 
-pub use build::{build, BuildOutput, BuildSettings};
+pub use build::{build, BuildOutput, BuildSandbox, BuildSettings};
 pub use config::ModuleConfig;
 pub use manifest::{FunctionSpec, Manifest};
 

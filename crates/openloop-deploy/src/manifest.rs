@@ -1,10 +1,10 @@
 //! The functions a deployment exports, read by importing its module.
 
+use crate::build::BuildSandbox;
 use crate::{DeployError, LogSink, ModuleConfig};
-use openloop_sandbox::python::PythonSandbox;
+use openloop_sandbox::python::{APP, OUT, VENV};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use tokio::process::Command;
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionSpec {
@@ -40,47 +40,40 @@ struct Output {
     error: Option<String>,
 }
 
-/// Import the module inside its environment and read its functions.
+/// Import the module inside its environment, in the build's sandbox, and read its functions.
 pub async fn read(
     venv: &Path,
     repo: &Path,
     module: &ModuleConfig,
-    sandbox_scratch: Option<&Path>,
+    sandbox: &BuildSandbox,
     log: &LogSink,
 ) -> Result<Vec<FunctionSpec>, DeployError> {
-    let python = venv.join("bin/python");
-    let (mut cmd, out_file, out_arg) = match sandbox_scratch {
-        Some(scratch) => {
-            let sandbox = PythonSandbox {
-                read_only: vec![venv.to_path_buf(), repo.to_path_buf()],
-                scratch: scratch.to_path_buf(),
-                cwd: repo.to_path_buf(),
-            };
-            let cmd = sandbox.command(&python)?;
-            (
-                cmd,
-                scratch.join("manifest.json"),
-                PathBuf::from("/tmp/manifest.json"),
-            )
-        }
-        None => {
-            let out = repo.join(".openloop-manifest.json");
-            let mut cmd = Command::new(&python);
-            cmd.current_dir(repo);
-            (cmd, out.clone(), out)
-        }
-    };
+    sandbox.owned_dir(&sandbox.scratch)?;
+    let out_file = sandbox.scratch.join("manifest.json");
     let _ = std::fs::remove_file(&out_file);
-    cmd.args(["-m", "runloop._manifest", "--module-dir"])
-        .arg(module.dir(repo))
-        .args(["--module", &module.name, "--out"])
-        .arg(&out_arg)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let module_dir = Path::new(APP).join(&module.path);
+    let cmd = sandbox
+        .python(repo, false)
+        .bind(venv, VENV, false)
+        .bind(&sandbox.scratch, OUT, true)
+        .command(
+            &format!("{VENV}/bin/python"),
+            &[
+                "-m".into(),
+                "runloop._manifest".into(),
+                "--module-dir".into(),
+                module_dir.to_string_lossy().into_owned(),
+                "--module".into(),
+                module.name.clone(),
+                "--out".into(),
+                format!("{OUT}/manifest.json"),
+            ],
+        )?;
     let _ = log.send(format!(
         "importing module '{}' to read its functions",
         module.name
     ));
-    let run = crate::venv::run_logged(cmd, log).await;
+    let run = crate::venv::run_logged(cmd, "python -m runloop._manifest", log).await;
     let text = std::fs::read_to_string(&out_file).map_err(|_| {
         DeployError::Manifest(format!(
             "importing module '{}' crashed before it could be described: {}",

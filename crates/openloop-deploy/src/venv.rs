@@ -1,6 +1,14 @@
-//! Virtual environments: one per (requirements, interpreter, SDK) hash, built once with `uv`.
+//! Virtual environments: one per (project, requirements, interpreter, SDK) hash, built once
+//! with `uv` inside the build's sandbox.
+//!
+//! `uv` and every package build hook it runs (sdists, local path packages) run in a jail
+//! (see `openloop_sandbox::python`) as an unprivileged uid, with only the environment being
+//! built, the project's own package cache and its source writable. Environments and caches
+//! are per project, so one project's build hooks can never plant code in another's.
 
+use crate::build::BuildSandbox;
 use crate::{sdk, DeployError, LogSink};
+use openloop_sandbox::python::{APP, UV, UV_CACHE, VENV};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,12 +23,33 @@ pub struct VenvSettings {
     pub python: PathBuf,
     /// Where environments are cached.
     pub cache_dir: PathBuf,
+    /// Where each project's `uv` package cache is kept.
+    pub uv_cache_dir: PathBuf,
 }
 
+/// Variables of the server's environment that reach a build (package index and proxy
+/// settings); nothing else of the server's environment does.
+pub const PASSED_TO_BUILDS: &[&str] = &[
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
 /// The environment's cache key.
-pub fn env_key(settings: &VenvSettings, requirements: &str) -> String {
+pub fn env_key(settings: &VenvSettings, project: &str, requirements: &str) -> String {
     let mut h = Sha256::new();
-    h.update(b"openloop-venv-v1\0");
+    h.update(b"openloop-venv-v2\0");
+    h.update(project.as_bytes());
+    h.update(b"\0");
     h.update(requirements.as_bytes());
     h.update(b"\0");
     h.update(settings.python.as_os_str().as_encoded_bytes());
@@ -29,13 +58,17 @@ pub fn env_key(settings: &VenvSettings, requirements: &str) -> String {
     hex::encode(h.finalize())[..24].to_string()
 }
 
-/// Return a ready environment for `requirements`, building it if it is not cached.
+/// Return a ready environment for `requirements` (read from `repo`), building it in the
+/// build's sandbox if it is not cached.
 pub async fn ensure(
     settings: &VenvSettings,
+    sandbox: &BuildSandbox,
+    project: &str,
+    repo: &Path,
     requirements: &str,
     log: &LogSink,
 ) -> Result<PathBuf, DeployError> {
-    let key = env_key(settings, requirements);
+    let key = env_key(settings, project, requirements);
     let dir = settings.cache_dir.join(&key);
     let ready = dir.join(".openloop-ready");
     if ready.exists() {
@@ -54,30 +87,55 @@ pub async fn ensure(
         return Ok(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let uv_cache = settings
+        .uv_cache_dir
+        .join(&env_key(settings, project, "")[..16]);
+    for d in [&dir, &uv_cache] {
+        sandbox.owned_dir(d)?;
+    }
+    let mut jail = sandbox
+        .python(repo, true)
+        .bind(&dir, VENV, true)
+        .bind(&settings.uv, UV, false)
+        .bind(&uv_cache, UV_CACHE, true)
+        .env("UV_CACHE_DIR", UV_CACHE)
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .env("UV_LINK_MODE", "copy")
+        .env("UV_NO_PROGRESS", "1")
+        .env("NO_COLOR", "1")
+        // The host's certificate store (/etc is visible read-only), so a site's own CA works.
+        .env("UV_NATIVE_TLS", "1");
+    // How this host reaches a package index is the operator's setting: only these pass.
+    for var in PASSED_TO_BUILDS {
+        if let Ok(value) = std::env::var(var) {
+            jail = jail.env(var, &value);
+        }
+    }
     let _ = log.send(format!("creating the Python environment {key} with uv"));
-    let mut venv = Command::new(&settings.uv);
-    venv.arg("venv")
-        .arg("--python")
-        .arg(&settings.python)
-        .arg(&dir);
-    run_logged(venv, log)
+    let python = settings.python.to_string_lossy().into_owned();
+    let venv = jail.command(UV, &["venv".into(), "--python".into(), python, VENV.into()])?;
+    run_logged(venv, "uv venv", log)
         .await
         .map_err(DeployError::Environment)?;
 
-    let req_file = dir.join("requirements.txt");
-    std::fs::write(&req_file, requirements)?;
-    let python = dir.join("bin/python");
     let _ = log.send("installing requirements.txt".into());
-    let mut install = Command::new(&settings.uv);
-    install
-        .args(["pip", "install", "--python"])
-        .arg(&python)
-        .arg("-r")
-        .arg(&req_file)
-        .arg("pydantic>=2,<3");
-    run_logged(install, log).await.map_err(|e| {
-        DeployError::Environment(format!("installing requirements.txt failed: {e}"))
-    })?;
+    let install = jail.command(
+        UV,
+        &[
+            "pip".into(),
+            "install".into(),
+            "--python".into(),
+            format!("{VENV}/bin/python"),
+            "-r".into(),
+            format!("{APP}/requirements.txt"),
+            "pydantic>=2,<3".into(),
+        ],
+    )?;
+    run_logged(install, "uv pip install", log)
+        .await
+        .map_err(|e| {
+            DeployError::Environment(format!("installing requirements.txt failed: {e}"))
+        })?;
     let site = site_packages(&dir)?;
     sdk::install(&site)?;
     let _ = log.send(format!(
@@ -105,14 +163,10 @@ fn site_packages(venv: &Path) -> Result<PathBuf, DeployError> {
 
 /// Run a command with its output copied line by line to the build log.
 /// On failure, the error carries the last lines of output.
-pub async fn run_logged(mut cmd: Command, log: &LogSink) -> Result<(), String> {
+pub async fn run_logged(mut cmd: Command, program: &str, log: &LogSink) -> Result<(), String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("UV_PYTHON_DOWNLOADS", "never")
-        .env("UV_NO_PROGRESS", "1")
-        .env("NO_COLOR", "1");
-    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("could not run {program}: {e}"))?;

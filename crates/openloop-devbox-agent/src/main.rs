@@ -1,46 +1,52 @@
 //! `openloop-devbox-agent`: started by the sandbox as the devbox's first process.
 //!
-//! It binds a Unix socket (path given as the only argument), prints `READY` on
-//! stdout, and then serves one [`Request`] per connection on its own thread. It
-//! uses only the standard library so it starts in well under a millisecond.
+//! It inherits the devbox's control socket as a file descriptor (`--control-fd N`), prints
+//! `READY` on stdout, and then serves one [`Request`] per connection the server hands it
+//! over that socket (`SCM_RIGHTS`), each on its own thread. There is no socket in the
+//! devbox's file system for anything inside to replace or reach. It uses only the standard
+//! library and libc so it starts in well under a millisecond.
 
 mod exec;
 mod files;
 
-use openloop_agent_proto::{kind, read_frame, write_frame, AgentError, Request};
+use openloop_agent_proto::{fdpass, kind, read_frame, write_frame, AgentError, Request};
 use std::io::{self, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 pub const HOME: &str = "/home/user";
 
 fn main() {
-    let path = match std::env::args().nth(1) {
-        Some(p) => p,
-        None => {
-            eprintln!("usage: openloop-devbox-agent SOCKET_PATH");
-            std::process::exit(2);
-        }
+    let args: Vec<String> = std::env::args().collect();
+    let fd = match args.as_slice() {
+        [_, flag, n] if flag == "--control-fd" => n.parse::<i32>().ok(),
+        _ => None,
     };
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("openloop-devbox-agent: cannot bind {path}: {e}");
-            std::process::exit(1);
-        }
+    let Some(fd) = fd else {
+        eprintln!("usage: openloop-devbox-agent --control-fd N");
+        std::process::exit(2);
     };
-    // Commands must not inherit a blocked SIGPIPE or similar from the sandbox set-up.
+    let control = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Commands never inherit the control socket.
     unsafe {
+        libc::fcntl(control.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        // Commands must not inherit a blocked SIGPIPE or similar from the sandbox set-up.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     println!("READY");
     let _ = io::stdout().flush();
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
+    loop {
+        match fdpass::recv_fd(control.as_raw_fd()) {
+            Ok(Some(conn)) => {
+                let stream = UnixStream::from(conn);
                 std::thread::spawn(move || serve(stream));
             }
-            Err(e) => eprintln!("openloop-devbox-agent: accept failed: {e}"),
+            // The server is gone: so is the devbox.
+            Ok(None) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("openloop-devbox-agent: control socket failed: {e}");
+                std::process::exit(1);
+            }
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The warm Python process of one deployment.
 
 use crate::RunnerError;
+use openloop_sandbox::cgroup::{Cgroup, Limits};
+use openloop_sandbox::jail::{JailFile, SeccompProfile};
+use openloop_sandbox::python::{PythonSandbox, RUN_SECCOMP};
+use openloop_sandbox::seccomp::{Filter, Profile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -13,19 +17,24 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch};
 
-/// What to start.
+/// What to start. Paths are as the process sees them, inside its sandbox.
 #[derive(Debug, Clone)]
 pub struct HostSpec {
     pub deployment_id: String,
     /// The environment's interpreter, `<venv>/bin/python`.
     pub python: PathBuf,
-    /// The repository checkout (working directory).
-    pub source_dir: PathBuf,
     /// The directory to put on `sys.path`.
     pub module_dir: PathBuf,
     pub module_name: String,
-    /// The sandbox to run in; `None` runs the process directly (tests of the runner alone).
-    pub sandbox: Option<openloop_sandbox::python::PythonSandbox>,
+    /// The engine socket runs connect their streams to.
+    pub engine_socket: PathBuf,
+    /// Size of each run's own `/tmp` (a tmpfs, counted in the run's memory).
+    pub run_tmp_bytes: u64,
+    /// The sandbox the process runs in (its working directory, binds and environment).
+    pub sandbox: PythonSandbox,
+    /// The cgroup the process (its import, validators and spare children) runs in.
+    pub cgroup_name: String,
+    pub limits: Limits,
 }
 
 /// One schema violation, as pydantic reports it.
@@ -53,27 +62,61 @@ pub struct WarmHost {
     /// Set with the reason once the process has stopped.
     dead: watch::Receiver<Option<String>>,
     pid: i32,
+    /// The process's own cgroup; removed when the host is dropped.
+    cgroup: Mutex<Option<Cgroup>>,
 }
 
 impl WarmHost {
     /// Start the process and wait until it has imported the module.
     pub async fn start(spec: HostSpec) -> Result<Arc<WarmHost>, RunnerError> {
+        let cgroup = Cgroup::create(&spec.cgroup_name, spec.limits)
+            .map_err(|e| RunnerError::Spawn(format!("creating the process's cgroup: {e}")))?;
+        match Self::spawn(spec, &cgroup).await {
+            Ok(host) => {
+                if let Ok(mut c) = host.cgroup.lock() {
+                    *c = Some(cgroup);
+                }
+                Ok(host)
+            }
+            Err(e) => {
+                tokio::task::spawn_blocking(move || cgroup.destroy());
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn(spec: HostSpec, cgroup: &Cgroup) -> Result<Arc<WarmHost>, RunnerError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs: OwnedFd = theirs.into();
         let fd = theirs.as_raw_fd();
-        let mut cmd = match &spec.sandbox {
-            Some(sb) => sb
-                .command(&spec.python)
-                .map_err(|e| RunnerError::Spawn(format!("preparing the sandbox: {e}")))?,
-            None => tokio::process::Command::new(&spec.python),
-        };
-        cmd.args(["-m", "runloop._host", "--module-dir"])
-            .arg(&spec.module_dir)
-            .args(["--module", &spec.module_name, "--control-fd", "3"])
-            .current_dir(&spec.source_dir)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
+        let mut sandbox = spec.sandbox.clone().in_cgroup(cgroup);
+        sandbox.seccomp = SeccompProfile::WarmHost;
+        sandbox.keep_fds = vec![3];
+        // Each run loads this filter once it has its own namespaces, before any of its code.
+        sandbox.files.push(JailFile {
+            dst: PathBuf::from(RUN_SECCOMP),
+            contents: Filter::new(Profile::Sandbox).to_bytes(),
+        });
+        let args: Vec<String> = vec![
+            "-m".into(),
+            "runloop._host".into(),
+            "--module-dir".into(),
+            spec.module_dir.to_string_lossy().into_owned(),
+            "--module".into(),
+            spec.module_name.clone(),
+            "--control-fd".into(),
+            "3".into(),
+            "--engine-socket".into(),
+            spec.engine_socket.to_string_lossy().into_owned(),
+            "--run-tmp-bytes".into(),
+            spec.run_tmp_bytes.to_string(),
+            "--run-seccomp".into(),
+            RUN_SECCOMP.into(),
+        ];
+        let mut cmd = sandbox
+            .command(&spec.python.to_string_lossy(), &args)
+            .map_err(|e| RunnerError::Spawn(format!("preparing the sandbox: {e}")))?;
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -84,8 +127,6 @@ impl WarmHost {
                 } else if libc::dup2(fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Die with the server.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
@@ -141,6 +182,7 @@ impl WarmHost {
             exits: Mutex::new(HashMap::new()),
             dead: dead_rx,
             pid,
+            cgroup: Mutex::new(None),
         });
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
@@ -270,6 +312,10 @@ impl Drop for WarmHost {
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
             }
+        }
+        // Whatever is left of the process's sandbox dies with its cgroup, off any async thread.
+        if let Some(cgroup) = self.cgroup.lock().ok().and_then(|mut c| c.take()) {
+            std::thread::spawn(move || cgroup.destroy());
         }
     }
 }

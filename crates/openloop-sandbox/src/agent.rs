@@ -1,8 +1,9 @@
-//! Client side of the agent protocol: one request per connection to the devbox's socket.
+//! Client side of the agent protocol: one request per connection, each connection handed to
+//! the agent over the devbox's control socket (never looked up by path).
 
 use crate::SandboxError;
-use openloop_agent_proto::{kind, parse_header, AgentError, ExitStatus, Request};
-use std::path::Path;
+use openloop_agent_proto::{fdpass, kind, parse_header, AgentError, ExitStatus, Request};
+use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -45,10 +46,38 @@ async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<(u8, Vec<u8>)>
     Ok(Some((k, payload)))
 }
 
-async fn open(socket: &Path, req: &Request) -> Result<UnixStream, SandboxError> {
-    let mut s = UnixStream::connect(socket)
-        .await
+/// The server's end of a devbox's control socket.
+#[derive(Debug)]
+pub struct AgentLink {
+    control: OwnedFd,
+}
+
+impl AgentLink {
+    pub fn new(control: OwnedFd) -> AgentLink {
+        AgentLink { control }
+    }
+
+    /// A fresh connection to the agent: one end of a new socket pair, the other end sent
+    /// over the control socket.
+    fn connect(&self) -> Result<UnixStream, SandboxError> {
+        let (ours, theirs) = fdpass::stream_pair()?;
+        // Never block the server on an agent that stopped reading (for example one that
+        // was sent SIGSTOP from inside the devbox).
+        fdpass::send_fd(
+            self.control.as_raw_fd(),
+            theirs.as_raw_fd(),
+            libc::MSG_DONTWAIT,
+        )
         .map_err(|e| SandboxError::NotRunning(format!("agent unreachable: {e}")))?;
+        drop(theirs);
+        let ours = std::os::unix::net::UnixStream::from(ours);
+        ours.set_nonblocking(true)?;
+        Ok(UnixStream::from_std(ours)?)
+    }
+}
+
+async fn open(agent: &AgentLink, req: &Request) -> Result<UnixStream, SandboxError> {
+    let mut s = agent.connect()?;
     let body = serde_json::to_vec(req).map_err(|e| SandboxError::Io(e.into()))?;
     write_frame(&mut s, kind::REQUEST, &body).await?;
     Ok(s)
@@ -74,12 +103,12 @@ fn unexpected_end() -> SandboxError {
 /// Run a command; every chunk of output is also sent to `live` when given.
 /// At most `max_output` bytes of each stream are kept in the result.
 pub async fn exec(
-    socket: &Path,
+    agent: &AgentLink,
     req: Request,
     max_output: usize,
     live: Option<mpsc::UnboundedSender<OutputChunk>>,
 ) -> Result<ExecOutput, SandboxError> {
-    let mut s = open(socket, &req).await?;
+    let mut s = open(agent, &req).await?;
     let mut out = ExecOutput {
         exit: ExitStatus {
             code: None,
@@ -127,11 +156,11 @@ pub async fn exec(
 
 /// Read a whole file, refusing files larger than `max_bytes`.
 pub async fn read_file(
-    socket: &Path,
+    agent: &AgentLink,
     path: &str,
     max_bytes: usize,
 ) -> Result<Vec<u8>, SandboxError> {
-    let mut s = open(socket, &Request::ReadFile { path: path.into() }).await?;
+    let mut s = open(agent, &Request::ReadFile { path: path.into() }).await?;
     let mut data = Vec::new();
     loop {
         match read_frame(&mut s).await? {
@@ -152,12 +181,16 @@ pub async fn read_file(
 }
 
 /// Create or replace a file with `contents`, creating parent directories.
-pub async fn write_file(socket: &Path, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
+pub async fn write_file(
+    agent: &AgentLink,
+    path: &str,
+    contents: &[u8],
+) -> Result<(), SandboxError> {
     let req = Request::WriteFile {
         path: path.into(),
         create_dirs: true,
     };
-    let mut s = open(socket, &req).await?;
+    let mut s = open(agent, &req).await?;
     for chunk in contents.chunks(openloop_agent_proto::MAX_FRAME / 2) {
         write_frame(&mut s, kind::DATA, chunk).await?;
     }
@@ -165,8 +198,8 @@ pub async fn write_file(socket: &Path, path: &str, contents: &[u8]) -> Result<()
     finish(&mut s).await
 }
 
-pub async fn delete_file(socket: &Path, path: &str) -> Result<(), SandboxError> {
-    let mut s = open(socket, &Request::DeleteFile { path: path.into() }).await?;
+pub async fn delete_file(agent: &AgentLink, path: &str) -> Result<(), SandboxError> {
+    let mut s = open(agent, &Request::DeleteFile { path: path.into() }).await?;
     finish(&mut s).await
 }
 
@@ -184,13 +217,13 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
-    pub async fn open(socket: &Path, path: &str) -> Result<FileWriter, SandboxError> {
+    pub async fn open(agent: &AgentLink, path: &str) -> Result<FileWriter, SandboxError> {
         let req = Request::WriteFile {
             path: path.into(),
             create_dirs: true,
         };
         Ok(FileWriter {
-            stream: open(socket, &req).await?,
+            stream: open(agent, &req).await?,
         })
     }
 
@@ -216,8 +249,8 @@ pub struct FileReader {
 
 impl FileReader {
     /// Open the file; errors such as "not found" surface here, before any data.
-    pub async fn open(socket: &Path, path: &str) -> Result<FileReader, SandboxError> {
-        let mut stream = open(socket, &Request::ReadFile { path: path.into() }).await?;
+    pub async fn open(agent: &AgentLink, path: &str) -> Result<FileReader, SandboxError> {
+        let mut stream = open(agent, &Request::ReadFile { path: path.into() }).await?;
         let (first, done) = match read_frame(&mut stream).await? {
             Some((kind::DATA, chunk)) => (Some(chunk), false),
             Some((kind::END, _)) => (None, true),

@@ -1,12 +1,13 @@
 //! One devbox: overlay root + `bwrap` + the agent.
 
-use crate::agent::{self, ExecOutput, OutputChunk};
+use crate::agent::{self, AgentLink, ExecOutput, OutputChunk};
 use crate::cgroup::{self, Cgroup, Limits};
 use crate::disk;
 use crate::{SandboxError, SANDBOX_HOST_UID, SANDBOX_UID};
 use openloop_agent_proto::Request;
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,12 +17,13 @@ use tokio::sync::{mpsc, watch};
 /// Where devboxes live and what they are made of.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Parent of the per-devbox directories (upper layer, mount point, agent socket).
+    /// Parent of the per-devbox directories (disk, upper layer, mount point).
     pub devbox_dir: PathBuf,
     /// The ready base image (see [`crate::image`]).
     pub image: PathBuf,
-    /// The `openloop-devbox-agent` binary, bound read-only into every devbox.
-    pub agent_bin: PathBuf,
+    /// A read-only layer holding the agent at `/opt/openloop/agent`, stacked over the
+    /// image (see [`prepare_agent_layer`]).
+    pub agent_layer: PathBuf,
     /// Disks formatted ahead of time, so creating a devbox does not wait for `mkfs`.
     pub pool: Option<std::sync::Arc<disk::DiskPool>>,
 }
@@ -44,7 +46,7 @@ pub struct DevboxSpec {
 pub struct Devbox {
     pub id: String,
     dir: PathBuf,
-    socket: PathBuf,
+    agent: AgentLink,
     env: std::sync::RwLock<BTreeMap<String, String>>,
     cgroup: Cgroup,
     pid: i32,
@@ -66,18 +68,12 @@ impl Devbox {
                 .map_err(|e| start_err("creating the devbox directory", e))?;
             std::fs::rename(ready, &dir).map_err(|e| start_err("taking a prepared disk", e))?;
         }
-        for sub in ["disk", "root", "run"] {
+        for sub in ["disk", "root"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| start_err("creating the devbox directory", e))?;
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| start_err("chmod", e))?;
-        std::os::unix::fs::chown(
-            dir.join("run"),
-            Some(SANDBOX_HOST_UID),
-            Some(SANDBOX_HOST_UID),
-        )
-        .map_err(|e| start_err("chown", e))?;
         if pooled.is_some() {
             // The disk came formatted and mounted.
         } else if let Err(e) = disk::make_disk(&dir, spec.disk_bytes).await {
@@ -87,7 +83,7 @@ impl Devbox {
                 e,
             ));
         }
-        mount_overlay(&config.image, &dir).map_err(|e| {
+        mount_overlay(&config.agent_layer, &config.image, &dir).map_err(|e| {
             remove_dir(&dir);
             start_err(
                 "mounting the overlay root (is the server running as root?)",
@@ -109,7 +105,7 @@ impl Devbox {
                 return Err(e);
             }
         };
-        let (pid, exited, inner_pid) = started;
+        let (pid, exited, inner_pid, control) = started;
         let network = if spec.network {
             match start_network(inner_pid, &cgroup).await {
                 Ok(child) => Some(child),
@@ -128,7 +124,7 @@ impl Devbox {
         Ok(Devbox {
             network: tokio::sync::Mutex::new(network),
             id: spec.id,
-            socket: dir.join("run/agent.sock"),
+            agent: AgentLink::new(control),
             dir,
             env: std::sync::RwLock::new(spec.env),
             cgroup,
@@ -184,7 +180,7 @@ impl Devbox {
             env: all_env,
             cwd,
         };
-        let result = agent::exec(&self.socket, req, max_output, live).await;
+        let result = agent::exec(&self.agent, req, max_output, live).await;
         if result.is_err() {
             self.check_running()?;
         }
@@ -193,29 +189,29 @@ impl Devbox {
 
     pub async fn read_file(&self, path: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
         self.check_running()?;
-        agent::read_file(&self.socket, path, max_bytes).await
+        agent::read_file(&self.agent, path, max_bytes).await
     }
 
     pub async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
         self.check_running()?;
-        agent::write_file(&self.socket, path, contents).await
+        agent::write_file(&self.agent, path, contents).await
     }
 
     pub async fn delete_file(&self, path: &str) -> Result<(), SandboxError> {
         self.check_running()?;
-        agent::delete_file(&self.socket, path).await
+        agent::delete_file(&self.agent, path).await
     }
 
     /// Start writing a file in chunks (for uploads).
     pub async fn upload(&self, path: &str) -> Result<agent::FileWriter, SandboxError> {
         self.check_running()?;
-        agent::FileWriter::open(&self.socket, path).await
+        agent::FileWriter::open(&self.agent, path).await
     }
 
     /// Start reading a file in chunks (for downloads).
     pub async fn download(&self, path: &str) -> Result<agent::FileReader, SandboxError> {
         self.check_running()?;
-        agent::FileReader::open(&self.socket, path).await
+        agent::FileReader::open(&self.agent, path).await
     }
 
     /// Whether the kernel killed something in this devbox for using too much memory.
@@ -248,21 +244,52 @@ impl Devbox {
     }
 }
 
+/// The devbox's seccomp program, compiled once.
+fn seccomp_program() -> &'static [u8] {
+    static PROGRAM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| crate::seccomp::Filter::new(crate::seccomp::Profile::Sandbox).to_bytes())
+}
+
+/// A sealed in-memory file holding `bytes`, read from its start (for `bwrap --seccomp`).
+/// Not a pipe: bwrap reads to end-of-file, which a pipe would not give while another
+/// child forked by the server meanwhile still held its write end.
+fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::memfd_create(c"openloop-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(OwnedFd::from(file))
+}
+
+type Started = (i32, watch::Receiver<Option<String>>, i32, OwnedFd);
+
 async fn spawn(
-    config: &SandboxConfig,
+    _config: &SandboxConfig,
     spec: &DevboxSpec,
     dir: &Path,
     cgroup: &Cgroup,
-) -> Result<(i32, watch::Receiver<Option<String>>, i32), SandboxError> {
+) -> Result<Started, SandboxError> {
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(SandboxError::Io(std::io::Error::last_os_error()));
     }
     let (info_r, info_w) = (fds[0], fds[1]);
+    // The agent's control socket (fd 3 inside) and the seccomp program (fd 5 for bwrap).
+    let (control, agent_end) = openloop_agent_proto::fdpass::control_pair()?;
+    let seccomp = memfd_with(seccomp_program())?;
+    let (agent_fd, seccomp_fd) = (agent_end.as_raw_fd(), seccomp.as_raw_fd());
     let mut cmd = tokio::process::Command::new("bwrap");
+    // bwrap itself is the sandbox's first process: it sees nothing of the server's environment.
+    cmd.env_clear();
     let uid = SANDBOX_UID.to_string();
     cmd.args([
         "--unshare-all",
+        "--unshare-user",
         "--uid",
         &uid,
         "--gid",
@@ -274,13 +301,9 @@ async fn spawn(
     .arg(dir.join("root"))
     .arg("/")
     .args(["--proc", "/proc", "--dev", "/dev"])
-    .arg("--bind")
-    .arg(dir.join("run"))
-    .arg("/run/openloop")
-    .arg("--ro-bind")
-    .arg(&config.agent_bin)
-    .arg(AGENT_PATH)
     .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
+    // No user namespace can be made inside (and the seccomp filter refuses them too).
+    .arg("--disable-userns")
     .args(["--chdir", "/home/user", "--clearenv"])
     .args([
         "--setenv",
@@ -290,8 +313,8 @@ async fn spawn(
         "PATH",
         "/usr/bin:/bin",
     ])
-    .args(["--info-fd", "4"])
-    .args(["--", AGENT_PATH, "/run/openloop/agent.sock"])
+    .args(["--info-fd", "4", "--seccomp", "5"])
+    .args(["--", AGENT_PATH, "--control-fd", "3"])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -300,8 +323,11 @@ async fn spawn(
     let host_uid = SANDBOX_HOST_UID;
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(info_w, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // dup2 clears close-on-exec on the new descriptors.
+            for (from, to) in [(agent_fd, 3), (info_w, 4), (seccomp_fd, 5)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             cgroup::join_in_child(&procs)?;
             // Drop to the unprivileged host uid before bwrap: the sandbox's user
@@ -319,6 +345,8 @@ async fn spawn(
     unsafe {
         libc::close(info_w);
     }
+    drop(agent_end);
+    drop(seccomp);
     let info = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(info_r) };
     let mut child = spawned.map_err(|e| {
         SandboxError::Start(format!(
@@ -359,7 +387,7 @@ async fn spawn(
         tracing::debug!(devbox = %id, %reason, stderr = %err.trim(), "devbox sandbox ended");
         let _ = tx.send(Some(reason));
     });
-    Ok((pid, rx, inner_pid))
+    Ok((pid, rx, inner_pid, control))
 }
 
 fn read_child_pid(mut info: std::fs::File) -> Option<i32> {
@@ -470,12 +498,52 @@ fn owning_userns(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
-fn mount_overlay(lower: &Path, dir: &Path) -> std::io::Result<()> {
+/// Put the agent binary into `layer` at `opt/openloop/agent`, a read-only layer stacked over
+/// the base image of every devbox (so no host path is bound into a devbox).
+pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()> {
+    let target = layer.join("opt/openloop/agent");
+    let wanted = std::fs::read(agent_bin)?;
+    if std::fs::read(&target).ok().as_deref() == Some(&wanted[..]) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(layer.join("opt/openloop"))?;
+    for d in [
+        layer.to_path_buf(),
+        layer.join("opt"),
+        layer.join("opt/openloop"),
+    ] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let tmp = layer.join("opt/openloop/.agent.new");
+    std::fs::write(&tmp, &wanted)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &target)
+}
+
+/// Mount the devbox's root: its upper layer over the agent layer over the image. The layers
+/// are named by descriptors (`/proc/self/fd/N`), so the devbox's mount table, which shows
+/// these options, names no host path.
+fn mount_overlay(agent_layer: &Path, image: &Path, dir: &Path) -> std::io::Result<()> {
+    let open = |p: &Path| -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(p)
+    };
+    let layers = [
+        open(agent_layer)?,
+        open(image)?,
+        open(&dir.join("disk/upper"))?,
+        open(&dir.join("disk/work"))?,
+    ];
+    let fd = |i: usize| format!("/proc/self/fd/{}", layers[i].as_raw_fd());
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        dir.join("disk/upper").display(),
-        dir.join("disk/work").display()
+        "lowerdir={}:{},upperdir={},workdir={}",
+        fd(0),
+        fd(1),
+        fd(2),
+        fd(3)
     );
     let target = CString::new(dir.join("root").into_os_string().into_encoded_bytes())?;
     let opts = CString::new(opts)?;

@@ -5,11 +5,14 @@
 //! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time.
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
-//! - [`python`]: the sandbox a deployment's Python code runs in.
+//! - [`jail`]: Openloop's own namespace launcher (`openloop __jail`), for Python code.
+//! - [`python`]: the jail a deployment's Python code runs in: its build, its manifest
+//!   import, its warm process and runs.
 //! - [`seccomp`]: the syscall filters every sandbox loads (no namespace creation, mounting,
 //!   keyring, bpf, io_uring, kernel modules, ...), as bytes for `bwrap --seccomp` or installed
 //!   in a forked child.
-//! - [`agent`]: the client side of the agent protocol (exec, files) over the devbox's Unix socket.
+//! - [`agent`]: the client side of the agent protocol (exec, files); each connection is
+//!   handed to the agent over its control socket, never found by path.
 //!
 //! This crate knows nothing of the database or of HTTP.
 
@@ -18,6 +21,7 @@ pub mod cgroup;
 pub mod devbox;
 pub mod disk;
 pub mod image;
+pub mod jail;
 pub mod python;
 pub mod seccomp;
 

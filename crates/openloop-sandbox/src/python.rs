@@ -1,77 +1,144 @@
-//! A sandbox for running a deployment's Python code (its warm process, and the import that
-//! reads its manifest): the host's system directories and the deployment's code and
-//! environment read-only, a private writable scratch directory as `/tmp`, the host's network,
-//! an unprivileged uid with no capabilities, and no view of the Openloop data directory, other
-//! deployments or host processes.
+//! The sandbox a deployment's Python code runs in: its build (`uv`), the import that reads
+//! its manifest, and its warm process with every run. It is a [`crate::jail`]: the host's
+//! system directories read-only, the deployment's environment and code at fixed neutral
+//! paths, a size-limited tmpfs as `/tmp`, its own user, pid, mount, ipc, uts and cgroup
+//! namespaces, uid 1000 with no capabilities, a seccomp filter, its own cgroup, and an
+//! environment made only of [`PythonSandbox::env`] and the documented basics.
 
-use crate::{SANDBOX_HOST_UID, SANDBOX_UID};
+use crate::cgroup::Cgroup;
+use crate::jail::{Bind, JailFile, JailSpec, Network, SeccompProfile};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-/// What a Python sandbox sees.
-#[derive(Debug, Clone)]
-pub struct PythonSandbox {
-    /// Directories bound read-only at the same path (the virtual environment, the code, sockets).
-    pub read_only: Vec<PathBuf>,
-    /// The private scratch directory, bound writable as `/tmp` (created and handed to the uid).
-    pub scratch: PathBuf,
-    /// The working directory inside.
-    pub cwd: PathBuf,
+/// Where a deployment's virtual environment is, inside.
+pub const VENV: &str = "/opt/openloop/venv";
+/// Where the deployment's code is, inside (the working directory).
+pub const APP: &str = "/opt/openloop/app";
+/// Where a build's `uv` cache is, inside.
+pub const UV_CACHE: &str = "/opt/openloop/uv-cache";
+/// Where the `uv` binary is, inside a build.
+pub const UV: &str = "/opt/openloop/bin/uv";
+/// A writable directory for results that leave the sandbox (the manifest).
+pub const OUT: &str = "/opt/openloop/out";
+/// The engine socket runs connect to, inside.
+pub const ENGINE_SOCKET: &str = "/run/openloop/engine.sock";
+/// The seccomp program each run loads once it has set up its own namespaces.
+pub const RUN_SECCOMP: &str = "/run/openloop/seccomp-run.bpf";
+
+/// The environment every Python sandbox starts with, before its own variables.
+pub fn base_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            format!("{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
+        ),
+        ("HOME".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+    ]
 }
 
-/// System directories of the host that Python and its libraries need, read-only.
-const SYSTEM: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"];
+/// What a Python sandbox is made of.
+#[derive(Debug, Clone)]
+pub struct PythonSandbox {
+    /// The `openloop` binary, which acts as the jail launcher (`openloop __jail`).
+    pub launcher: PathBuf,
+    /// Binds beyond the host's system directories.
+    pub binds: Vec<Bind>,
+    /// Small files written into the sandbox, read-only.
+    pub files: Vec<JailFile>,
+    /// Size of the tmpfs at `/tmp` (its pages count against the cgroup's memory limit).
+    pub tmp_bytes: u64,
+    /// Variables beyond [`base_env`].
+    pub env: Vec<(String, String)>,
+    /// The working directory inside.
+    pub cwd: PathBuf,
+    pub network: Network,
+    pub seccomp: SeccompProfile,
+    /// `cgroup.procs` files the sandbox joins before anything in it runs.
+    pub cgroup_procs: Vec<CString>,
+    /// Descriptors beyond 0, 1 and 2 that stay open inside.
+    pub keep_fds: Vec<i32>,
+}
 
 impl PythonSandbox {
-    /// A `bwrap` command that runs `program args…` inside the sandbox. File descriptors the
-    /// caller passes (for example a control socket as fd 3) stay open inside.
-    pub fn command(&self, program: &Path) -> std::io::Result<tokio::process::Command> {
-        std::fs::create_dir_all(&self.scratch)?;
-        std::os::unix::fs::chown(
-            &self.scratch,
-            Some(SANDBOX_HOST_UID),
-            Some(SANDBOX_HOST_UID),
-        )?;
-        let mut cmd = tokio::process::Command::new("bwrap");
-        let uid = SANDBOX_UID.to_string();
-        cmd.args([
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-        ])
-        .args(["--uid", &uid, "--gid", &uid, "--hostname", "openloop-run"]);
-        for dir in SYSTEM {
-            if Path::new(dir).exists() {
-                cmd.args(["--ro-bind", dir, dir]);
-            }
+    /// A sandbox with the basics: system directories, `/tmp` of `tmp_bytes`, [`APP`] as the
+    /// working directory, the host's network, the `Sandbox` seccomp profile.
+    pub fn new(launcher: &Path, tmp_bytes: u64) -> PythonSandbox {
+        PythonSandbox {
+            launcher: launcher.to_path_buf(),
+            binds: Vec::new(),
+            files: Vec::new(),
+            tmp_bytes,
+            env: Vec::new(),
+            cwd: PathBuf::from(APP),
+            network: Network::Host,
+            seccomp: SeccompProfile::Sandbox,
+            cgroup_procs: Vec::new(),
+            keep_fds: Vec::new(),
         }
-        cmd.args(["--proc", "/proc", "--dev", "/dev"]);
-        cmd.arg("--bind").arg(&self.scratch).arg("/tmp");
-        for dir in &self.read_only {
-            cmd.arg("--ro-bind").arg(dir).arg(dir);
+    }
+
+    pub fn bind(mut self, src: &Path, dst: &str, writable: bool) -> Self {
+        self.binds.push(Bind {
+            src: src.to_path_buf(),
+            dst: PathBuf::from(dst),
+            writable,
+        });
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Run inside `cgroup` (joined before the sandbox is assembled).
+    pub fn in_cgroup(mut self, cgroup: &Cgroup) -> Self {
+        self.cgroup_procs = cgroup.procs_files();
+        self
+    }
+
+    /// The jail's full specification for running `program args…`.
+    pub fn spec(&self, program: &str, args: &[String]) -> JailSpec {
+        let mut binds = JailSpec::system_binds();
+        binds.extend(self.binds.iter().cloned());
+        let mut env = base_env();
+        env.extend(self.env.iter().cloned());
+        JailSpec {
+            binds,
+            tmpfs: vec![crate::jail::Tmpfs {
+                dst: PathBuf::from("/tmp"),
+                size_bytes: self.tmp_bytes,
+                mode: 0o1777,
+            }],
+            files: self.files.clone(),
+            env,
+            cwd: self.cwd.clone(),
+            hostname: "openloop".into(),
+            network: self.network,
+            seccomp: self.seccomp,
+            keep_fds: self.keep_fds.clone(),
+            program: PathBuf::from(program),
+            args: args.to_vec(),
         }
-        cmd.args([
-            "--die-with-parent",
-            "--cap-drop",
-            "ALL",
-            "--setenv",
-            "HOME",
-            "/tmp",
-        ])
-        .arg("--chdir")
-        .arg(&self.cwd)
-        .arg("--")
-        .arg(program);
-        let host_uid = SANDBOX_HOST_UID;
+    }
+
+    /// A command that runs `program args…` inside the sandbox. Its environment is empty
+    /// apart from the sandbox's own; descriptors in `keep_fds` must be open (without
+    /// close-on-exec) when the command execs. It dies with the server.
+    pub fn command(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> std::io::Result<tokio::process::Command> {
+        let mut cmd = self.spec(program, args).command(&self.launcher)?;
+        let procs = self.cgroup_procs.clone();
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(host_uid) != 0
-                    || libc::setuid(host_uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                crate::cgroup::join_in_child(&procs)?;
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
                 Ok(())
             });
         }

@@ -22,11 +22,16 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )
     .unwrap();
+    let agent_layer = tmp.path().join("agent-layer");
+    openloop_sandbox::devbox::prepare_agent_layer(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/openloop-devbox-agent"),
+        &agent_layer,
+    )
+    .unwrap();
     let config = SandboxConfig {
         devbox_dir: tmp.path().join("devboxes"),
         image,
-        agent_bin: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../target/debug/openloop-devbox-agent"),
+        agent_layer,
         pool: None,
     };
     let spec = DevboxSpec {

@@ -9,6 +9,13 @@ It imports the agent module once, then serves the server over the control socket
   ``{"event": "exit", "invocation_id", "pid", "code" | "signal"}``
 - ``{"op": "kill", "invocation_id"}`` kills the run's process group.
 
+Each run is isolated from every other run and from this process: its process is forked
+ahead of time and, before any run code, enters user, mount and pid namespaces of its own
+(so it sees, signals and traces only its own processes, under its own ``/proc``), mounts a
+size-limited tmpfs of its own as ``/tmp`` (gone when the run ends), drops every
+capability, loads the sandbox's seccomp filter (no namespaces, mounts, ``bpf``, …) and
+makes itself non-dumpable, so no other process of the deployment can read its memory.
+
 The child connects three streams to the server's engine socket (``control``, ``stdout``,
 ``stderr``); its file descriptors 1 and 2 become the output streams, so nothing a
 function prints can be mistaken for its result, which travels as a length-prefixed
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import io
 import json
 import logging
@@ -34,6 +42,91 @@ import traceback
 from typing import Any
 
 from ._function import FunctionDefinition, registered_functions
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_MODE_FILTER = 2
+_CAP_VERSION_3 = 0x20080522
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _non_dumpable() -> None:
+    """No process of the same user may trace this one or read its memory or environment."""
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def _enter_run_namespaces() -> None:
+    """Own user, mount and pid namespaces (pid 1 is this process's next child)."""
+    uid, gid = os.getuid(), os.getgid()
+    # The host process is not dumpable, so its /proc files are not its own; this process
+    # must own its /proc/self to write its maps. Its run's pid 1 is sealed non-dumpable.
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID), "unshare")
+    _write_file("/proc/self/setgroups", "deny")
+    _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+
+
+def _seal_run(tmp_bytes: int, seccomp: bytes) -> None:
+    """In the run's pid 1, before any run code: its own /proc and /tmp, no capabilities,
+    the sandbox's seccomp filter, not dumpable."""
+    _check(
+        _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
+        "mounting the run's /proc",
+    )
+    opts = f"size={max(tmp_bytes, 4096)},mode=1777".encode()
+    _check(
+        _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
+        "mounting the run's /tmp",
+    )
+    for cap in range(64):
+        _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    buf = ctypes.create_string_buffer(seccomp, len(seccomp))
+    prog = _SockFprog(len(seccomp) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(
+        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
+        "installing the run's seccomp filter",
+    )
+    _non_dumpable()
 
 
 class FrameWriter:
@@ -80,12 +173,12 @@ def _connect(path: str, invocation_id: str, key: str, channel: str) -> socket.so
     return s
 
 
-def _run_child(msg: dict[str, Any], fn: FunctionDefinition) -> None:
+def _run_child(msg: dict[str, Any], fn: FunctionDefinition, engine_socket: str) -> None:
     """Body of the forked child; never returns."""
     code = 0
     try:
         os.setsid()
-        path, inv, key = msg["socket"], msg["invocation_id"], msg["key"]
+        path, inv, key = engine_socket, msg["invocation_id"], msg["key"]
         control = _connect(path, inv, key, "control")
         out = _connect(path, inv, key, "stdout")
         err = _connect(path, inv, key, "stderr")
@@ -160,17 +253,42 @@ def _flush() -> None:
             pass
 
 
+class Spare:
+    """A run's process forked and isolated ahead of time, waiting for its run."""
+
+    def __init__(self, forked: int, write: int, report: int) -> None:
+        #: The process forked from the host; it exits once it has forked the run's pid 1.
+        self.forked = forked
+        #: The run's message goes here.
+        self.write = write
+        #: The run's pid (4 bytes), or 0 and the reason its isolation failed.
+        self.report = report
+        self.pid: int | None = None
+
+    def close(self) -> None:
+        for fd in (self.write, self.report):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Host:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(
+        self, control: socket.socket, engine_socket: str, run_tmp_bytes: int, seccomp: bytes
+    ) -> None:
         self.control = control
+        self.engine_socket = engine_socket
+        self.run_tmp_bytes = run_tmp_bytes
+        self.seccomp = seccomp
         self.buffer = b""
         self.children: dict[int, str] = {}
         self.by_invocation: dict[str, int] = {}
         self.functions = registered_functions()
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
-        #: A process forked ahead of time for the next run: (pid, write end of its pipe).
-        self.spare: tuple[int, int] | None = None
+        #: The next run's process, forked and isolated ahead of time.
+        self.spare: Spare | None = None
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
@@ -222,7 +340,11 @@ class Host:
             if fn is None:
                 self.send({"id": msg["id"], "error": f"unknown function {msg.get('function')!r}"})
                 return
-            pid = self._hand_to_spare(msg)
+            try:
+                pid = self._hand_to_spare(msg)
+            except RuntimeError as e:
+                self.send({"id": msg["id"], "error": str(e)})
+                return
             self.children[pid] = msg["invocation_id"]
             self.by_invocation[msg["invocation_id"]] = pid
             self.send({"id": msg["id"], "pid": pid})
@@ -237,51 +359,94 @@ class Host:
                     pass
 
     def _fork_spare(self) -> None:
-        """Fork the next run's process ahead of time; it waits for its run on a pipe."""
+        """Fork and isolate the next run's process ahead of time; it waits on a pipe."""
         if self.spare is not None:
             return
         r, w = os.pipe()
+        report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(w)
+            os.close(report_r)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self.sel.close()
             self.control.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            chunks = []
+            self._become_run(r, report_w)
+        os.close(r)
+        os.close(report_w)
+        self.spare = Spare(pid, w, report_r)
+
+    def _become_run(self, r: int, report_w: int) -> None:
+        """In the forked process: isolate, fork the run's pid 1, report its pid, exit.
+        Never returns."""
+        try:
+            _enter_run_namespaces()
+            pid = os.fork()
+        except BaseException as e:  # noqa: BLE001 - reported to the host
+            os.write(report_w, struct.pack("i", 0) + f"{type(e).__name__}: {e}".encode())
+            os._exit(71)
+        if pid != 0:
+            os.write(report_w, struct.pack("i", pid))
+            os._exit(0)
+        try:
+            _seal_run(self.run_tmp_bytes, self.seccomp)
+        except BaseException:  # noqa: BLE001 - the host sees the pipe close
+            os._exit(71)
+        os.close(report_w)
+        chunks = []
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not chunks:
+            os._exit(0)
+        msg = json.loads(b"".join(chunks))
+        _run_child(msg, registered_functions()[msg["function"]], self.engine_socket)
+
+    def _spare_pid(self, spare: Spare) -> int:
+        """The pid of the spare's run process, once it reported it (raises if it failed)."""
+        if spare.pid is None:
+            data = b""
             while True:
-                chunk = os.read(r, 1 << 16)
+                chunk = os.read(spare.report, 4096)
                 if not chunk:
                     break
-                chunks.append(chunk)
-            if not chunks:
-                os._exit(0)
-            msg = json.loads(b"".join(chunks))
-            _run_child(msg, registered_functions()[msg["function"]])
-        os.close(r)
-        self.spare = (pid, w)
+                data += chunk
+            pid = struct.unpack("i", data[:4])[0] if len(data) >= 4 else 0
+            if pid <= 0:
+                reason = data[4:].decode(errors="replace") or "its process ended during set-up"
+                raise RuntimeError(f"the run could not be isolated: {reason}")
+            spare.pid = pid
+        return spare.pid
 
     def _hand_to_spare(self, msg: dict[str, Any]) -> int:
         """Give the run to the waiting process (forking one if there is none); its pid."""
+        last = "no process could be started"
         for _ in range(2):
             self._fork_spare()
-            assert self.spare is not None
-            pid, w = self.spare
+            spare = self.spare
+            assert spare is not None
             self.spare = None
             try:
+                pid = self._spare_pid(spare)
                 data = json.dumps(msg).encode()
                 while data:
-                    data = data[os.write(w, data) :]
-                os.close(w)
+                    data = data[os.write(spare.write, data) :]
+                spare.close()
                 return pid
-            except OSError:
-                os.close(w)  # that process died while waiting; fork another
-        raise RuntimeError("could not start the run's process")
+            except (OSError, RuntimeError) as e:
+                spare.close()  # that process died while waiting; fork another
+                last = str(e)
+        raise RuntimeError(f"could not start the run's process: {last}")
 
     def reap(self) -> None:
-        while self.children:
+        # As pid 1 of its sandbox, this process also reaps each run's process (reparented to
+        # it when the process that forked it exits) and those forked processes themselves.
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -290,8 +455,9 @@ class Host:
                 return
             inv = self.children.pop(pid, None)
             if inv is None:
-                if self.spare is not None and self.spare[0] == pid:
-                    os.close(self.spare[1])
+                spare = self.spare
+                if spare is not None and spare.pid == pid:
+                    spare.close()
                     self.spare = None
                 continue
             self.by_invocation.pop(inv, None)
@@ -304,9 +470,9 @@ class Host:
             self.send(event)
 
     def shutdown(self) -> None:
-        if self.spare is not None:
+        if self.spare is not None and self.spare.pid is not None:
             try:
-                os.kill(self.spare[0], signal.SIGKILL)
+                os.kill(self.spare.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for pid in list(self.children):
@@ -321,7 +487,13 @@ def main() -> None:
     parser.add_argument("--module-dir", required=True)
     parser.add_argument("--module", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--engine-socket", required=True)
+    parser.add_argument("--run-tmp-bytes", type=int, required=True)
+    parser.add_argument("--run-seccomp", required=True)
     args = parser.parse_args()
+    _non_dumpable()
+    with open(args.run_seccomp, "rb") as f:
+        seccomp = f.read()
     control = socket.socket(fileno=args.control_fd)
     sys.path.insert(0, args.module_dir)
     try:
@@ -342,7 +514,7 @@ def main() -> None:
 
     gc.collect()
     gc.freeze()
-    Host(control).serve()
+    Host(control, args.engine_socket, args.run_tmp_bytes, seccomp).serve()
 
 
 if __name__ == "__main__":

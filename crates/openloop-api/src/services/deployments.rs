@@ -5,7 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::services::invocations::Invocations;
 use openloop_deploy::venv::VenvSettings;
-use openloop_deploy::{source, BuildSettings};
+use openloop_deploy::{source, BuildSandbox, BuildSettings};
+use openloop_sandbox::cgroup::Limits;
 use openloop_store::deployments::Deployment;
 use openloop_store::Store;
 use serde::Deserialize;
@@ -136,18 +137,33 @@ impl Deployments {
                 uv: self.config.uv.clone(),
                 python: self.config.python.clone(),
                 cache_dir: self.config.venv_dir(),
+                uv_cache_dir: self.config.data_dir.join("uv-cache"),
             },
-            sandbox_scratch: Some(
+            sandbox: BuildSandbox::new(
+                self.config.launcher.clone(),
                 self.config
                     .data_dir
                     .join("scratch")
                     .join(format!("build-{id}")),
+                format!("build-{}-{id}", self.config.instance_tag()),
+                Limits {
+                    memory_bytes: self.config.build_memory_mb << 20,
+                    pids: 1024,
+                    cpu_shares: 1024,
+                },
             ),
         };
         let dest = self.config.deployments_dir().join(id);
-        let out = openloop_deploy::build(&settings, &dep.source, dep.git_ref.as_deref(), dest, log)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let out = openloop_deploy::build(
+            &settings,
+            &dep.project_name,
+            &dep.source,
+            dep.git_ref.as_deref(),
+            dest,
+            log,
+        )
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let manifest =
             serde_json::to_string(&out.manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
         let _ = log.send("starting the warm Python process".into());

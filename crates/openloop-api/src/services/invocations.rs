@@ -9,15 +9,22 @@ use crate::services::devboxes::Devboxes;
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
 use openloop_sandbox::cgroup::Limits;
-use openloop_sandbox::python::PythonSandbox;
+use openloop_sandbox::python::{self, PythonSandbox};
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
 use openloop_store::{now_ms, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
+
+/// Size of a warm process's own `/tmp` (each run mounts its own over it).
+const WARM_TMP_BYTES: u64 = 64 << 20;
+/// Processes a warm process may hold: itself and the spare process of its next run.
+const WARM_PIDS: u64 = 64;
+/// Warm processes started by this server, to name each one's cgroup uniquely.
+static WARM_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub struct Invocations {
     store: Store,
@@ -64,18 +71,19 @@ impl Invocations {
         devboxes: Arc<Devboxes>,
     ) -> std::io::Result<Self> {
         let channels = Channels::bind(&config.run_dir()).await?;
-        // Before anything runs: cgroups of runs cut short by a crash of a previous process.
-        let prefix = format!("run-{}-", config.instance_tag());
+        // Before anything runs: cgroups of runs, warm processes and builds cut short by a
+        // crash of a previous process.
+        let tag = config.instance_tag();
         let removed = tokio::task::spawn_blocking(move || {
-            openloop_sandbox::cgroup::remove_leftovers(&prefix)
+            ["run", "warm", "build"]
+                .iter()
+                .map(|kind| openloop_sandbox::cgroup::remove_leftovers(&format!("{kind}-{tag}-")))
+                .sum::<usize>()
         })
         .await
         .unwrap_or(0);
         if removed > 0 {
-            tracing::info!(
-                removed,
-                "removed run cgroups left by a previous server process"
-            );
+            tracing::info!(removed, "removed cgroups left by a previous server process");
         }
         Ok(Invocations {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
@@ -146,23 +154,30 @@ impl Invocations {
             return Ok(h);
         }
         let m = manifest_of(dep)?;
-        let source = PathBuf::from(&m.source_dir);
-        let sandbox = PythonSandbox {
-            read_only: vec![
-                PathBuf::from(&m.venv),
-                source.clone(),
-                self.config.run_dir(),
-            ],
-            scratch: self.config.data_dir.join("scratch").join(&dep.id),
-            cwd: source.clone(),
-        };
+        let sandbox = PythonSandbox::new(&self.config.launcher, WARM_TMP_BYTES)
+            .bind(Path::new(&m.venv), python::VENV, false)
+            .bind(Path::new(&m.source_dir), python::APP, false)
+            .bind(self.channels.socket_path(), python::ENGINE_SOCKET, false);
         let spec = HostSpec {
             deployment_id: dep.id.clone(),
-            python: PathBuf::from(&m.venv).join("bin/python"),
-            module_dir: source.join(&m.module_path),
-            source_dir: source,
+            python: PathBuf::from(python::VENV).join("bin/python"),
+            module_dir: Path::new(python::APP).join(&m.module_path),
             module_name: m.module_name.clone(),
-            sandbox: Some(sandbox),
+            engine_socket: PathBuf::from(python::ENGINE_SOCKET),
+            run_tmp_bytes: self.config.run_tmp_mb << 20,
+            sandbox,
+            // Unique per process: a restarted warm process never shares its predecessor's.
+            cgroup_name: format!(
+                "warm-{}-{}-{}",
+                self.config.instance_tag(),
+                dep.id,
+                WARM_STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            limits: Limits {
+                memory_bytes: self.config.warm_memory_mb << 20,
+                pids: WARM_PIDS,
+                cpu_shares: 1024,
+            },
         };
         let host = WarmHost::start(spec)
             .await

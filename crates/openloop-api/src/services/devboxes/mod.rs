@@ -139,8 +139,21 @@ impl Devboxes {
     /// The base image, built on first use (concurrent callers wait for the one build).
     pub async fn base_image(&self) -> ApiResult<PathBuf> {
         self.image
-            .get_or_try_init(|| {
-                image::ensure_base_image(&self.config.image_dir, &self.config.debian_mirror)
+            .get_or_try_init(|| async {
+                let image =
+                    image::ensure_base_image(&self.config.image_dir, &self.config.debian_mirror)
+                        .await?;
+                openloop_sandbox::devbox::prepare_agent_layer(
+                    &self.config.agent_bin,
+                    &self.config.agent_layer_dir(),
+                )
+                .map_err(|e| {
+                    openloop_sandbox::SandboxError::Start(format!(
+                        "placing the devbox agent {}: {e}",
+                        self.config.agent_bin.display()
+                    ))
+                })?;
+                Ok::<_, openloop_sandbox::SandboxError>(image)
             })
             .await
             .cloned()
@@ -363,7 +376,7 @@ impl Devboxes {
         let sandbox = SandboxConfig {
             devbox_dir: self.config.devbox_dir(),
             image: self.base_image().await?,
-            agent_bin: self.config.agent_bin.clone(),
+            agent_layer: self.config.agent_layer_dir(),
             pool: self.pool.clone(),
         };
         Devbox::start(&sandbox, spec)
