@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 const PROJECT: &str = "calls_agent";
 
 async fn start(db: Db, slots: &str) -> Option<Server> {
-    let server = Server::start_with(db, &[("OPENLOOP_MAX_CONCURRENT_RUNS", slots)]).await?;
+    start_with(db, &[("OPENLOOP_MAX_CONCURRENT_RUNS", slots)]).await
+}
+
+async fn start_with(db: Db, env: &[(&str, &str)]) -> Option<Server> {
+    let server = Server::start_with(db, env).await?;
     server.deploy_ok(&fixture("calls_agent"));
     Some(server)
 }
@@ -84,7 +88,16 @@ async fn invoke_sync_within(
 }
 
 async fn deep_recursion(db: Db) {
-    let Some(server) = start(db, "4").await else {
+    // The function's own limit of one is lent along the chain too.
+    let Some(server) = start_with(
+        db,
+        &[
+            ("OPENLOOP_MAX_CONCURRENT_RUNS", "4"),
+            ("OPENLOOP_MAX_CONCURRENT_RUNS_PER_FUNCTION", "1"),
+        ],
+    )
+    .await
+    else {
         return;
     };
     let (ok, out, err) = server.deploy_cli(&fixture("calls_agent"), &["--name", "bystander"]);
@@ -323,4 +336,14 @@ async fn canceling_a_parent_cancels_its_waiting_children() {
         |all| all.iter().filter(|i| i["status"] == "running").count() == 4,
     )
     .await;
+    // A run's token reads and waits on the invocations its run started, and no others.
+    let peek = invoke_sync_within(
+        &server,
+        Duration::from_secs(20),
+        PROJECT,
+        "peek",
+        json!({"invocation_id": root}),
+    )
+    .await;
+    assert_eq!(peek["result"], json!([404, 404]), "{peek}");
 }
