@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 pub enum Principal {
     /// A holder of an API key: full access.
     Key { key_id: String },
-    /// The SDK inside a run: may create and use its own devboxes only.
+    /// The SDK inside a run: its own devboxes, invoking functions, and reading or waiting on
+    /// the invocations it started.
     Invocation { invocation_id: String },
 }
 

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub max_concurrent_runs: usize,
     /// Invocations of one function running at once (0: only the node's limit applies).
     pub max_concurrent_runs_per_function: usize,
+    /// Deepest chain of nested calls: a top-level invocation is at depth 0, a function it
+    /// invokes at depth 1, and so on; invoking past this fails with `call_depth_exceeded`.
+    pub max_call_depth: u32,
     /// Memory limit of one run (its process and everything it starts), in MiB.
     pub run_memory_mb: u64,
     /// Process limit of one run.

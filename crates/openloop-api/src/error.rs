@@ -21,6 +21,14 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A run invoked a function past the node's call-depth limit.
+    #[error("call depth limit exceeded: {target} would run at call depth {depth}; the limit is {limit} (`openloop serve --max-call-depth`)")]
+    CallDepthExceeded {
+        /// `project/function` that was invoked.
+        target: String,
+        depth: u32,
+        limit: u32,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -37,6 +45,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::CallDepthExceeded { .. } => (StatusCode::CONFLICT, "call_depth_exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -57,6 +57,9 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     max_concurrent_runs_per_function: usize,
+    /// Deepest chain of functions invoking functions (a top-level invocation is depth 0).
+    #[arg(long, env = "OPENLOOP_MAX_CALL_DEPTH", default_value_t = 10)]
+    max_call_depth: u32,
     /// Largest JSON request body, in bytes.
     #[arg(long, env = "OPENLOOP_BODY_LIMIT", default_value_t = 10 << 20)]
     body_limit: usize,
@@ -157,6 +160,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         build_memory_mb: args.build_memory_mb,
         max_concurrent_runs: args.max_concurrent_runs,
         max_concurrent_runs_per_function: args.max_concurrent_runs_per_function,
+        max_call_depth: args.max_call_depth,
         body_limit: args.body_limit,
         run_memory_mb: args.run_memory_mb,
         run_pids: args.run_pids,

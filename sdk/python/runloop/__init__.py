@@ -7,10 +7,11 @@ platform injected.
 
 from ._coordinator import SystemCoordinator
 from ._devbox import Devbox, ExecResult, Execution, FileTools, ShellTools
-from ._errors import DefinitionError, InvocationFailed, RunloopError
+from ._errors import CallDepthExceeded, DefinitionError, InvocationFailed, RunloopError
 from ._function import FunctionDefinition, function, registered_functions
 
 __all__ = [
+    "CallDepthExceeded",
     "DefinitionError",
     "Devbox",
     "ExecResult",

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ._errors import RunloopError
+from ._errors import RunloopError, error_for
 
 
 class ApiClient:
@@ -45,8 +45,6 @@ class ApiClient:
             payload = e.read()
             try:
                 err = json.loads(payload)["error"]
-                raise RunloopError(
-                    e.code, err.get("code", "error"), err.get("message", "")
-                ) from None
+                raise error_for(e.code, err.get("code", "error"), err.get("message", "")) from None
             except (ValueError, KeyError, TypeError):
                 raise RunloopError(e.code, "http_error", payload.decode(errors="replace")) from None

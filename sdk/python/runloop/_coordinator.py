@@ -52,8 +52,10 @@ class SystemCoordinator:
     def invoke(self, project: str, function: str, request: dict[str, Any]) -> Any:
         """Run another deployed function and return its result.
 
-        The new invocation is recorded with this one as its parent. A failed run raises
-        :class:`runloop.InvocationFailed` carrying the remote error.
+        The new invocation is recorded with this one as its parent; while this call waits,
+        the new run may use this run's slot. A failed run raises
+        :class:`runloop.InvocationFailed` carrying the remote error; invoking past the server's
+        call-depth limit raises :class:`runloop.CallDepthExceeded`.
         """
         view = self._client.request(
             "POST", f"/v1/functions/{project}/{function}/invoke_sync", {"request": request}
@@ -74,6 +76,33 @@ class SystemCoordinator:
             "POST", f"/v1/functions/{project}/{function}/invoke_async", {"request": request}
         )
         return str(view["id"])
+
+    def get_invocation(self, invocation_id: str) -> dict[str, Any]:
+        """The current state of an invocation this run started (status, result, error).
+
+        Polling this keeps the run's slot; :meth:`wait` lends it to the runs it waits on.
+        """
+        view: dict[str, Any] = self._client.request(
+            "GET", f"/v1/functions/invocations/{invocation_id}"
+        )
+        return view
+
+    def wait(self, invocation_id: str) -> Any:
+        """Wait for an invocation this run started (see :meth:`invoke_async`); return its result.
+
+        While it waits, this run's slot is lent to the runs it waits on. A failed run raises
+        :class:`runloop.InvocationFailed`.
+        """
+        view = self._client.request("POST", f"/v1/functions/invocations/{invocation_id}/wait")
+        if view["status"] != "success":
+            raise InvocationFailed(view)
+        return view["result"]
+
+    async def await_result(self, invocation_id: str) -> Any:
+        """:meth:`wait` for ``async def`` functions: awaits without blocking the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.wait, invocation_id)
 
     def get_devbox(self, devbox_id: str) -> Devbox:
         from ._devbox import Devbox

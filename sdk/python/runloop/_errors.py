@@ -17,6 +17,22 @@ class RunloopError(RuntimeError):
         self.message = message
 
 
+class CallDepthExceeded(RunloopError):
+    """A function invoked another past the server's call-depth limit (``--max-call-depth``).
+
+    Raised in the calling function; the message names the depth and the limit.
+    """
+
+
+#: Server error codes with an exception class of their own.
+ERRORS_BY_CODE: dict[str, type[RunloopError]] = {"call_depth_exceeded": CallDepthExceeded}
+
+
+def error_for(status: int, code: str, message: str) -> RunloopError:
+    """The exception for an error the server answered."""
+    return ERRORS_BY_CODE.get(code, RunloopError)(status, code, message)
+
+
 class InvocationFailed(RuntimeError):
     """A function invoked through the coordinator did not succeed."""
 

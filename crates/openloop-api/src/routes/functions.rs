@@ -69,8 +69,9 @@ pub async fn invoke_sync(
     ApiJson(body): ApiJson<InvokeBody>,
 ) -> ApiResult<Json<Value>> {
     let inv = submit(&state, &principal, &project, &function, body).await?;
-    // The run goes on in its own task even if this caller disconnects.
-    let done = state.invocations.wait_finished(&inv.id).await?;
+    // The run goes on in its own task even if this caller disconnects. A calling run lends
+    // its slots to the new run while it waits.
+    let done = state.invocations.wait_for(&principal, &inv.id).await?;
     Ok(Json(invocation_view(&done)))
 }
 
@@ -85,14 +86,26 @@ pub async fn invoke_async(
     Ok(Json(invocation_view(&inv)))
 }
 
+/// With an API key any invocation; with a run's token the invocations that run started.
 pub async fn get_invocation(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_key()?;
     Ok(Json(invocation_view(
-        &state.store.get_invocation(&id).await?,
+        &state.invocations.get_for(&principal, &id).await?,
+    )))
+}
+
+/// Answer once the invocation has finished. A run waiting on one it started lends it its slots.
+pub async fn wait_invocation(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state.invocations.get_for(&principal, &id).await?;
+    Ok(Json(invocation_view(
+        &state.invocations.wait_for(&principal, &id).await?,
     )))
 }
 

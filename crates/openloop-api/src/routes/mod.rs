@@ -51,6 +51,10 @@ pub fn router(state: AppState) -> Router {
             post(functions::cancel),
         )
         .route(
+            "/v1/functions/invocations/{id}/wait",
+            post(functions::wait_invocation),
+        )
+        .route(
             "/v1/deployments",
             post(deployments::create).get(deployments::list),
         )

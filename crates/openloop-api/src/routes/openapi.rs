@@ -47,7 +47,12 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "post",
         "/v1/functions/invocations/{id}/cancel",
-        "Cancel a queued or running invocation",
+        "Cancel a queued or running invocation and what it started",
+    ),
+    (
+        "post",
+        "/v1/functions/invocations/{id}/wait",
+        "Answer once the invocation has finished (a run may wait on those it started)",
     ),
     (
         "post",

@@ -1,18 +1,19 @@
 //! Invocations: admission (schema check), the queue, running in the warm process,
 //! recording logs and outcome, and recovery after a crash.
 
-use crate::auth::Tokens;
+use crate::auth::{Principal, Tokens};
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::services::devboxes::Devboxes;
+use crate::services::slots::{Permits, RunSlots};
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
 use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::python::{self, PythonSandbox};
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
-use openloop_store::{now_ms, Store};
+use openloop_store::{now_ms, Store, StoreError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub struct Invocations {
     slots: Arc<Semaphore>,
     /// Per `project/function` limits, created on first use.
     function_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Runs holding (or, while they wait on a child, lending) slots, by invocation id.
+    in_flight: Mutex<HashMap<String, Arc<RunSlots>>>,
     /// Runs in flight: invocation id → the warm process running it.
     running: Mutex<HashMap<String, Arc<WarmHost>>>,
     /// Deployed deployments never change: their parsed manifests, by id.
@@ -96,6 +99,7 @@ impl Invocations {
             hosts: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             function_slots: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
@@ -238,6 +242,16 @@ impl Invocations {
                 "`request` must be a JSON object of the function's parameters".into(),
             ));
         }
+        if let Some(caller) = &parent {
+            let depth = self.depth_of_run(caller).await? + 1;
+            if depth > self.config.max_call_depth {
+                return Err(ApiError::CallDepthExceeded {
+                    target: format!("{project}/{function}"),
+                    depth,
+                    limit: self.config.max_call_depth,
+                });
+            }
+        }
         let host = self.host_for(dep).await?;
         let errors = host
             .validate(function, &request)
@@ -268,6 +282,13 @@ impl Invocations {
             ended_at_ms: None,
         };
         self.store.insert_invocation(&inv).await?;
+        if let Some(caller) = inv
+            .parent_invocation_id
+            .as_deref()
+            .and_then(|p| self.run_slots(p))
+        {
+            caller.add_child(&inv.id);
+        }
         self.spawn(inv.id.clone());
         Ok(inv)
     }
@@ -304,16 +325,26 @@ impl Invocations {
     async fn execute(&self, id: &str) -> ApiResult<()> {
         let stopping = |_| ApiError::Unavailable("the server is stopping".into());
         let queued = self.store.get_invocation(id).await?;
-        // The function's own limit first, so a busy function never holds a node-wide slot.
-        let _function_slot = match self.function_slots(&queued.project_name, &queued.function_name)
-        {
-            Some(sem) => Some(sem.acquire_owned().await.map_err(stopping)?),
-            None => None,
-        };
-        let _slot = self.slots.clone().acquire_owned().await.map_err(stopping)?;
+        let depth = self.depth_of(&queued).await?;
+        let function_slots = self.function_slots(&queued.project_name, &queued.function_name);
+        let permits = Permits::take(&self.slots, function_slots.as_ref())
+            .await
+            .map_err(stopping)?;
         if !self.store.mark_invocation_running(id).await? {
             return Ok(());
         }
+        // Held until this returns, however it returns; lent to children while the run waits.
+        let _in_flight = InFlight::enter(
+            self,
+            id,
+            RunSlots::new(
+                depth,
+                queued.parent_invocation_id.clone(),
+                self.slots.clone(),
+                function_slots,
+                permits,
+            ),
+        );
         self.notifier.notify(id);
         let inv = queued;
         let dep = self.deployment(&inv.deployment_id).await?;
@@ -386,6 +417,8 @@ impl Invocations {
                 inv.status
             )));
         }
+        // Read before the run can end: what it started goes with it.
+        let children = self.run_slots(id).map(|r| r.children()).unwrap_or_default();
         let err = serde_json::json!({"type": "Canceled", "message": "the invocation was canceled", "traceback": null});
         self.store
             .finish_invocation(id, "canceled", None, Some(&err.to_string()))
@@ -398,6 +431,7 @@ impl Invocations {
         }
         self.devboxes.shutdown_for_invocation(id).await?;
         self.notifier.notify(id);
+        self.cancel_children(id, children).await;
         Ok(self.store.get_invocation(id).await?)
     }
 
@@ -411,6 +445,79 @@ impl Invocations {
             }
             sub.changed().await;
         }
+    }
+
+    /// Wait until `id` has finished, on behalf of `caller`. A run hands its slots back for the
+    /// wait and takes them again before it goes on: the invocation it waits on may need them.
+    pub async fn wait_for(&self, caller: &Principal, id: &str) -> ApiResult<Invocation> {
+        let Some(run) = caller.invocation_id().and_then(|c| self.run_slots(c)) else {
+            return self.wait_finished(id).await;
+        };
+        let wait = run.wait();
+        let done = self.wait_finished(id).await;
+        wait.resume().await;
+        done
+    }
+
+    /// An invocation as `caller` may read it: any with an API key, and from a run only the
+    /// invocations that run started.
+    pub async fn get_for(&self, caller: &Principal, id: &str) -> ApiResult<Invocation> {
+        let inv = self.store.get_invocation(id).await?;
+        match caller.invocation_id() {
+            Some(run) if inv.parent_invocation_id.as_deref() != Some(run) => {
+                Err(ApiError::NotFound(format!(
+                    "invocation '{id}' not found among the invocations this run ({run}) started"
+                )))
+            }
+            _ => Ok(inv),
+        }
+    }
+
+    /// Cancel what a canceled run started and has not finished, all the way down.
+    async fn cancel_children(&self, parent: &str, children: Vec<String>) {
+        for child in children {
+            match Box::pin(self.cancel(&child)).await {
+                Ok(_) | Err(ApiError::Conflict(_)) => {}
+                Err(e) => {
+                    tracing::warn!(invocation = %child, parent, error = %e, "could not cancel the child of a canceled run");
+                }
+            }
+        }
+    }
+
+    fn run_slots(&self, id: &str) -> Option<Arc<RunSlots>> {
+        self.in_flight.lock().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    /// How many calls deep a run in flight is (0: invoked with an API key).
+    async fn depth_of_run(&self, id: &str) -> ApiResult<u32> {
+        if let Some(run) = self.run_slots(id) {
+            return Ok(run.depth);
+        }
+        self.depth_of(&self.store.get_invocation(id).await?).await
+    }
+
+    /// How many calls deep an invocation is: its parent's depth plus one, from memory while the
+    /// parent runs, else read along the recorded parents (at most `max_call_depth + 1` reads:
+    /// no chain is longer than the limit allows).
+    async fn depth_of(&self, inv: &Invocation) -> ApiResult<u32> {
+        let mut depth = 0u32;
+        let mut parent = inv.parent_invocation_id.clone();
+        while let Some(p) = parent {
+            depth += 1;
+            if let Some(run) = self.run_slots(&p) {
+                return Ok(depth + run.depth);
+            }
+            if depth > self.config.max_call_depth {
+                break;
+            }
+            parent = match self.store.get_invocation(&p).await {
+                Ok(i) => i.parent_invocation_id,
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(depth)
     }
 
     /// After a restart: runs that were running are failed, queued ones run.
@@ -446,6 +553,41 @@ impl Invocations {
             self.spawn(id);
         }
         Ok(())
+    }
+}
+
+/// A run in the table of runs in flight. Dropped when `execute` returns, however it returns:
+/// the run leaves the table (and its parent's children) and its slots go back.
+struct InFlight<'a> {
+    table: &'a Mutex<HashMap<String, Arc<RunSlots>>>,
+    id: String,
+    run: Arc<RunSlots>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(invocations: &'a Invocations, id: &str, run: Arc<RunSlots>) -> Self {
+        let table = &invocations.in_flight;
+        table
+            .lock()
+            .map(|mut m| m.insert(id.to_string(), run.clone()))
+            .ok();
+        InFlight {
+            table,
+            id: id.to_string(),
+            run,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.table.lock() {
+            m.remove(&self.id);
+            if let Some(parent) = self.run.parent.as_deref().and_then(|p| m.get(p)) {
+                parent.remove_child(&self.id);
+            }
+        }
+        self.run.end();
     }
 }
 

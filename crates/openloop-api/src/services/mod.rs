@@ -3,3 +3,4 @@
 pub mod deployments;
 pub mod devboxes;
 pub mod invocations;
+pub mod slots;
