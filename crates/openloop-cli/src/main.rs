@@ -55,6 +55,13 @@ fn main() {
         let spec = args.next().unwrap_or_default();
         openloop_sandbox::jail::main(&spec.to_string_lossy());
     }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("serve")) {
+        // The server's own mounts (devbox roots and disks, the engine socket's directory)
+        // stay private to it and vanish with it. Needs root, like devboxes.
+        if let Err(e) = openloop_sandbox::jail::private_mounts() {
+            eprintln!("warning: no private mount namespace ({e}); run as root for sandboxes");
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -191,11 +191,18 @@ impl WarmHost {
                 h.on_message(&line);
             }
             let status = child.wait().await;
-            let reason = match status {
+            let mut reason = match status {
                 Ok(s) => format!("exited ({s})"),
                 Err(e) => e.to_string(),
             };
             if let Some(h) = weak.upgrade() {
+                if h.oom_kills() > 0 {
+                    reason = format!(
+                        "killed for using more than its {} MiB memory limit (raise it with \
+                         `openloop serve --warm-memory-mb`)",
+                        h.spec.limits.memory_bytes >> 20
+                    );
+                }
                 tracing::warn!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped");
                 h.replies.lock().map(|mut m| m.clear()).ok();
                 h.exits.lock().map(|mut m| m.clear()).ok();
@@ -211,6 +218,15 @@ impl WarmHost {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// How many of this process's sandbox's processes the kernel killed for memory.
+    fn oom_kills(&self) -> u64 {
+        self.cgroup
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(Cgroup::oom_kills))
+            .unwrap_or(0)
     }
 
     fn on_message(&self, line: &str) {

@@ -6,12 +6,11 @@
 //! including other server processes sharing the cache.
 
 use crate::{SandboxError, SANDBOX_HOST_UID, SANDBOX_UID};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 /// Bump when the preparation below changes, so caches are rebuilt.
-pub const IMAGE_NAME: &str = "debian-bookworm-v2";
+pub const IMAGE_NAME: &str = "debian-bookworm-v3";
 const PACKAGES: &str = "python3,python3-pip,python3-venv,git,curl,ca-certificates,procps,less";
 
 /// Return the path of the ready base image, building it first if needed.
@@ -73,7 +72,8 @@ async fn build(dir: &Path, target: &Path, mirror: &str) -> Result<(), SandboxErr
     Ok(())
 }
 
-/// Add the devbox user, its home, and the mount points the sandbox binds over.
+/// Add the devbox user and its home. (The agent comes from a layer of its own, stacked over
+/// the image: see `devbox::prepare_agent_layer`.)
 fn prepare(root: &Path) -> std::io::Result<()> {
     let home = root.join("home/user");
     std::fs::create_dir_all(&home)?;
@@ -81,13 +81,6 @@ fn prepare(root: &Path) -> std::io::Result<()> {
     for p in [&home, &home.join(".local"), &home.join(".local/bin")] {
         std::os::unix::fs::chown(p, Some(SANDBOX_HOST_UID), Some(SANDBOX_HOST_UID))?;
     }
-    std::fs::create_dir_all(root.join("run/openloop"))?;
-    std::fs::create_dir_all(root.join("opt/openloop"))?;
-    std::fs::write(root.join("opt/openloop/agent"), b"")?;
-    std::fs::set_permissions(
-        root.join("opt/openloop/agent"),
-        std::fs::Permissions::from_mode(0o755),
-    )?;
     append(
         &root.join("etc/passwd"),
         &format!("user:x:{SANDBOX_UID}:{SANDBOX_UID}:Devbox user:/home/user:/bin/bash\n"),

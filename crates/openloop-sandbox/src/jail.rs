@@ -136,6 +136,32 @@ impl JailSpec {
     }
 }
 
+/// Give the calling process (the server, before it starts any thread) a mount namespace of
+/// its own: mounts it makes (devbox disks and roots, the engine socket's directory) are
+/// invisible to the host and vanish with the process, even after `kill -9`. Host mounts
+/// still propagate in.
+pub fn private_mounts() -> Result<()> {
+    check(
+        unsafe { libc::unshare(libc::CLONE_NEWNS) },
+        "unshare(CLONE_NEWNS)",
+    )?;
+    mount(None, c"/", None, libc::MS_REC | libc::MS_SLAVE, None)
+}
+
+/// Mount a small tmpfs (1 MiB) at `dir`, for sockets that are bound into sandboxes: a bind
+/// from its own file system shows in a sandbox's mount table without any host path.
+pub fn socket_tmpfs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let target = cstr(path_bytes(dir))?;
+    mount(
+        Some(c"tmpfs"),
+        &target,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"size=1048576,mode=755"),
+    )
+}
+
 /// The launcher's entry point (`openloop __jail SPEC`). Must be called before any thread is
 /// started. Never returns: exits with the jailed program's status.
 pub fn main(spec_json: &str) -> ! {
@@ -308,6 +334,13 @@ enum Step {
         /// A device node: its mount must not get `nodev`.
         device: bool,
     },
+    /// Show directory source number `src` read-only at `dst` as an overlay of it and an
+    /// empty directory: unlike a bind mount, whose entry in the mount table names its
+    /// source's path on the host, an overlay's entry names only its layers' descriptors.
+    Overlay {
+        src: usize,
+        dst: CString,
+    },
     Tmpfs {
         dst: CString,
         opts: CString,
@@ -393,6 +426,14 @@ impl Plan {
                 continue;
             }
             let is_dir = std::fs::metadata(&b.src)?.is_dir();
+            if is_dir && !b.writable && b.src != b.dst {
+                steps.push(Step::Dir(new_root(&b.dst)?));
+                steps.push(Step::Overlay {
+                    src: source(&b.src, &mut sources)?,
+                    dst: new_root(&b.dst)?,
+                });
+                continue;
+            }
             steps.push(if is_dir {
                 Step::Dir(new_root(&b.dst)?)
             } else {
@@ -523,6 +564,8 @@ impl Plan {
             None,
         )?;
         mkdir(c"oldroot")?;
+        // The empty second layer of read-only overlays (overlayfs wants two without an upper).
+        mkdir(c"empty")?;
         check(
             unsafe {
                 libc::syscall(libc::SYS_pivot_root, c"/tmp".as_ptr(), c"oldroot".as_ptr()) as i32
@@ -623,6 +666,19 @@ fn apply(step: &Step, sources: &[CString]) -> Result<()> {
                 }
                 flags |= locked_flags(dst);
                 mount(None, dst, None, flags, None)
+            }
+            Step::Overlay { src, dst } => {
+                let opts = cstr(format!(
+                    "lowerdir={}:/empty",
+                    sources[*src].to_string_lossy()
+                ))?;
+                mount(
+                    Some(c"overlay"),
+                    dst,
+                    Some(c"overlay"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(&opts),
+                )
             }
             Step::Tmpfs { dst, opts } => mount(
                 Some(c"tmpfs"),

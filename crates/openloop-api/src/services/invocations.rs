@@ -73,6 +73,11 @@ impl Invocations {
         tokens: Tokens,
         devboxes: Arc<Devboxes>,
     ) -> std::io::Result<Self> {
+        // The engine socket sits on a tmpfs of its own (in the server's private mount
+        // namespace), so a sandbox it is bound into sees no host path in its mount table.
+        if let Err(e) = openloop_sandbox::jail::socket_tmpfs(&config.run_dir()) {
+            tracing::warn!(error = %e, "the engine socket's directory is not a tmpfs");
+        }
         let channels = Channels::bind(&config.run_dir()).await?;
         // Before anything runs: cgroups of runs, warm processes and builds cut short by a
         // crash of a previous process.
