@@ -63,7 +63,7 @@ impl Invocations {
         tokens: Tokens,
         devboxes: Arc<Devboxes>,
     ) -> std::io::Result<Self> {
-        let channels = Channels::bind(&config.run_dir()).await?;
+        let channels = Channels::bind(&config.run_dir(), config.engine).await?;
         // Before anything runs: cgroups of runs cut short by a crash of a previous process.
         let prefix = format!("run-{}-", config.instance_tag());
         let removed = tokio::task::spawn_blocking(move || {
@@ -314,7 +314,7 @@ impl Invocations {
             .lock()
             .map(|mut m| m.insert(id.to_string(), host.clone()))
             .ok();
-        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let (log_tx, log_rx) = openloop_runner::run::log_channel();
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
             self.notifier.clone(),
@@ -335,6 +335,7 @@ impl Invocations {
                     pids: self.config.run_pids,
                     cpu_shares: 1024,
                 },
+                log_limits: self.config.run_logs,
             },
             log_tx,
         )
@@ -434,20 +435,29 @@ impl Invocations {
     }
 }
 
-/// Store a run's log lines in batches as they arrive.
+/// Largest batch of log records stored at once, in records and in bytes.
+const LOG_BATCH_RECORDS: usize = 1000;
+const LOG_BATCH_BYTES: usize = 1 << 20;
+
+/// Store a run's log records in batches as they arrive. The channel is bounded, so while a
+/// batch is being written the run's output waits in its socket, not in the server's memory.
 async fn write_logs(
     store: Store,
     notifier: Notifier,
     id: String,
-    mut rx: mpsc::UnboundedReceiver<LogLine>,
+    mut rx: mpsc::Receiver<LogLine>,
 ) {
     let mut seq = 1i64;
     let mut batch: Vec<InvocationLog> = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.message.len();
         batch.push(to_log(first));
-        while batch.len() < 1000 {
+        while batch.len() < LOG_BATCH_RECORDS && bytes < LOG_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(l) => batch.push(to_log(l)),
+                Ok(l) => {
+                    bytes += l.message.len();
+                    batch.push(to_log(l));
+                }
                 Err(_) => break,
             }
         }
