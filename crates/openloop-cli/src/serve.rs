@@ -104,7 +104,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OPENLOOP_ENGINE_MAX_PENDING", default_value_t = 256)]
     engine_max_pending: usize,
     /// Engine socket connections waiting for their header from one process.
-    #[arg(long, env = "OPENLOOP_ENGINE_MAX_PENDING_PER_PROCESS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "OPENLOOP_ENGINE_MAX_PENDING_PER_PROCESS",
+        default_value_t = 16
+    )]
     engine_max_pending_per_process: usize,
     /// Engine socket connections open at once (each running run holds three).
     #[arg(long, env = "OPENLOOP_ENGINE_MAX_CONNECTIONS", default_value_t = 8192)]

@@ -75,11 +75,7 @@ impl Watch {
             while !s.load(Ordering::SeqCst) {
                 let http = reqwest::Client::new();
                 let t = Instant::now();
-                let r = http
-                    .get(&url)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
+                let r = http.get(&url).timeout(Duration::from_secs(10)).send().await;
                 let ms = t.elapsed().as_millis() as u64;
                 assert!(
                     r.map(|r| r.status().is_success()).unwrap_or(false),
@@ -150,7 +146,10 @@ async fn engine_socket_flood_without_headers_is_shed() {
     eprintln!(
         "engine flood: {r}; server fds before {fds_before}, max {max_fds}; slowest /health {slowest} ms; witness run {witness_ms} ms"
     );
-    assert!(opened >= 5000, "the attack did not open its connections: {r}");
+    assert!(
+        opened >= 5000,
+        "the attack did not open its connections: {r}"
+    );
     assert_eq!(
         r["closed"], r["opened"],
         "every header-less connection was closed by the server: {r}"
@@ -189,16 +188,16 @@ async fn http_half_headers_and_idle_connections_are_shed() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut buf)).await;
     let closed_after = t.elapsed();
-    assert!(
-        read.is_ok(),
-        "a half-sent header was still open after 10 s"
-    );
+    assert!(read.is_ok(), "a half-sent header was still open after 10 s");
     assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
 
     // A long request in flight is busy, not idle: the flood below must not cut it.
     let long = {
         let http = server.http.clone();
-        let url = format!("{}/v1/functions/limits_agent/sleepy/invoke_sync", server.url);
+        let url = format!(
+            "{}/v1/functions/limits_agent/sleepy/invoke_sync",
+            server.url
+        );
         let key = server.key.clone();
         tokio::spawn(async move {
             http.post(url)
@@ -237,13 +236,19 @@ async fn http_half_headers_and_idle_connections_are_shed() {
         idle.len()
     );
     assert_eq!(idle.len(), 3000);
-    assert_eq!(still_open, 0, "idle connections outlived the header deadline");
-    assert!(max_fds.max(max_during) < fds_before + 600, "fds {fds_before} → {max_fds}");
+    assert_eq!(
+        still_open, 0,
+        "idle connections outlived the header deadline"
+    );
+    assert!(
+        max_fds.max(max_during) < fds_before + 600,
+        "fds {fds_before} → {max_fds}"
+    );
     assert!(slowest < 2000, "/health took {slowest} ms under the flood");
     let long = long.await.unwrap().expect("the busy request was cut");
     assert_eq!(long.status(), 200);
     let long: Value = long.json().await.unwrap();
-    assert_eq!(long["result"], "slept 8", "{long}");
+    assert_eq!(long["result"], "slept 8.0", "{long}");
     drop(idle);
 }
 
@@ -308,9 +313,10 @@ async fn log_flood(db: Db) {
         "{summary}"
     );
     assert!(
-        records
-            .iter()
-            .any(|r| r["message"].as_str().unwrap().contains("further output of this run is dropped")),
+        records.iter().any(|r| r["message"]
+            .as_str()
+            .unwrap()
+            .contains("further output of this run is dropped")),
         "the moment the cap was reached is recorded"
     );
     assert!(
@@ -337,6 +343,27 @@ async fn log_flood_is_capped_merged_and_recorded_postgres() {
     log_flood(Db::Postgres).await;
 }
 
+/// Bytes of stdout an execution's `stream_stdout_updates` carries until it ends.
+async fn streamed_bytes(server: &Server, devbox: &str, execution: &str) -> usize {
+    let body = server
+        .get(&format!(
+            "/v1/devboxes/{devbox}/executions/{execution}/stream_stdout_updates"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|data| {
+            let v: Value = serde_json::from_str(data).unwrap();
+            v["output"].as_str().unwrap().len()
+        })
+        .sum()
+}
+
 /// (d) 20 executions with 32 MiB of output each.
 #[tokio::test]
 async fn execution_output_lives_on_disk_within_a_cap() {
@@ -348,7 +375,8 @@ async fn execution_output_lives_on_disk_within_a_cap() {
     let pid = server.pid();
     let rss_before = rss_mib(pid);
     // 16 MiB on stdout and 16 MiB on stderr each (the per-stream cap).
-    let cmd = "head -c 16777216 /dev/zero | tr '\\0' o; head -c 16777216 /dev/zero | tr '\\0' e >&2";
+    let cmd =
+        "head -c 16777216 /dev/zero | tr '\\0' o; head -c 16777216 /dev/zero | tr '\\0' e >&2";
     let mut ids = Vec::new();
     for _ in 0..20 {
         let r = server
@@ -360,17 +388,12 @@ async fn execution_output_lives_on_disk_within_a_cap() {
         assert!(r.status().is_success());
         let v: Value = r.json().await.unwrap();
         let eid = v["execution_id"].as_str().unwrap().to_string();
-        let r = server
-            .post(&format!(
-                "/v1/devboxes/{d}/executions/{eid}/wait_for_status"
-            ))
-            .json(&json!({"statuses": ["completed"], "timeout_seconds": 120}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        // Follow the output to its end, as a client watching the command would.
+        let streamed = streamed_bytes(&server, &d, &eid).await;
+        assert!(streamed <= 16 << 20);
         ids.push(eid);
     }
+    // Every execution has completed (its stdout stream ended).
     let rss_after = rss_mib(pid);
     let out_dir = server.data.path().join("exec-output").join(&d);
     let on_disk = dir_bytes(&out_dir);
@@ -397,10 +420,7 @@ async fn execution_output_lives_on_disk_within_a_cap() {
     assert_eq!(full["stderr"].as_str().unwrap().len(), 16 << 20);
     assert_eq!(full["stdout_truncated"], false);
     let tail = server
-        .get_json(&format!(
-            "/v1/devboxes/{d}/executions/{}?last_n=1",
-            ids[11]
-        ))
+        .get_json(&format!("/v1/devboxes/{d}/executions/{}?last_n=1", ids[11]))
         .await;
     assert_eq!(tail["stdout"].as_str().unwrap().len(), 16 << 20);
     let last = server
@@ -410,26 +430,7 @@ async fn execution_output_lives_on_disk_within_a_cap() {
     assert_eq!(last["stdout_truncated"], true, "past the devbox's cap");
     assert_eq!(last["stdout"], "");
     // The streamed form of a kept execution gives the whole output.
-    let body = server
-        .get(&format!(
-            "/v1/devboxes/{d}/executions/{}/stream_stdout_updates",
-            ids[1]
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let streamed: usize = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|data| {
-            let v: Value = serde_json::from_str(data).unwrap();
-            v["output"].as_str().unwrap().len()
-        })
-        .sum();
-    assert_eq!(streamed, 16 << 20);
+    assert_eq!(streamed_bytes(&server, &d, &ids[1]).await, 16 << 20);
 
     server.assert_healthy(&witness).await;
     let r = server
@@ -458,7 +459,12 @@ async fn devbox_quotas(db: Db) {
     let witness = server.create_devbox(json!({"name": "witness"})).await;
     let a = server.create_devbox(json!({})).await;
     server.create_devbox(json!({})).await;
-    let r = server.post("/v1/devboxes").json(&json!({})).send().await.unwrap();
+    let r = server
+        .post("/v1/devboxes")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");

@@ -92,7 +92,9 @@ pub struct Connection {
 enum Refusal {
     #[error("the run already has its {0} connection")]
     Repeated(&'static str),
-    #[error("the {channel} stream must come from the run's own process (pid {control}), not pid {peer}")]
+    #[error(
+        "the {channel} stream must come from the run's own process (pid {control}), not pid {peer}"
+    )]
     OtherProcess {
         channel: &'static str,
         control: i32,
@@ -281,11 +283,7 @@ impl Channels {
         let Ok(slot) = self.connections.clone().try_acquire_owned() else {
             return Err("connection limit reached; connection closed");
         };
-        let pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .unwrap_or(0);
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
         let mut buf = Vec::with_capacity(256);
         // A run's process sends its header right after connecting: it is usually there already.
         let mut chunk = [0u8; MAX_HEADER + 1];
@@ -320,7 +318,9 @@ impl Channels {
             .map_err(|_| "internal lock poisoned")?;
         let n = by_pid.entry(pid).or_insert(0);
         if *n >= self.limits.max_pending_per_process.max(1) {
-            return Err("one process holds too many connections without a header; connection closed");
+            return Err(
+                "one process holds too many connections without a header; connection closed",
+            );
         }
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
             if *n == 0 {
@@ -352,7 +352,12 @@ impl Channels {
         enum Next {
             Done,
             Refuse(UnixStream, Refusal),
-            WaitControl(UnixStream, Vec<u8>, OwnedSemaphorePermit, watch::Receiver<Option<i32>>),
+            WaitControl(
+                UnixStream,
+                Vec<u8>,
+                OwnedSemaphorePermit,
+                watch::Receiver<Option<i32>>,
+            ),
         }
         let next = match self.expected.lock() {
             Err(_) => Next::Done,
@@ -523,7 +528,8 @@ mod tests {
 
         // One of each channel, from the control's process; a repeat is refused with a reason.
         let mut reg = ch.register("inv_1");
-        let h = |c: &str| serde_json::json!({"invocation_id": "inv_1", "key": reg.key, "channel": c});
+        let h =
+            |c: &str| serde_json::json!({"invocation_id": "inv_1", "key": reg.key, "channel": c});
         let _out = connect(&path, Some(h("stdout"))).await;
         let _control = connect(&path, Some(h("control"))).await;
         let _err = connect(&path, Some(h("stderr"))).await;
@@ -538,7 +544,9 @@ mod tests {
         }
         assert!(got.contains(&Channel::Control) && got.contains(&Channel::Stdout));
         let mut again = connect(&path, Some(h("stdout"))).await;
-        let why = closed_within(&mut again, Duration::from_secs(2)).await.unwrap();
+        let why = closed_within(&mut again, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(why.contains("already has its stdout"), "{why}");
 
         // A wrong key: closed without a word.
@@ -548,7 +556,9 @@ mod tests {
         )
         .await;
         assert_eq!(
-            closed_within(&mut wrong, Duration::from_secs(2)).await.as_deref(),
+            closed_within(&mut wrong, Duration::from_secs(2))
+                .await
+                .as_deref(),
             Some("")
         );
     }

@@ -305,7 +305,11 @@ async fn run_in(
         match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
             Ok(Some(conn)) if conn.channel != Channel::Control => {
                 streams_seen += 1;
-                readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
+                readers.push(tokio::spawn(read_output(
+                    conn,
+                    logs.clone(),
+                    budget.clone(),
+                )));
             }
             Ok(Some(_)) => {}
             _ => break,

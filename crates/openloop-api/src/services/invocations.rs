@@ -441,12 +441,7 @@ const LOG_BATCH_BYTES: usize = 1 << 20;
 
 /// Store a run's log records in batches as they arrive. The channel is bounded, so while a
 /// batch is being written the run's output waits in its socket, not in the server's memory.
-async fn write_logs(
-    store: Store,
-    notifier: Notifier,
-    id: String,
-    mut rx: mpsc::Receiver<LogLine>,
-) {
+async fn write_logs(store: Store, notifier: Notifier, id: String, mut rx: mpsc::Receiver<LogLine>) {
     let mut seq = 1i64;
     let mut batch: Vec<InvocationLog> = Vec::new();
     while let Some(first) = rx.recv().await {

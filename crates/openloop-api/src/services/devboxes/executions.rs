@@ -136,8 +136,26 @@ impl Execution {
             let run = devbox.exec(&command, env, cwd, 0, Some(tx));
             let mut files = Files::default();
             let pump = async {
-                while let Some(chunk) = rx.recv().await {
-                    me.push(&output, &mut files, chunk).await;
+                // Chunks that arrived while the last write went on are written together, so
+                // the writes keep up with the command and output does not pile up here.
+                while let Some(first) = rx.recv().await {
+                    let (mut out, mut err) = (Vec::new(), Vec::new());
+                    let mut next = Some(first);
+                    while let Some(c) = next.take() {
+                        match c {
+                            OutputChunk::Stdout(d) => out.extend_from_slice(&d),
+                            OutputChunk::Stderr(d) => err.extend_from_slice(&d),
+                        }
+                        if out.len() + err.len() < MAX_STREAM_CHUNK {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !out.is_empty() {
+                        me.push(&output, &mut files, OutputChunk::Stdout(out)).await;
+                    }
+                    if !err.is_empty() {
+                        me.push(&output, &mut files, OutputChunk::Stderr(err)).await;
+                    }
                 }
             };
             let (result, _) = tokio::join!(run, pump);
@@ -182,7 +200,10 @@ impl Execution {
         let granted = output.budget.take(want);
         let mut written = 0;
         if granted > 0 {
-            match files.write(&self.path(which), which, &data[..granted as usize]).await {
+            match files
+                .write(&self.path(which), which, &data[..granted as usize])
+                .await
+            {
                 Ok(()) => written = granted,
                 Err(e) => {
                     tracing::warn!(execution = %self.id, error = %e, "could not keep execution output");
@@ -293,14 +314,22 @@ impl Execution {
         };
         let stdout = self.read_kept(Stream::Stdout, 0, out.len).await;
         let stderr = self.read_kept(Stream::Stderr, 0, err.len).await;
-        let text = |b: &[u8]| tail_lines(&String::from_utf8_lossy(b), last_n);
+        // Output can be 16 MiB a stream: moved into the view, copied only for a tail.
+        let text = |b: Vec<u8>| {
+            let all = String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            match last_n {
+                None => all,
+                Some(_) => tail_lines(&all, last_n),
+            }
+        };
         json!({
             "devbox_id": self.devbox_id,
             "execution_id": self.id,
             "status": status,
             "exit_status": exit_status,
-            "stdout": text(&stdout),
-            "stderr": text(&stderr),
+            "stdout": text(stdout),
+            "stderr": text(stderr),
             "stdout_truncated": out.truncated,
             "stderr_truncated": err.truncated,
         })
@@ -357,7 +386,12 @@ struct Files {
 }
 
 impl Files {
-    async fn write(&mut self, path: &std::path::Path, which: Stream, data: &[u8]) -> std::io::Result<()> {
+    async fn write(
+        &mut self,
+        path: &std::path::Path,
+        which: Stream,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let slot = if which == Stream::Stdout {
             &mut self.stdout
         } else {
@@ -375,7 +409,11 @@ impl Files {
             *slot = Some(f);
         }
         match slot {
-            Some(f) => f.write_all(data).await,
+            // tokio writes in the background: flush so readers find what was counted.
+            Some(f) => {
+                f.write_all(data).await?;
+                f.flush().await
+            }
             None => Ok(()),
         }
     }
