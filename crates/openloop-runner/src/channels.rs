@@ -161,7 +161,8 @@ impl Drop for PendingSlot {
 }
 
 /// Sleep after an accept error that retrying at once cannot fix (out of file descriptors or
-/// memory), doubling up to one second; other errors (a peer that gave up) retry at once.
+/// memory, anything unexpected), doubling up to one second; errors that concern only the
+/// one connection (a peer that gave up) retry at once.
 pub struct AcceptBackoff {
     delay: Duration,
 }
@@ -181,11 +182,11 @@ impl AcceptBackoff {
 
     /// Wait as long as `e` calls for.
     pub async fn failed(&mut self, e: &std::io::Error) {
-        let exhausted = matches!(
+        let one_connection = matches!(
             e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO | libc::EPERM)
         );
-        if !exhausted {
+        if one_connection {
             return;
         }
         self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -501,6 +502,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn accept_errors_back_off_unless_they_concern_one_connection() {
+        let mut b = AcceptBackoff::default();
+        let t = tokio::time::Instant::now();
+        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED))
+            .await;
+        assert!(t.elapsed() < Duration::from_millis(5));
+        for _ in 0..3 {
+            b.failed(&std::io::Error::from_raw_os_error(libc::EMFILE))
+                .await;
+        }
+        // 10 + 20 + 40 ms
+        assert!(t.elapsed() >= Duration::from_millis(70));
+        b.succeeded();
+        assert_eq!(b.delay, Duration::ZERO);
+    }
+
+    #[tokio::test]
     async fn header_deadline_caps_and_one_stream_each() {
         let dir = tempfile_dir();
         let limits = EngineLimits {
@@ -561,6 +579,8 @@ mod tests {
                 .as_deref(),
             Some("")
         );
+        drop(ch);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -472,7 +472,7 @@ async fn read_output(conn: Connection, logs: mpsc::Sender<LogLine>, budget: Arc<
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + pos;
-            if flood {
+            if flood && end - start <= MERGED_RECORD {
                 match merged {
                     Some((from, _, n)) if end - from <= MERGED_RECORD => {
                         merged = Some((from, end, n + 1));
@@ -484,7 +484,20 @@ async fn read_output(conn: Connection, logs: mpsc::Sender<LogLine>, budget: Arc<
                     None => merged = Some((start, end, 1)),
                 }
             } else {
-                budget.send(&logs, 1, record(&pending[start..end])).await;
+                if let Some((from, to, n)) = merged.take() {
+                    budget.send(&logs, n, record(&pending[from..to])).await;
+                }
+                // A record holds at most MAX_LINE bytes; a longer line is split.
+                let line = &pending[start..end];
+                let mut piece = 0;
+                loop {
+                    let to = (piece + MAX_LINE).min(line.len());
+                    budget.send(&logs, 1, record(&line[piece..to])).await;
+                    piece = to;
+                    if piece >= line.len() {
+                        break;
+                    }
+                }
             }
             start = end + 1;
         }
@@ -523,6 +536,69 @@ mod tests {
         });
         assert!(matches!(b.admit(1, 10), Admit::Keep));
         assert!(matches!(b.admit(1, 10), Admit::DropFirst));
+    }
+
+    /// The records `read_output` makes of `data` written on a stdout stream.
+    async fn records_of(data: Vec<u8>, limits: LogLimits) -> Vec<LogLine> {
+        use tokio::io::AsyncWriteExt;
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let conn = Connection {
+            channel: Channel::Stdout,
+            stream: theirs,
+            early: Vec::new(),
+            peer_pid: 1,
+            slot: Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .unwrap(),
+        };
+        let (tx, mut rx) = log_channel();
+        let budget = Arc::new(LogBudget::new(limits));
+        let reader = tokio::spawn(read_output(conn, tx, budget));
+        let writer = tokio::spawn(async move {
+            ours.write_all(&data).await.unwrap();
+        });
+        let mut out = Vec::new();
+        while let Some(l) = rx.recv().await {
+            out.push(l);
+        }
+        writer.await.unwrap();
+        reader.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn output_becomes_records_merged_split_and_capped() {
+        let few = records_of(b"a\nb\n\nc".to_vec(), LogLimits::default()).await;
+        let msgs: Vec<&str> = few.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(msgs, ["a", "b", "", "c"]);
+
+        let flood = records_of(b"x\n".repeat(10_000), LogLimits::default()).await;
+        let lines: usize = flood.iter().map(|l| l.message.split('\n').count()).sum();
+        assert_eq!(lines, 10_000);
+        assert!(flood.len() < 100, "{} records", flood.len());
+        assert!(flood.iter().all(|l| l.message.len() <= MERGED_RECORD));
+
+        let mut long = vec![b'y'; 40_000];
+        long.push(b'\n');
+        let split = records_of(long, LogLimits::default()).await;
+        let sizes: Vec<usize> = split.iter().map(|l| l.message.len()).collect();
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 40_000 - 2 * MAX_LINE]);
+
+        let capped = records_of(
+            (0..20)
+                .map(|i| format!("line {i}\n"))
+                .collect::<String>()
+                .into_bytes(),
+            LogLimits {
+                max_bytes: 1 << 20,
+                max_lines: 10,
+            },
+        )
+        .await;
+        assert_eq!(capped.len(), 11);
+        assert_eq!(capped[9].message, "line 9");
+        assert_eq!(capped[10].stream, "log");
+        assert!(capped[10].message.starts_with("log limit reached"));
     }
 
     #[test]
