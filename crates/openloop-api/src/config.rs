@@ -1,7 +1,9 @@
 //! Server configuration, read once at start-up.
 
+pub use openloop_runner::{EngineLimits, LogLimits};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -51,6 +53,22 @@ pub struct ServerConfig {
     pub devbox_disk_pool: usize,
     /// Sandboxes of the default shape kept started ahead of time (0: none).
     pub devbox_warm_pool: usize,
+    /// The engine socket: header deadline, connections without a header (node-wide and per
+    /// process), connections overall.
+    pub engine: EngineLimits,
+    /// Output of one run kept as log records (bytes and lines); the rest is counted and dropped.
+    pub run_logs: LogLimits,
+    /// HTTP: a connection's request header must arrive within this time.
+    pub http_header_timeout: Duration,
+    /// HTTP: connections open at once; past it an idle one is closed to make room, or the new
+    /// one when none is idle.
+    pub http_max_connections: usize,
+    /// Bytes of finished and running executions' output kept on disk per devbox.
+    pub devbox_exec_output_bytes: u64,
+    /// Live devboxes one run may have at once.
+    pub devbox_max_per_run: usize,
+    /// Live devboxes created with one API key at once.
+    pub devbox_max_per_key: usize,
 }
 
 impl ServerConfig {
@@ -69,6 +87,10 @@ impl ServerConfig {
     }
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+    /// Devbox executions' output files, one directory per devbox (root-only, never mounted).
+    pub fn exec_output_dir(&self) -> PathBuf {
+        self.data_dir.join("exec-output")
     }
     /// A short tag naming this instance's cgroups, so that several servers on one host (each
     /// with its own data directory) never clean up each other's.

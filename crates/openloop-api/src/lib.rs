@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the server's one typed configuration.
 //! - [`server`]: start-up (recovery after a crash, warm processes) and the HTTP listener.
+//! - [`listener`]: the HTTP listener: header deadline, connection cap, accept back-off.
 //! - [`routes`]: thin axum handlers, one module per resource.
 //! - [`services`]: the work behind them: deployments, invocations, devboxes.
 //! - [`auth`]: API keys and per-invocation tokens.
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod notify;
 pub mod routes;
 pub mod server;

@@ -61,24 +61,6 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Turn on TCP keepalive: first probe after 60 s of silence, then every 20 s.
-fn enable_keepalive(tcp: &tokio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = tcp.as_raw_fd();
-    let set = |level: libc::c_int, opt: libc::c_int, value: libc::c_int| unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 20);
-}
-
 /// How long open requests may take to finish once the server is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -150,29 +132,14 @@ pub async fn serve(
         }
     });
     tracing::info!(addr = %config.listen, data_dir = %config.data_dir.display(), "openloop listening");
-    // Small responses and SSE events go out at once, not after the peer's delayed ACK.
-    use axum::serve::ListenerExt;
-    // TCP keepalive probes keep a long `invoke_sync` (a run may take hours) from being
-    // dropped as idle by the network in between.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-        enable_keepalive(tcp);
-    });
     // On the stop signal, open requests (a long invoke_sync, a followed log stream) get a few
     // seconds to end; the server does not wait on them forever. Runs cut short this way are
     // handled at the next start like after a crash.
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    });
-    tokio::select! {
-        served = serve => served?,
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the stop signal; stopping anyway"),
-    }
+    let limits = crate::listener::HttpLimits {
+        header_timeout: config.http_header_timeout,
+        max_connections: config.http_max_connections,
+    };
+    crate::listener::serve(listener, router(state), limits, shutdown, SHUTDOWN_GRACE).await;
     devboxes.shutdown_all().await;
     Ok(())
 }

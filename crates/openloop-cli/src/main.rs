@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Deploy a repository (a local directory or a git URL) and follow its build.
     Deploy(client::DeployArgs),
     /// Print an invocation's logs.
@@ -82,7 +82,7 @@ async fn run() {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Deploy(args) => client::deploy(args).await,
         Command::Logs(args) => client::logs(args).await,
         Command::Keys(args) => keys::run(args).await,

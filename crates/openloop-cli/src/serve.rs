@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use openloop_api::ServerConfig;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_IMAGE_DIR: &str = "/var/cache/openloop/images";
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
@@ -93,6 +94,43 @@ pub struct ServeArgs {
     /// Devbox sandboxes of the default shape kept started, so a create answers in milliseconds.
     #[arg(long, env = "OPENLOOP_DEVBOX_WARM_POOL", default_value_t = 2)]
     devbox_warm_pool: usize,
+    /// Live devboxes one run (invocation) may have at once.
+    #[arg(long, env = "OPENLOOP_DEVBOX_MAX_PER_RUN", default_value_t = 16)]
+    devbox_max_per_run: usize,
+    /// Live devboxes created with one API key at once.
+    #[arg(long, env = "OPENLOOP_DEVBOX_MAX_PER_KEY", default_value_t = 100)]
+    devbox_max_per_key: usize,
+    /// Output of devbox executions kept on disk per devbox, in MiB.
+    #[arg(long, env = "OPENLOOP_DEVBOX_EXEC_OUTPUT_MB", default_value_t = 1024)]
+    devbox_exec_output_mb: u64,
+    /// Output (stdout, stderr, logging) of one run kept as log records, in MiB.
+    #[arg(long, env = "OPENLOOP_RUN_LOG_MAX_MB", default_value_t = 128)]
+    run_log_max_mb: u64,
+    /// Output lines of one run kept as log records.
+    #[arg(long, env = "OPENLOOP_RUN_LOG_MAX_LINES", default_value_t = 1_000_000)]
+    run_log_max_lines: u64,
+    /// Seconds a connection to the engine socket may take to send its header.
+    #[arg(long, env = "OPENLOOP_ENGINE_HEADER_TIMEOUT", default_value_t = 5)]
+    engine_header_timeout: u64,
+    /// Engine socket connections waiting for their header (node-wide).
+    #[arg(long, env = "OPENLOOP_ENGINE_MAX_PENDING", default_value_t = 256)]
+    engine_max_pending: usize,
+    /// Engine socket connections waiting for their header from one process.
+    #[arg(
+        long,
+        env = "OPENLOOP_ENGINE_MAX_PENDING_PER_PROCESS",
+        default_value_t = 16
+    )]
+    engine_max_pending_per_process: usize,
+    /// Engine socket connections open at once (each running run holds three).
+    #[arg(long, env = "OPENLOOP_ENGINE_MAX_CONNECTIONS", default_value_t = 8192)]
+    engine_max_connections: usize,
+    /// Seconds an HTTP client may take to send a request's header.
+    #[arg(long, env = "OPENLOOP_HTTP_HEADER_TIMEOUT", default_value_t = 10)]
+    http_header_timeout: u64,
+    /// HTTP connections open at once (idle ones are closed to make room).
+    #[arg(long, env = "OPENLOOP_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    http_max_connections: usize,
 }
 
 /// Find a real executable named `name` on PATH, skipping pyenv-style shims.
@@ -169,6 +207,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         devbox_idle_seconds: args.devbox_idle_seconds,
         devbox_disk_pool: args.devbox_disk_pool,
         devbox_warm_pool: args.devbox_warm_pool,
+        engine: openloop_api::config::EngineLimits {
+            header_timeout: Duration::from_secs(args.engine_header_timeout),
+            max_pending: args.engine_max_pending,
+            max_pending_per_process: args.engine_max_pending_per_process,
+            max_connections: args.engine_max_connections,
+        },
+        run_logs: openloop_api::config::LogLimits {
+            max_bytes: args.run_log_max_mb << 20,
+            max_lines: args.run_log_max_lines,
+        },
+        http_header_timeout: Duration::from_secs(args.http_header_timeout),
+        http_max_connections: args.http_max_connections,
+        devbox_exec_output_bytes: args.devbox_exec_output_mb << 20,
+        devbox_max_per_run: args.devbox_max_per_run,
+        devbox_max_per_key: args.devbox_max_per_key,
     };
     let (store, admin) = openloop_api::prepare(&config).await?;
     if let Some(secret) = admin {

@@ -1,12 +1,25 @@
 //! The engine socket where invocation children connect their streams.
+//!
+//! Every process of every run can reach this socket, so it is built to hold against them:
+//! a connection must send its header within [`EngineLimits::header_timeout`]; connections
+//! still waiting for their header are capped node-wide and per process (one whose header is
+//! already there when it is accepted needs no such slot, so a flood does not starve real
+//! runs); connections overall are capped; accept errors (`EMFILE`, …) back off instead of
+//! spinning. A run's key admits one `control`, one `stdout` and one `stderr` connection, and
+//! the two output streams must come from the process that connected `control` (the one the
+//! server moves into the run's cgroup), by the kernel's `SO_PEERCRED`.
 
 use rand::RngCore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncReadExt;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+/// Longest header line accepted.
+const MAX_HEADER: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -15,22 +28,100 @@ pub enum Channel {
     Stderr,
 }
 
-/// One stream of a run: which it is, the socket, and bytes that arrived after the header.
+impl Channel {
+    fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "control" => Some(Channel::Control),
+            "stdout" => Some(Channel::Stdout),
+            "stderr" => Some(Channel::Stderr),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Control => "control",
+            Channel::Stdout => "stdout",
+            Channel::Stderr => "stderr",
+        }
+    }
+}
+
+/// Limits of the engine socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// How long a new connection may take to send its header line.
+    pub header_timeout: Duration,
+    /// Connections waiting for their header, node-wide.
+    pub max_pending: usize,
+    /// Connections waiting for their header from one process.
+    pub max_pending_per_process: usize,
+    /// Connections open at once, run streams included (three per running run).
+    pub max_connections: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            header_timeout: Duration::from_secs(5),
+            max_pending: 256,
+            max_pending_per_process: 16,
+            max_connections: 8192,
+        }
+    }
+}
+
+/// One stream of a run: which it is, the socket, bytes that arrived after the header, and
+/// the pid of the process that connected it. Holds its place among the open connections.
 pub struct Connection {
     pub channel: Channel,
     pub stream: UnixStream,
     pub early: Vec<u8>,
+    /// The connecting process, by `SO_PEERCRED`, as seen in the server's pid namespace.
+    pub peer_pid: i32,
+    /// Its place among the open connections, given back when the stream is dropped.
+    pub(crate) slot: OwnedSemaphorePermit,
+}
+
+/// Why a connection was turned away (written back to it as one JSON line, then closed).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("the run already has its {0} connection")]
+    Repeated(&'static str),
+    #[error(
+        "the {channel} stream must come from the run's own process (pid {control}), not pid {peer}"
+    )]
+    OtherProcess {
+        channel: &'static str,
+        control: i32,
+        peer: i32,
+    },
+    #[error("the run's control connection did not arrive in time")]
+    NoControl,
 }
 
 struct Expected {
     key: String,
     tx: mpsc::UnboundedSender<Connection>,
+    /// The pid of the process that connected `control`, once it has.
+    control_pid: watch::Sender<Option<i32>>,
+    /// Which of control, stdout and stderr have been admitted.
+    taken: [bool; 3],
 }
 
 /// Listens on `<run dir>/engine.sock` and hands each connection to the run it belongs to.
 pub struct Channels {
     path: PathBuf,
+    limits: EngineLimits,
     expected: Mutex<HashMap<String, Expected>>,
+    connections: Arc<Semaphore>,
+    pending: Arc<Semaphore>,
+    /// Connections waiting for their header, by connecting pid.
+    pending_by_pid: Mutex<HashMap<i32, usize>>,
 }
 
 /// A registration; the run's connections arrive on `connections`. Unregisters on drop.
@@ -49,8 +140,74 @@ impl Drop for Registration {
     }
 }
 
+/// A place among the connections waiting for their header; given back on drop.
+struct PendingSlot {
+    channels: Arc<Channels>,
+    pid: i32,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.channels.pending_by_pid.lock() {
+            if let Some(n) = m.get_mut(&self.pid) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.pid);
+                }
+            }
+        }
+    }
+}
+
+/// Sleep after an accept error that retrying at once cannot fix (out of file descriptors or
+/// memory, anything unexpected), doubling up to one second; errors that concern only the
+/// one connection (a peer that gave up) retry at once.
+pub struct AcceptBackoff {
+    delay: Duration,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    pub fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// Wait as long as `e` calls for.
+    pub async fn failed(&mut self, e: &std::io::Error) {
+        let one_connection = matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO | libc::EPERM)
+        );
+        if one_connection {
+            return;
+        }
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tracing::warn!(error = %e, backoff_ms = self.delay.as_millis() as u64, "accept failed; backing off");
+        tokio::time::sleep(self.delay).await;
+    }
+}
+
+/// Rate-limited warning: at most one per second per call site's counter.
+fn warn_refused(last: &mut Option<tokio::time::Instant>, refused: &mut u64, what: &str) {
+    *refused += 1;
+    let now = tokio::time::Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        tracing::warn!(refused = *refused, "engine socket: {what}");
+        *last = Some(now);
+        *refused = 0;
+    }
+}
+
 impl Channels {
-    pub async fn bind(run_dir: &Path) -> std::io::Result<Arc<Channels>> {
+    pub async fn bind(run_dir: &Path, limits: EngineLimits) -> std::io::Result<Arc<Channels>> {
         std::fs::create_dir_all(run_dir)?;
         let path = run_dir.join("engine.sock");
         let _ = std::fs::remove_file(&path);
@@ -62,16 +219,31 @@ impl Channels {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
         let channels = Arc::new(Channels {
             path,
+            limits,
             expected: Mutex::new(HashMap::new()),
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(3))),
+            pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
+            pending_by_pid: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&channels);
         tokio::spawn(async move {
+            let mut backoff = AcceptBackoff::default();
+            let (mut last_warn, mut refused) = (None, 0u64);
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        stream
+                    }
+                    Err(e) => {
+                        backoff.failed(&e).await;
+                        continue;
+                    }
                 };
                 let Some(ch) = weak.upgrade() else { return };
-                tokio::spawn(async move { ch.dispatch(stream).await });
+                if let Err(what) = ch.accepted(stream) {
+                    warn_refused(&mut last_warn, &mut refused, what);
+                }
             }
         });
         Ok(channels)
@@ -93,6 +265,8 @@ impl Channels {
                 Expected {
                     key: key.clone(),
                     tx,
+                    control_pid: watch::channel(None).0,
+                    taken: [false; 3],
                 },
             );
         }
@@ -104,50 +278,318 @@ impl Channels {
         }
     }
 
-    async fn dispatch(&self, mut stream: UnixStream) {
-        // The header is one JSON line of at most 1 KiB; it normally arrives in one read.
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 1024];
-        let newline = loop {
-            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                break pos;
-            }
-            if buf.len() > 1024 {
-                return;
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+    /// A new connection, on the accept loop: closed at once when over a cap; otherwise its
+    /// header is read (right here when it has already arrived) and it goes to its run.
+    fn accepted(self: &Arc<Self>, stream: UnixStream) -> Result<(), &'static str> {
+        let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+            return Err("connection limit reached; connection closed");
         };
-        let early = buf.split_off(newline + 1);
-        let header = &buf[..newline];
-        #[derive(serde::Deserialize)]
-        struct Header {
-            invocation_id: String,
-            key: String,
-            channel: String,
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+        let mut buf = Vec::with_capacity(256);
+        // A run's process sends its header right after connecting: it is usually there already.
+        let mut chunk = [0u8; MAX_HEADER + 1];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Ok(()),
         }
-        let Ok(h) = serde_json::from_slice::<Header>(header) else {
+        let pending = if buf.contains(&b'\n') {
+            None
+        } else {
+            Some(self.pending_slot(pid)?)
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let header = tokio::time::timeout_at(deadline, read_header(&stream, buf)).await;
+            drop(pending);
+            if let Ok(Some((header, early))) = header {
+                me.dispatch(stream, header, early, pid, slot, deadline)
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
+    fn pending_slot(self: &Arc<Self>, pid: i32) -> Result<PendingSlot, &'static str> {
+        let mut by_pid = self
+            .pending_by_pid
+            .lock()
+            .map_err(|_| "internal lock poisoned")?;
+        let n = by_pid.entry(pid).or_insert(0);
+        if *n >= self.limits.max_pending_per_process.max(1) {
+            return Err(
+                "one process holds too many connections without a header; connection closed",
+            );
+        }
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            if *n == 0 {
+                by_pid.remove(&pid);
+            }
+            return Err("too many connections without a header; connection closed");
+        };
+        *n += 1;
+        Ok(PendingSlot {
+            channels: Arc::clone(self),
+            pid,
+            _permit: permit,
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        stream: UnixStream,
+        header: Header,
+        early: Vec<u8>,
+        peer_pid: i32,
+        slot: OwnedSemaphorePermit,
+        deadline: tokio::time::Instant,
+    ) {
+        let Some(channel) = Channel::parse(&header.channel) else {
             return;
         };
-        let channel = match h.channel.as_str() {
-            "control" => Channel::Control,
-            "stdout" => Channel::Stdout,
-            "stderr" => Channel::Stderr,
-            _ => return,
+        // Control first: its pid is what the output streams are held to.
+        enum Next {
+            Done,
+            Refuse(UnixStream, Refusal),
+            WaitControl(
+                UnixStream,
+                Vec<u8>,
+                OwnedSemaphorePermit,
+                watch::Receiver<Option<i32>>,
+            ),
+        }
+        let next = match self.expected.lock() {
+            Err(_) => Next::Done,
+            Ok(mut m) => match m.get_mut(&header.invocation_id) {
+                Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
+                    if channel != Channel::Control {
+                        Next::WaitControl(stream, early, slot, e.control_pid.subscribe())
+                    } else if e.taken[channel.index()] {
+                        Next::Refuse(stream, Refusal::Repeated(channel.name()))
+                    } else {
+                        e.taken[channel.index()] = true;
+                        e.control_pid.send_replace(Some(peer_pid));
+                        let _ = e.tx.send(Connection {
+                            channel,
+                            stream,
+                            early,
+                            peer_pid,
+                            slot,
+                        });
+                        Next::Done
+                    }
+                }
+                _ => Next::Done,
+            },
         };
-        let tx = match self.expected.lock() {
-            Ok(m) => match m.get(&h.invocation_id) {
-                Some(e) if e.key == h.key => e.tx.clone(),
-                _ => return,
+        let (stream, early, slot, control_pid) = match next {
+            Next::Done => return,
+            Next::Refuse(stream, why) => return refuse(stream, why).await,
+            Next::WaitControl(stream, early, slot, rx) => (stream, early, slot, rx),
+        };
+        let mut control_pid = control_pid;
+        let control = tokio::time::timeout_at(deadline, control_pid.wait_for(|p| p.is_some()))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|p| *p));
+        let Some(control) = control else {
+            return refuse(stream, Refusal::NoControl).await;
+        };
+        if control != peer_pid {
+            tracing::warn!(
+                invocation = %header.invocation_id,
+                channel = channel.name(),
+                control,
+                peer_pid,
+                "engine socket: a stream from another process than the run's was refused"
+            );
+            return refuse(
+                stream,
+                Refusal::OtherProcess {
+                    channel: channel.name(),
+                    control,
+                    peer: peer_pid,
+                },
+            )
+            .await;
+        }
+        let refusal = match self.expected.lock() {
+            Ok(mut m) => match m.get_mut(&header.invocation_id) {
+                Some(e) if e.taken[channel.index()] => Refusal::Repeated(channel.name()),
+                Some(e) => {
+                    e.taken[channel.index()] = true;
+                    let _ = e.tx.send(Connection {
+                        channel,
+                        stream,
+                        early,
+                        peer_pid,
+                        slot,
+                    });
+                    return;
+                }
+                None => return,
             },
             Err(_) => return,
         };
-        let _ = tx.send(Connection {
-            channel,
-            stream,
-            early,
-        });
+        refuse(stream, refusal).await;
+    }
+}
+
+/// Tell a connection why it was turned away (best effort, never waiting), then close it.
+async fn refuse(mut stream: UnixStream, why: Refusal) {
+    let line = format!("{}\n", serde_json::json!({"error": why.to_string()}));
+    let _ = stream.try_write(line.as_bytes());
+    let _ = stream.shutdown().await;
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    invocation_id: String,
+    key: String,
+    channel: String,
+}
+
+/// Read up to the header's newline (at most [`MAX_HEADER`] bytes); returns the header and
+/// the bytes that followed it.
+async fn read_header(stream: &UnixStream, mut buf: Vec<u8>) -> Option<(Header, Vec<u8>)> {
+    let mut chunk = [0u8; MAX_HEADER + 1];
+    let newline = loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            break pos;
+        }
+        if buf.len() > MAX_HEADER {
+            return None;
+        }
+        stream.readable().await.ok()?;
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    };
+    let early = buf.split_off(newline + 1);
+    let header = serde_json::from_slice::<Header>(&buf[..newline]).ok()?;
+    Some((header, early))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn connect(path: &Path, header: Option<serde_json::Value>) -> UnixStream {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        if let Some(h) = header {
+            s.write_all(format!("{h}\n").as_bytes()).await.unwrap();
+        }
+        s
+    }
+
+    /// Reads until EOF; true when the server closed the connection.
+    async fn closed_within(s: &mut UnixStream, within: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(within, s.read_to_end(&mut out)).await {
+            Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_back_off_unless_they_concern_one_connection() {
+        let mut b = AcceptBackoff::default();
+        let t = tokio::time::Instant::now();
+        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED))
+            .await;
+        assert!(t.elapsed() < Duration::from_millis(5));
+        for _ in 0..3 {
+            b.failed(&std::io::Error::from_raw_os_error(libc::EMFILE))
+                .await;
+        }
+        // 10 + 20 + 40 ms
+        assert!(t.elapsed() >= Duration::from_millis(70));
+        b.succeeded();
+        assert_eq!(b.delay, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn header_deadline_caps_and_one_stream_each() {
+        let dir = tempfile_dir();
+        let limits = EngineLimits {
+            header_timeout: Duration::from_millis(300),
+            max_pending: 8,
+            max_pending_per_process: 4,
+            max_connections: 64,
+        };
+        let ch = Channels::bind(&dir, limits).await.unwrap();
+        let path = ch.socket_path().to_path_buf();
+
+        // Silent connections: the fifth from this process is closed at once, the others at
+        // the deadline.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(connect(&path, None).await);
+        }
+        let mut fifth = connect(&path, None).await;
+        assert!(closed_within(&mut fifth, Duration::from_millis(200))
+            .await
+            .is_some());
+        for s in &mut silent {
+            assert!(closed_within(s, Duration::from_secs(2)).await.is_some());
+        }
+
+        // One of each channel, from the control's process; a repeat is refused with a reason.
+        let mut reg = ch.register("inv_1");
+        let h =
+            |c: &str| serde_json::json!({"invocation_id": "inv_1", "key": reg.key, "channel": c});
+        let _out = connect(&path, Some(h("stdout"))).await;
+        let _control = connect(&path, Some(h("control"))).await;
+        let _err = connect(&path, Some(h("stderr"))).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let c = tokio::time::timeout(Duration::from_secs(2), reg.connections.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.peer_pid, std::process::id() as i32);
+            got.push(c.channel);
+        }
+        assert!(got.contains(&Channel::Control) && got.contains(&Channel::Stdout));
+        let mut again = connect(&path, Some(h("stdout"))).await;
+        let why = closed_within(&mut again, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(why.contains("already has its stdout"), "{why}");
+
+        // A wrong key: closed without a word.
+        let mut wrong = connect(
+            &path,
+            Some(serde_json::json!({"invocation_id": "inv_1", "key": "0", "channel": "stderr"})),
+        )
+        .await;
+        assert_eq!(
+            closed_within(&mut wrong, Duration::from_secs(2))
+                .await
+                .as_deref(),
+            Some("")
+        );
+        drop(ch);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "openloop-channels-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

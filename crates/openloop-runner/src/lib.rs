@@ -13,9 +13,9 @@ pub mod channels;
 pub mod host;
 pub mod run;
 
-pub use channels::Channels;
+pub use channels::{Channels, EngineLimits};
 pub use host::{FieldError, HostSpec, WarmHost};
-pub use run::{LogLine, RunOutcome, RunRequest};
+pub use run::{LogLimits, LogLine, RunOutcome, RunRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {

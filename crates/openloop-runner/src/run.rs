@@ -9,12 +9,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Longest log line kept as one line; longer output is split.
 const MAX_LINE: usize = 16 * 1024;
+/// Log records waiting to be stored, per run: when full, reading the run's output waits
+/// (the run's writes block on its full socket) instead of buffering in the server.
+pub const LOG_CHANNEL_RECORDS: usize = 256;
+/// One read of output holding more lines than this is a flood of small lines: consecutive
+/// lines are merged into records of up to [`MERGED_RECORD`] bytes.
+const MERGE_AFTER_LINES: usize = 64;
+const MERGED_RECORD: usize = 1024;
 /// Largest control frame (a result) accepted.
 const MAX_CONTROL_FRAME: usize = 256 << 20;
 /// How long to wait for a run's streams once its process is known to be gone.
@@ -31,6 +37,128 @@ pub struct RunRequest {
     pub cgroup_name: String,
     /// Memory, process and CPU limits of the run's own cgroup.
     pub limits: Limits,
+    /// How much of the run's output is kept as log records.
+    pub log_limits: LogLimits,
+}
+
+/// How much output of one run is kept (stdout, stderr and `logging` together); beyond either
+/// cap the run goes on but its output is dropped and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_bytes: u64,
+    pub max_lines: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: 128 << 20,
+            max_lines: 1_000_000,
+        }
+    }
+}
+
+/// The bounded channel a run's log records travel on.
+pub fn log_channel() -> (mpsc::Sender<LogLine>, mpsc::Receiver<LogLine>) {
+    mpsc::channel(LOG_CHANNEL_RECORDS)
+}
+
+#[derive(Default)]
+struct Spent {
+    lines: u64,
+    bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    reached: bool,
+}
+
+/// What one run's output may still use of its [`LogLimits`], shared by its three readers.
+struct LogBudget {
+    limits: LogLimits,
+    spent: std::sync::Mutex<Spent>,
+}
+
+enum Admit {
+    Keep,
+    Drop,
+    /// Dropped, and the first to be: say so in the log.
+    DropFirst,
+}
+
+impl LogBudget {
+    fn new(limits: LogLimits) -> Self {
+        LogBudget {
+            limits,
+            spent: std::sync::Mutex::new(Spent::default()),
+        }
+    }
+
+    /// Count `lines` lines of `bytes` bytes (newlines included) against the caps.
+    fn admit(&self, lines: u64, bytes: u64) -> Admit {
+        let Ok(mut s) = self.spent.lock() else {
+            return Admit::Drop;
+        };
+        if !s.reached
+            && s.lines + lines <= self.limits.max_lines
+            && s.bytes + bytes <= self.limits.max_bytes
+        {
+            s.lines += lines;
+            s.bytes += bytes;
+            return Admit::Keep;
+        }
+        s.dropped_lines += lines;
+        s.dropped_bytes += bytes;
+        if s.reached {
+            Admit::Drop
+        } else {
+            s.reached = true;
+            Admit::DropFirst
+        }
+    }
+
+    fn dropped(&self) -> (u64, u64) {
+        self.spent
+            .lock()
+            .map(|s| (s.dropped_lines, s.dropped_bytes))
+            .unwrap_or_default()
+    }
+
+    fn caps(&self) -> String {
+        format!(
+            "{} lines / {} bytes per run",
+            self.limits.max_lines, self.limits.max_bytes
+        )
+    }
+
+    /// Send `record` if the budget allows it; the first record over the caps is replaced by
+    /// a notice that output is being dropped from now on.
+    async fn send(&self, logs: &mpsc::Sender<LogLine>, lines: u64, record: LogLine) {
+        // The record's text and its final newline (merged lines keep theirs inside).
+        let bytes = record.message.len() as u64 + 1;
+        match self.admit(lines, bytes) {
+            Admit::Keep => {
+                let _ = logs.send(record).await;
+            }
+            Admit::Drop => {}
+            Admit::DropFirst => {
+                let _ = logs
+                    .send(notice(format!(
+                        "log limit reached ({}): further output of this run is dropped",
+                        self.caps()
+                    )))
+                    .await;
+            }
+        }
+    }
+}
+
+fn notice(message: String) -> LogLine {
+    LogLine {
+        ts_ms: now_ms(),
+        stream: "log",
+        level: Some("WARNING".into()),
+        message,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +194,7 @@ pub async fn run(
     host: &WarmHost,
     channels: &Arc<Channels>,
     req: RunRequest,
-    logs: mpsc::UnboundedSender<LogLine>,
+    logs: mpsc::Sender<LogLine>,
 ) -> RunOutcome {
     let mut reg = channels.register(&req.invocation_id);
     // The run's own cgroup: a memory hog or a fork bomb fails alone, and whatever the run
@@ -80,7 +208,17 @@ pub async fn run(
             )
         }
     };
-    let outcome = run_in(host, channels, &req, &mut reg, &cgroup, logs).await;
+    let budget = Arc::new(LogBudget::new(req.log_limits));
+    let outcome = run_in(host, channels, &req, &mut reg, &cgroup, &logs, &budget).await;
+    let (lines, bytes) = budget.dropped();
+    if lines > 0 {
+        let _ = logs
+            .send(notice(format!(
+                "log limit reached ({}): {lines} lines / {bytes} bytes dropped",
+                budget.caps()
+            )))
+            .await;
+    }
     let oom = cgroup.oom_kills() > 0;
     // Whatever the run left running dies now; removing the cgroup directories (which the
     // kernel may refuse for a moment while the last processes exit) happens off the path.
@@ -105,7 +243,8 @@ async fn run_in(
     req: &RunRequest,
     reg: &mut crate::channels::Registration,
     cgroup: &Cgroup,
-    logs: mpsc::UnboundedSender<LogLine>,
+    logs: &mpsc::Sender<LogLine>,
+    budget: &Arc<LogBudget>,
 ) -> RunOutcome {
     let msg = json!({
         "op": "run",
@@ -129,13 +268,13 @@ async fn run_in(
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
             Some(conn) = reg.connections.recv() => match conn.channel {
-                Channel::Control => match admit(conn.stream, cgroup).await {
-                    Ok(stream) => control = Some(tokio::spawn(read_control(stream, conn.early, logs.clone()))),
+                Channel::Control => match admit(conn, cgroup).await {
+                    Ok(conn) => control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone()))),
                     Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
                 },
                 Channel::Stdout | Channel::Stderr => {
                     streams_seen += 1;
-                    readers.push(tokio::spawn(read_output(conn, logs.clone())));
+                    readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
                 }
             },
             r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
@@ -166,7 +305,11 @@ async fn run_in(
         match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
             Ok(Some(conn)) if conn.channel != Channel::Control => {
                 streams_seen += 1;
-                readers.push(tokio::spawn(read_output(conn, logs.clone())));
+                readers.push(tokio::spawn(read_output(
+                    conn,
+                    logs.clone(),
+                    budget.clone(),
+                )));
             }
             Ok(Some(_)) => {}
             _ => break,
@@ -186,16 +329,16 @@ async fn run_in(
 }
 
 /// Move the run's process (known from its control connection) into the run's cgroup, then
-/// let it go on: the child waits for this byte before it runs any user code.
-async fn admit(mut stream: UnixStream, cgroup: &Cgroup) -> std::io::Result<UnixStream> {
+/// let it go on: the child waits for this byte before it runs any user code. The engine
+/// socket admits the run's output streams from this same pid only.
+async fn admit(mut conn: Connection, cgroup: &Cgroup) -> std::io::Result<Connection> {
     use tokio::io::AsyncWriteExt;
-    let pid = stream
-        .peer_cred()?
-        .pid()
-        .ok_or_else(|| std::io::Error::other("the run's pid is unknown"))?;
-    cgroup.attach(pid)?;
-    stream.write_all(b"\x01").await?;
-    Ok(stream)
+    if conn.peer_pid <= 0 {
+        return Err(std::io::Error::other("the run's pid is unknown"));
+    }
+    cgroup.attach(conn.peer_pid)?;
+    conn.stream.write_all(b"\x01").await?;
+    Ok(conn)
 }
 
 fn describe_exit(exit: Option<ExitInfo>) -> String {
@@ -222,11 +365,17 @@ fn describe_exit(exit: Option<ExitInfo>) -> String {
 }
 
 async fn read_control(
-    s: UnixStream,
-    early: Vec<u8>,
-    logs: mpsc::UnboundedSender<LogLine>,
+    conn: Connection,
+    logs: mpsc::Sender<LogLine>,
+    budget: Arc<LogBudget>,
 ) -> Option<Value> {
-    let mut s = std::io::Cursor::new(early).chain(s);
+    let Connection {
+        stream,
+        early,
+        slot: _slot,
+        ..
+    } = conn;
+    let mut s = std::io::Cursor::new(early).chain(stream);
     let mut outcome = None;
     loop {
         let mut len = [0u8; 4];
@@ -249,12 +398,20 @@ async fn read_control(
         };
         match frame["type"].as_str() {
             Some("log") => {
-                let _ = logs.send(LogLine {
-                    ts_ms: frame["ts_ms"].as_i64().unwrap_or_else(now_ms),
-                    stream: "log",
-                    level: frame["level"].as_str().map(str::to_string),
-                    message: frame["message"].as_str().unwrap_or_default().to_string(),
-                });
+                let ts_ms = frame["ts_ms"].as_i64().unwrap_or_else(now_ms);
+                let level = frame["level"].as_str().map(str::to_string);
+                let message = frame["message"].as_str().unwrap_or_default();
+                // A record is at most MAX_LINE bytes, like output lines.
+                for part in split_at_char_boundaries(message, MAX_LINE) {
+                    let lines = 1 + part.matches('\n').count() as u64;
+                    let record = LogLine {
+                        ts_ms,
+                        stream: "log",
+                        level: level.clone(),
+                        message: part.to_string(),
+                    };
+                    budget.send(&logs, lines, record).await;
+                }
             }
             Some("result") | Some("error") => outcome = Some(frame),
             _ => {}
@@ -262,42 +419,192 @@ async fn read_control(
     }
 }
 
-async fn read_output(conn: Connection, logs: mpsc::UnboundedSender<LogLine>) {
+/// `text` in pieces of at most `max` bytes, cut on character boundaries (one empty piece
+/// for an empty text).
+fn split_at_char_boundaries(text: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        parts.push(head);
+        rest = tail;
+    }
+    parts.push(rest);
+    parts
+}
+
+/// Turns a run's output into log records: one per line, except that a read holding a flood
+/// of lines merges consecutive ones into records of up to [`MERGED_RECORD`] bytes. Reading
+/// waits while the log channel is full; past the run's log caps, output is read and dropped.
+async fn read_output(conn: Connection, logs: mpsc::Sender<LogLine>, budget: Arc<LogBudget>) {
     let stream = if conn.channel == Channel::Stdout {
         "stdout"
     } else {
         "stderr"
     };
-    let mut s = conn.stream;
+    let Connection {
+        stream: mut s,
+        early,
+        slot: _slot,
+        ..
+    } = conn;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = conn.early;
-    let emit = |bytes: &[u8]| {
-        let _ = logs.send(LogLine {
-            ts_ms: now_ms(),
-            stream,
-            level: None,
-            message: String::from_utf8_lossy(bytes).into_owned(),
-        });
+    let mut pending: Vec<u8> = early;
+    let record = |bytes: &[u8]| LogLine {
+        ts_ms: now_ms(),
+        stream,
+        level: None,
+        message: String::from_utf8_lossy(bytes).into_owned(),
     };
-    loop {
-        let n = match s.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    let mut eof = false;
+    while !eof {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => eof = true,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
         };
-        pending.extend_from_slice(&buf[..n]);
+        let flood = pending.iter().filter(|&&b| b == b'\n').count() > MERGE_AFTER_LINES;
+        // Lines merged so far: (first byte, end, how many).
+        let mut merged: Option<(usize, usize, u64)> = None;
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            emit(&pending[start..start + pos]);
-            start += pos + 1;
+            let end = start + pos;
+            if flood && end - start <= MERGED_RECORD {
+                match merged {
+                    Some((from, _, n)) if end - from <= MERGED_RECORD => {
+                        merged = Some((from, end, n + 1));
+                    }
+                    Some((from, to, n)) => {
+                        budget.send(&logs, n, record(&pending[from..to])).await;
+                        merged = Some((start, end, 1));
+                    }
+                    None => merged = Some((start, end, 1)),
+                }
+            } else {
+                if let Some((from, to, n)) = merged.take() {
+                    budget.send(&logs, n, record(&pending[from..to])).await;
+                }
+                // A record holds at most MAX_LINE bytes; a longer line is split.
+                let line = &pending[start..end];
+                let mut piece = 0;
+                loop {
+                    let to = (piece + MAX_LINE).min(line.len());
+                    budget.send(&logs, 1, record(&line[piece..to])).await;
+                    piece = to;
+                    if piece >= line.len() {
+                        break;
+                    }
+                }
+            }
+            start = end + 1;
+        }
+        if let Some((from, to, n)) = merged {
+            budget.send(&logs, n, record(&pending[from..to])).await;
         }
         pending.drain(..start);
         while pending.len() > MAX_LINE {
             let rest = pending.split_off(MAX_LINE);
-            emit(&pending);
+            budget.send(&logs, 1, record(&pending)).await;
             pending = rest;
         }
     }
     if !pending.is_empty() {
-        emit(&pending);
+        budget.send(&logs, 1, record(&pending)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_keeps_to_its_caps_and_counts_the_rest() {
+        let b = LogBudget::new(LogLimits {
+            max_bytes: 100,
+            max_lines: 3,
+        });
+        assert!(matches!(b.admit(2, 10), Admit::Keep));
+        assert!(matches!(b.admit(2, 10), Admit::DropFirst));
+        assert!(matches!(b.admit(1, 10), Admit::Drop));
+        assert_eq!(b.dropped(), (3, 20));
+        let b = LogBudget::new(LogLimits {
+            max_bytes: 15,
+            max_lines: 100,
+        });
+        assert!(matches!(b.admit(1, 10), Admit::Keep));
+        assert!(matches!(b.admit(1, 10), Admit::DropFirst));
+    }
+
+    /// The records `read_output` makes of `data` written on a stdout stream.
+    async fn records_of(data: Vec<u8>, limits: LogLimits) -> Vec<LogLine> {
+        use tokio::io::AsyncWriteExt;
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let conn = Connection {
+            channel: Channel::Stdout,
+            stream: theirs,
+            early: Vec::new(),
+            peer_pid: 1,
+            slot: Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .unwrap(),
+        };
+        let (tx, mut rx) = log_channel();
+        let budget = Arc::new(LogBudget::new(limits));
+        let reader = tokio::spawn(read_output(conn, tx, budget));
+        let writer = tokio::spawn(async move {
+            ours.write_all(&data).await.unwrap();
+        });
+        let mut out = Vec::new();
+        while let Some(l) = rx.recv().await {
+            out.push(l);
+        }
+        writer.await.unwrap();
+        reader.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn output_becomes_records_merged_split_and_capped() {
+        let few = records_of(b"a\nb\n\nc".to_vec(), LogLimits::default()).await;
+        let msgs: Vec<&str> = few.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(msgs, ["a", "b", "", "c"]);
+
+        let flood = records_of(b"x\n".repeat(10_000), LogLimits::default()).await;
+        let lines: usize = flood.iter().map(|l| l.message.split('\n').count()).sum();
+        assert_eq!(lines, 10_000);
+        assert!(flood.len() < 100, "{} records", flood.len());
+        assert!(flood.iter().all(|l| l.message.len() <= MERGED_RECORD));
+
+        let mut long = vec![b'y'; 40_000];
+        long.push(b'\n');
+        let split = records_of(long, LogLimits::default()).await;
+        let sizes: Vec<usize> = split.iter().map(|l| l.message.len()).collect();
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 40_000 - 2 * MAX_LINE]);
+
+        let capped = records_of(
+            (0..20)
+                .map(|i| format!("line {i}\n"))
+                .collect::<String>()
+                .into_bytes(),
+            LogLimits {
+                max_bytes: 1 << 20,
+                max_lines: 10,
+            },
+        )
+        .await;
+        assert_eq!(capped.len(), 11);
+        assert_eq!(capped[9].message, "line 9");
+        assert_eq!(capped[10].stream, "log");
+        assert!(capped[10].message.starts_with("log limit reached"));
+    }
+
+    #[test]
+    fn long_messages_split_on_characters() {
+        assert_eq!(split_at_char_boundaries("", 4), vec![""]);
+        assert_eq!(split_at_char_boundaries("abcdef", 4), vec!["abcd", "ef"]);
+        assert_eq!(split_at_char_boundaries("aé", 2), vec!["a", "é"]);
     }
 }

@@ -202,7 +202,7 @@ pub async fn execute_sync(
             "devbox {id} stopped while the command ran: {err}"
         )));
     }
-    Ok(Json(exec.sync_view()))
+    Ok(Json(exec.sync_view().await))
 }
 
 pub async fn execute_async(
@@ -212,7 +212,7 @@ pub async fn execute_async(
     ApiJson(body): ApiJson<ExecBody>,
 ) -> ApiResult<Json<Value>> {
     let exec = start(&state, &principal, &id, body).await?;
-    Ok(Json(exec.view(None)))
+    Ok(Json(exec.view(None).await))
 }
 
 /// `execute`: start (idempotently by `command_id`) and wait up to `optimistic_timeout`.
@@ -226,7 +226,7 @@ pub async fn execute(
     let wait = wait_time(body.optimistic_timeout);
     let exec = start(&state, &principal, &id, body).await?;
     exec.wait_for(&["completed".to_string()], wait).await;
-    Ok(Json(exec.view(q.get()?)))
+    Ok(Json(exec.view(q.get()?).await))
 }
 
 pub async fn get_execution(
@@ -236,7 +236,7 @@ pub async fn get_execution(
     Query(q): Query<LastN>,
 ) -> ApiResult<Json<Value>> {
     let exec = state.devboxes.execution(&id, &eid, &principal).await?;
-    Ok(Json(exec.view(q.get()?)))
+    Ok(Json(exec.view(q.get()?).await))
 }
 
 pub async fn wait_for_execution(
@@ -257,7 +257,7 @@ pub async fn wait_for_execution(
         .wait_for(&req.statuses, wait_time(req.timeout_seconds))
         .await
     {
-        Ok(Json(exec.view(q.get()?)).into_response())
+        Ok(Json(exec.view(q.get()?).await).into_response())
     } else {
         Ok(timed_out(&format!("execution {eid}")))
     }
@@ -270,7 +270,7 @@ pub async fn kill_execution(
 ) -> ApiResult<Json<Value>> {
     let exec = state.devboxes.execution(&id, &eid, &principal).await?;
     exec.kill();
-    Ok(Json(exec.view(None)))
+    Ok(Json(exec.view(None).await))
 }
 
 #[derive(Deserialize)]
@@ -296,7 +296,7 @@ async fn stream_output(
     let stream = super::functions::async_stream(move |tx| async move {
         let mut changes = exec.changes();
         loop {
-            let (data, done) = exec.read_from(which, offset);
+            let (data, done) = exec.read_from(which, offset).await;
             if !data.is_empty() {
                 offset += data.len();
                 let chunk = json!({"output": String::from_utf8_lossy(&data), "offset": offset});
@@ -306,6 +306,10 @@ async fn stream_output(
                     .is_err()
                 {
                     return;
+                }
+                if !done {
+                    // More may already be kept (events carry at most 1 MiB): read on.
+                    continue;
                 }
             }
             if done {

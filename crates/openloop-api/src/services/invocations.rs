@@ -78,7 +78,7 @@ impl Invocations {
         if let Err(e) = openloop_sandbox::jail::socket_tmpfs(&config.run_dir()) {
             tracing::warn!(error = %e, "the engine socket's directory is not a tmpfs");
         }
-        let channels = Channels::bind(&config.run_dir()).await?;
+        let channels = Channels::bind(&config.run_dir(), config.engine).await?;
         // Before anything runs: cgroups of runs, warm processes and builds cut short by a
         // crash of a previous process.
         let tag = config.instance_tag();
@@ -365,7 +365,7 @@ impl Invocations {
             .lock()
             .map(|mut m| m.insert(id.to_string(), host.clone()))
             .ok();
-        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let (log_tx, log_rx) = openloop_runner::run::log_channel();
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
             self.notifier.clone(),
@@ -386,6 +386,7 @@ impl Invocations {
                     pids: self.config.run_pids,
                     cpu_shares: 1024,
                 },
+                log_limits: self.config.run_logs,
             },
             log_tx,
         )
@@ -596,20 +597,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Store a run's log lines in batches as they arrive.
-async fn write_logs(
-    store: Store,
-    notifier: Notifier,
-    id: String,
-    mut rx: mpsc::UnboundedReceiver<LogLine>,
-) {
+/// Largest batch of log records stored at once, in records and in bytes.
+const LOG_BATCH_RECORDS: usize = 1000;
+const LOG_BATCH_BYTES: usize = 1 << 20;
+
+/// Store a run's log records in batches as they arrive. The channel is bounded, so while a
+/// batch is being written the run's output waits in its socket, not in the server's memory.
+async fn write_logs(store: Store, notifier: Notifier, id: String, mut rx: mpsc::Receiver<LogLine>) {
     let mut seq = 1i64;
     let mut batch: Vec<InvocationLog> = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.message.len();
         batch.push(to_log(first));
-        while batch.len() < 1000 {
+        while batch.len() < LOG_BATCH_RECORDS && bytes < LOG_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(l) => batch.push(to_log(l)),
+                Ok(l) => {
+                    bytes += l.message.len();
+                    batch.push(to_log(l));
+                }
                 Err(_) => break,
             }
         }

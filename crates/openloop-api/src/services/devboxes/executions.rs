@@ -1,22 +1,82 @@
-//! Commands running in devboxes: output kept as it arrives, waited on, streamed, killed.
+//! Commands running in devboxes: output written to disk as it arrives, waited on, streamed,
+//! killed.
+//!
+//! Each execution's stdout and stderr go to files under `<data>/exec-output/<devbox id>/`
+//! (root-only, never mounted into a sandbox), removed with the devbox; the server keeps only
+//! their lengths. Each stream keeps at most [`MAX_KEPT_OUTPUT`] bytes, and all executions of
+//! one devbox together at most the configured `devbox_exec_output_bytes`; output past either
+//! is dropped and the stream marked truncated.
 
 use openloop_sandbox::{Devbox, OutputChunk};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 /// Output kept per stream of one execution; beyond it the output is marked truncated.
 pub const MAX_KEPT_OUTPUT: usize = 16 << 20;
+/// Largest piece of output one streamed event carries.
+const MAX_STREAM_CHUNK: usize = 1 << 20;
+
+/// Bytes of execution output one devbox may keep on disk, shared by its executions.
+pub struct OutputBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl OutputBudget {
+    pub fn new(limit: u64) -> Self {
+        OutputBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Take up to `want` bytes; returns how many were granted.
+    fn take(&self, want: u64) -> u64 {
+        let mut granted = 0;
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                granted = want.min(self.limit.saturating_sub(used));
+                Some(used + granted)
+            });
+        granted
+    }
+
+    fn give_back(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
+/// Where an execution's output goes.
+#[derive(Clone)]
+pub struct OutputStore {
+    /// The devbox's directory of output files.
+    pub dir: PathBuf,
+    pub budget: Arc<OutputBudget>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Kept {
+    /// Bytes written to the stream's file (what readers may read).
+    len: u64,
+    truncated: bool,
+}
 
 #[derive(Default)]
 struct State {
     status: &'static str,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_truncated: bool,
-    stderr_truncated: bool,
+    stdout: Kept,
+    stderr: Kept,
     exit_status: Option<i32>,
     /// Set when the devbox failed under the command (not the command's own failure).
     error: Option<String>,
@@ -25,6 +85,7 @@ struct State {
 pub struct Execution {
     pub id: String,
     pub devbox_id: String,
+    dir: PathBuf,
     state: Mutex<State>,
     version: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -37,8 +98,17 @@ pub enum Stream {
     Stderr,
 }
 
+impl Stream {
+    fn suffix(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
 impl Execution {
-    /// Start `command` in `devbox`; output is recorded as it arrives.
+    /// Start `command` in `devbox`; output is written to `output` as it arrives.
     pub fn start(
         id: String,
         devbox_id: String,
@@ -46,10 +116,12 @@ impl Execution {
         command: String,
         env: BTreeMap<String, String>,
         cwd: Option<String>,
+        output: OutputStore,
     ) -> Arc<Execution> {
         let exec = Arc::new(Execution {
             id,
             devbox_id,
+            dir: output.dir.clone(),
             state: Mutex::new(State {
                 status: "running",
                 ..State::default()
@@ -62,18 +134,37 @@ impl Execution {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let oom_before = devbox.oom_kills();
             let run = devbox.exec(&command, env, cwd, 0, Some(tx));
+            let mut files = Files::default();
             let pump = async {
-                while let Some(chunk) = rx.recv().await {
-                    me.push(chunk);
+                // Chunks that arrived while the last write went on are written together, so
+                // the writes keep up with the command and output does not pile up here.
+                while let Some(first) = rx.recv().await {
+                    let (mut out, mut err) = (Vec::new(), Vec::new());
+                    let mut next = Some(first);
+                    while let Some(c) = next.take() {
+                        match c {
+                            OutputChunk::Stdout(d) => out.extend_from_slice(&d),
+                            OutputChunk::Stderr(d) => err.extend_from_slice(&d),
+                        }
+                        if out.len() + err.len() < MAX_STREAM_CHUNK {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !out.is_empty() {
+                        me.push(&output, &mut files, OutputChunk::Stdout(out)).await;
+                    }
+                    if !err.is_empty() {
+                        me.push(&output, &mut files, OutputChunk::Stderr(err)).await;
+                    }
                 }
             };
             let (result, _) = tokio::join!(run, pump);
             match result {
                 Ok(out) => {
                     if out.exit.signal == Some(9) && devbox.oom_kills() > oom_before {
-                        me.push(OutputChunk::Stderr(
+                        me.push(&output, &mut files, OutputChunk::Stderr(
                             b"\nopenloop: the command was killed for using more than the devbox's memory limit\n".to_vec(),
-                        ));
+                        )).await;
                     }
                     me.finish(out.exit.shell_code(), None)
                 }
@@ -86,6 +177,10 @@ impl Execution {
         exec
     }
 
+    fn path(&self, which: Stream) -> PathBuf {
+        self.dir.join(format!("{}.{}", self.id, which.suffix()))
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
@@ -93,18 +188,52 @@ impl Execution {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn push(&self, chunk: OutputChunk) {
-        self.update(|s| {
-            let (buf, truncated, data) = match chunk {
-                OutputChunk::Stdout(d) => (&mut s.stdout, &mut s.stdout_truncated, d),
-                OutputChunk::Stderr(d) => (&mut s.stderr, &mut s.stderr_truncated, d),
-            };
-            let room = MAX_KEPT_OUTPUT.saturating_sub(buf.len());
-            if data.len() > room {
-                *truncated = true;
+    /// Append a chunk to its stream's file, within the stream's and the devbox's caps.
+    async fn push(&self, output: &OutputStore, files: &mut Files, chunk: OutputChunk) {
+        let (which, data) = match chunk {
+            OutputChunk::Stdout(d) => (Stream::Stdout, d),
+            OutputChunk::Stderr(d) => (Stream::Stderr, d),
+        };
+        let kept = self.kept(which);
+        let room = (MAX_KEPT_OUTPUT as u64).saturating_sub(kept.len);
+        let want = (data.len() as u64).min(room);
+        let granted = output.budget.take(want);
+        let mut written = 0;
+        if granted > 0 {
+            match files
+                .write(&self.path(which), which, &data[..granted as usize])
+                .await
+            {
+                Ok(()) => written = granted,
+                Err(e) => {
+                    tracing::warn!(execution = %self.id, error = %e, "could not keep execution output");
+                    output.budget.give_back(granted);
+                }
             }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        let truncated = written < data.len() as u64;
+        self.update(|s| {
+            let k = if which == Stream::Stdout {
+                &mut s.stdout
+            } else {
+                &mut s.stderr
+            };
+            k.len += written;
+            k.truncated |= truncated;
         });
+    }
+
+    fn kept(&self, which: Stream) -> Kept {
+        self.state
+            .lock()
+            .map(|s| {
+                if which == Stream::Stdout {
+                    s.stdout
+                } else {
+                    s.stderr
+                }
+            })
+            .unwrap_or_default()
     }
 
     fn finish(&self, exit: i32, error: Option<String>) {
@@ -159,28 +288,56 @@ impl Execution {
         tokio::time::timeout(within, wait).await.is_ok() && reached(self)
     }
 
-    /// Runloop's `DevboxAsyncExecutionDetailView`; `last_n` keeps only the last lines of output.
-    pub fn view(&self, last_n: Option<usize>) -> Value {
-        let s = match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
+    /// The first `len` bytes of one stream's file (empty when nothing was kept).
+    async fn read_kept(&self, which: Stream, offset: u64, len: u64) -> Vec<u8> {
+        if len <= offset {
+            return Vec::new();
+        }
+        let read = async {
+            let mut f = tokio::fs::File::open(self.path(which)).await?;
+            f.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut buf = Vec::with_capacity((len - offset) as usize);
+            f.take(len - offset).read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
         };
-        let text = |b: &[u8]| tail_lines(&String::from_utf8_lossy(b), last_n);
+        read.await.unwrap_or_default()
+    }
+
+    /// Runloop's `DevboxAsyncExecutionDetailView`; `last_n` keeps only the last lines of output.
+    pub async fn view(&self, last_n: Option<usize>) -> Value {
+        let (status, exit_status, out, err) = {
+            let s = match self.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            (s.status, s.exit_status, s.stdout, s.stderr)
+        };
+        let stdout = self.read_kept(Stream::Stdout, 0, out.len).await;
+        let stderr = self.read_kept(Stream::Stderr, 0, err.len).await;
+        // Output can be 16 MiB a stream: moved into the view, copied only for a tail.
+        let text = |b: Vec<u8>| {
+            let all = String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            match last_n {
+                None => all,
+                Some(_) => tail_lines(&all, last_n),
+            }
+        };
         json!({
             "devbox_id": self.devbox_id,
             "execution_id": self.id,
-            "status": s.status,
-            "exit_status": s.exit_status,
-            "stdout": text(&s.stdout),
-            "stderr": text(&s.stderr),
-            "stdout_truncated": s.stdout_truncated,
-            "stderr_truncated": s.stderr_truncated,
+            "status": status,
+            "exit_status": exit_status,
+            "stdout": text(stdout),
+            "stderr": text(stderr),
+            "stdout_truncated": out.truncated,
+            "stderr_truncated": err.truncated,
         })
     }
 
     /// Runloop's `DevboxExecutionDetailView` (execute_sync).
-    pub fn sync_view(&self) -> Value {
-        let v = self.view(None);
+    pub async fn sync_view(&self) -> Value {
+        let v = self.view(None).await;
         json!({
             "devbox_id": v["devbox_id"],
             "exit_status": v["exit_status"],
@@ -189,24 +346,85 @@ impl Execution {
         })
     }
 
-    /// Output of one stream from byte `offset`, and whether the command has completed.
-    pub fn read_from(&self, which: Stream, offset: usize) -> (Vec<u8>, bool) {
-        let s = match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
+    /// Output of one stream from byte `offset` (at most 1 MiB, cut on a UTF-8 boundary
+    /// when more follows), and whether that is the end: the command has completed and
+    /// nothing more is kept.
+    pub async fn read_from(&self, which: Stream, offset: usize) -> (Vec<u8>, bool) {
+        let (kept, completed) = {
+            let s = match self.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            let k = if which == Stream::Stdout {
+                s.stdout
+            } else {
+                s.stderr
+            };
+            (k.len, s.status == "completed")
         };
-        let buf = if which == Stream::Stdout {
-            &s.stdout
-        } else {
-            &s.stderr
-        };
-        let start = offset.min(buf.len());
-        (buf[start..].to_vec(), s.status == "completed")
+        let offset = (offset as u64).min(kept);
+        let end = kept.min(offset + MAX_STREAM_CHUNK as u64);
+        let mut data = self.read_kept(which, offset, end).await;
+        if end < kept {
+            data.truncate(utf8_prefix_len(&data));
+        }
+        let done = completed && offset + data.len() as u64 >= kept;
+        (data, done)
     }
 
     /// A receiver that changes whenever output or status does.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+/// The two output files of a running execution, opened on first output.
+#[derive(Default)]
+struct Files {
+    stdout: Option<tokio::fs::File>,
+    stderr: Option<tokio::fs::File>,
+}
+
+impl Files {
+    async fn write(
+        &mut self,
+        path: &std::path::Path,
+        which: Stream,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let slot = if which == Stream::Stdout {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        if slot.is_none() {
+            // The devbox's directory exists while it is live; no parent is created here, so
+            // output arriving after a shutdown has nowhere to go.
+            let f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .await?;
+            *slot = Some(f);
+        }
+        match slot {
+            // tokio writes in the background: flush so readers find what was counted.
+            Some(f) => {
+                f.write_all(data).await?;
+                f.flush().await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The length of the longest prefix of `b` that does not end inside a UTF-8 character.
+fn utf8_prefix_len(b: &[u8]) -> usize {
+    match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => b.len(),
     }
 }
 
@@ -222,7 +440,7 @@ fn tail_lines(text: &str, last_n: Option<usize>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tail_lines;
+    use super::{tail_lines, utf8_prefix_len, OutputBudget};
 
     #[test]
     fn last_lines() {
@@ -230,5 +448,17 @@ mod tests {
         assert_eq!(tail_lines("a\nb", Some(1)), "b");
         assert_eq!(tail_lines("a\nb", None), "a\nb");
         assert_eq!(tail_lines("", Some(3)), "");
+    }
+
+    #[test]
+    fn budget_and_utf8_cuts() {
+        let b = OutputBudget::new(10);
+        assert_eq!(b.take(6), 6);
+        assert_eq!(b.take(6), 4);
+        b.give_back(3);
+        assert_eq!(b.take(6), 3);
+        assert_eq!(utf8_prefix_len("aé".as_bytes()), 3);
+        assert_eq!(utf8_prefix_len(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_prefix_len(b"a\xffb"), 3);
     }
 }

@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
-use executions::Execution;
+use executions::{Execution, OutputBudget, OutputStore};
 use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::disk::DiskPool;
 use openloop_sandbox::{image, Devbox, DevboxSpec, SandboxConfig};
@@ -87,6 +87,46 @@ struct Live {
     idle_deadline_ms: AtomicI64,
     keep_alive_ms: i64,
     rearm: tokio::sync::Notify,
+    /// Where its executions' output goes, within the devbox's byte cap.
+    output: OutputStore,
+}
+
+/// Who a live devbox counts against, for the devbox quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Run(String),
+    Key(String),
+}
+
+impl Owner {
+    fn of(principal: &Principal) -> Owner {
+        match principal {
+            Principal::Invocation { invocation_id } => Owner::Run(invocation_id.clone()),
+            Principal::Key { key_id } => Owner::Key(key_id.clone()),
+        }
+    }
+}
+
+/// A devbox's place in its owner's quota; given back on drop unless kept (a live devbox
+/// gives its place back when it stops).
+struct Reservation<'a> {
+    devboxes: &'a Devboxes,
+    id: String,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.devboxes.release(&self.id);
+        }
+    }
 }
 
 pub struct Devboxes {
@@ -103,6 +143,9 @@ pub struct Devboxes {
     warm_refill: Arc<tokio::sync::Notify>,
     /// `(devbox id, command id)` → execution id, so `execute` is idempotent.
     by_command_id: Mutex<HashMap<(String, String), String>>,
+    /// Devboxes being created or live → who they count against (devboxes never outlive
+    /// the server process, so this is the whole truth).
+    owners: Mutex<HashMap<String, Owner>>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -133,7 +176,53 @@ impl Devboxes {
             live: Mutex::new(HashMap::new()),
             executions: Mutex::new(HashMap::new()),
             by_command_id: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Count a new devbox against its creator's quota, or refuse it with the quota's name.
+    fn reserve(&self, id: &str, principal: &Principal) -> ApiResult<Reservation<'_>> {
+        let owner = Owner::of(principal);
+        let (limit, message) = match &owner {
+            Owner::Run(_) => (
+                self.config.devbox_max_per_run,
+                format!(
+                    "devbox quota exceeded: this run already has {} live devboxes, the most one run may have; shut one down first, or raise the limit with `openloop serve --devbox-max-per-run` (OPENLOOP_DEVBOX_MAX_PER_RUN)",
+                    self.config.devbox_max_per_run
+                ),
+            ),
+            Owner::Key(_) => (
+                self.config.devbox_max_per_key,
+                format!(
+                    "devbox quota exceeded: this API key already has {} live devboxes, the most one key may have; shut one down first, or raise the limit with `openloop serve --devbox-max-per-key` (OPENLOOP_DEVBOX_MAX_PER_KEY)",
+                    self.config.devbox_max_per_key
+                ),
+            ),
+        };
+        let mut owners = self
+            .owners
+            .lock()
+            .map_err(|_| ApiError::Internal("devbox quota lock poisoned".into()))?;
+        if owners.values().filter(|o| **o == owner).count() >= limit {
+            return Err(ApiError::QuotaExceeded(message));
+        }
+        owners.insert(id.to_string(), owner);
+        Ok(Reservation {
+            devboxes: self,
+            id: id.to_string(),
+            kept: false,
+        })
+    }
+
+    fn release(&self, id: &str) {
+        if let Ok(mut m) = self.owners.lock() {
+            m.remove(id);
+        }
+    }
+
+    /// The directory of one devbox's execution output files.
+    fn output_dir(&self, id: &str) -> PathBuf {
+        self.config.exec_output_dir().join(id)
     }
 
     /// The base image, built on first use (concurrent callers wait for the one build).
@@ -273,6 +362,16 @@ impl Devboxes {
             Some(d) => d.id.clone(),
             None => openloop_store::new_id("dbx"),
         };
+        let reservation = match self.reserve(&id, principal) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not this caller's: back to the pool for the next create.
+                if let Some(d) = warm {
+                    self.warm.lock().map(|mut w| w.push_front(d)).ok();
+                }
+                return Err(e);
+            }
+        };
         let spec_json = json!({
             "launch_parameters": params,
             "entrypoint": req.entrypoint,
@@ -315,6 +414,16 @@ impl Devboxes {
             }
         };
         let idle = record.invocation_id.is_none() && !res.keep_alive.is_zero();
+        let output = OutputStore {
+            dir: self.output_dir(&id),
+            budget: Arc::new(OutputBudget::new(self.config.devbox_exec_output_bytes)),
+        };
+        if let Err(e) = create_private_dir(&output.dir).await {
+            devbox.shutdown().await;
+            let message = format!("cannot prepare the devbox's output directory: {e}");
+            self.fail(&id, "execution_failed", &message).await?;
+            return Err(ApiError::Internal(message));
+        }
         let live = Arc::new(Live {
             devbox: devbox.clone(),
             idle_deadline_ms: AtomicI64::new(0),
@@ -324,12 +433,15 @@ impl Devboxes {
                 0
             },
             rearm: tokio::sync::Notify::new(),
+            output,
         });
         self.touch(&live);
         self.live
             .lock()
             .map(|mut m| m.insert(id.clone(), live.clone()))
             .ok();
+        // From here on, stopping the devbox gives its place back.
+        reservation.keep();
         self.watch(id.clone(), live.clone());
         self.set_status(&id, status("initializing")).await?;
         for (path, contents) in req.file_mounts.iter().flatten() {
@@ -532,12 +644,16 @@ impl Devboxes {
 
     /// The live sandbox of a devbox the caller may use; counts as activity.
     pub async fn running(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Devbox>> {
+        Ok(self.running_live(id, principal).await?.devbox.clone())
+    }
+
+    async fn running_live(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Live>> {
         let rec = self.authorized(id, principal).await?;
         let live = self.live.lock().ok().and_then(|m| m.get(id).cloned());
         match live {
             Some(l) if l.devbox.exit_reason().is_none() && rec.status == "running" => {
                 self.touch(&l);
-                Ok(l.devbox.clone())
+                Ok(l)
             }
             _ => Err(ApiError::Conflict(format!(
                 "devbox {id} is not running (status {}){}",
@@ -615,6 +731,13 @@ impl Devboxes {
                 m.retain(|(d, _), _| d != id);
             }
         }
+        let dir = self.output_dir(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(devbox = %id, error = %e, "could not remove the devbox's execution output");
+            }
+        }
+        self.release(id);
     }
 
     /// Shut a devbox down: kill everything in it, remove its layer and cgroups.
@@ -662,14 +785,15 @@ impl Devboxes {
                 return self.execution(id, &eid, principal).await;
             }
         }
-        let devbox = self.running(id, principal).await?;
+        let live = self.running_live(id, principal).await?;
         let exec = Execution::start(
             openloop_store::new_id("exe"),
             id.to_string(),
-            devbox,
+            live.devbox.clone(),
             command,
             env,
             cwd,
+            live.output.clone(),
         );
         self.executions
             .lock()
@@ -719,6 +843,12 @@ impl Devboxes {
         self.store
             .shut_down_live_devboxes("the server restarted; devboxes do not survive a restart")
             .await?;
+        let outputs = self.config.exec_output_dir();
+        if let Err(e) = tokio::fs::remove_dir_all(&outputs).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, dir = %outputs.display(), "could not remove old execution output");
+            }
+        }
         Ok(())
     }
 
@@ -742,6 +872,16 @@ impl Devboxes {
                 .await;
         }
     }
+}
+
+/// A directory only root can enter (its parent too), for output the sandboxes must not see.
+async fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    if let Some(parent) = dir.parent() {
+        tokio::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).await?;
+    }
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await
 }
 
 fn shell_quote(s: &str) -> String {

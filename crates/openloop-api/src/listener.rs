@@ -1,0 +1,249 @@
+//! The HTTP listener: accepting connections within limits.
+//!
+//! - A request's header must arrive within `http_header_timeout` (hyper's
+//!   `header_read_timeout`; it also closes a keep-alive connection left idle that long).
+//!   Once a request is read, nothing times it out: an `invoke_sync` may wait for hours.
+//! - At most `http_max_connections` connections are open. At the cap the connection idle
+//!   the longest (no request in flight, a streamed response counting as in flight) is closed
+//!   to make room; when every connection is busy the new one is answered 503 and closed.
+//! - Accept errors that retrying cannot fix at once (out of file descriptors) back off.
+//! - TCP keepalive and `TCP_NODELAY` on every connection; a stop lets open requests finish
+//!   within the caller's grace period.
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use openloop_runner::channels::AcceptBackoff;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// One open connection: how many of its requests are in flight, and a way to close it.
+struct Conn {
+    in_flight: AtomicUsize,
+    close: tokio::sync::Notify,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Tracker {
+    conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    next: AtomicU64,
+}
+
+impl Tracker {
+    /// Register a new connection; at `max`, first close the oldest idle one. `None` when
+    /// every open connection is busy.
+    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
+        let mut conns = self.conns.lock().ok()?;
+        if conns.len() >= max.max(1) {
+            let idle = conns
+                .iter()
+                .find(|(_, c)| c.in_flight.load(Ordering::SeqCst) == 0)
+                .map(|(id, _)| *id)?;
+            if let Some(c) = conns.remove(&idle) {
+                c.close.notify_one();
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            in_flight: AtomicUsize::new(0),
+            close: tokio::sync::Notify::new(),
+        });
+        conns.insert(id, conn.clone());
+        Some((id, conn))
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut m) = self.conns.lock() {
+            m.remove(&id);
+        }
+    }
+}
+
+/// Counts a request in flight until its response body has been sent (or dropped).
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: &Arc<Conn>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(conn.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight while it streams.
+struct Counted {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Counted {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Turn on TCP keepalive: first probe after 60 s of silence, then every 20 s.
+fn enable_keepalive(tcp: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let set = |level: libc::c_int, opt: libc::c_int, value: libc::c_int| unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 20);
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then give open requests `grace`
+/// to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) {
+    let tracker = Arc::new(Tracker::default());
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let mut backoff = AcceptBackoff::default();
+    let mut refused_since_warn = 0u64;
+    let mut last_warn: Option<tokio::time::Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    backoff.succeeded();
+                    tcp
+                }
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        let Some((id, conn)) = tracker.admit(limits.max_connections) else {
+            // Every connection is busy with a request: say so and close.
+            let _ = tcp.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            refused_since_warn += 1;
+            let now = tokio::time::Instant::now();
+            if last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    refused = refused_since_warn,
+                    max = limits.max_connections,
+                    "HTTP connection limit reached with every connection busy; refusing"
+                );
+                refused_since_warn = 0;
+                last_warn = Some(now);
+            }
+            continue;
+        };
+        // Small responses and SSE events go out at once, not after the peer's delayed ACK;
+        // keepalive probes keep a long `invoke_sync` from being dropped as idle on the way.
+        let _ = tcp.set_nodelay(true);
+        enable_keepalive(&tcp);
+        let router = TowerToHyperService::new(router.clone());
+        let counted = conn.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let in_flight = InFlight::new(&counted);
+            let call = hyper::service::Service::call(&router, req.map(Body::new));
+            async move {
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                    Body::new(Counted {
+                        inner,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = conn.close.notified() => {}
+            }
+            tracker.remove(id);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open {grace:?} after the stop signal; stopping anyway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let t = Tracker::default();
+        let (a, ca) = t.admit(2).unwrap();
+        let (_b, cb) = t.admit(2).unwrap();
+        let busy_a = InFlight::new(&ca);
+        // a is busy, b idle: b is closed for c.
+        let (_c, cc) = t.admit(2).unwrap();
+        assert!(t.conns.lock().unwrap().contains_key(&a));
+        assert_eq!(t.conns.lock().unwrap().len(), 2);
+        let _busy_c = InFlight::new(&cc);
+        // All busy: refused.
+        assert!(t.admit(2).is_none());
+        drop(busy_a);
+        assert!(t.admit(2).is_some());
+        assert!(!t.conns.lock().unwrap().contains_key(&a));
+        drop(cb);
+    }
+}
