@@ -209,7 +209,7 @@ pub async fn run(
         }
     };
     let budget = Arc::new(LogBudget::new(req.log_limits));
-    let outcome = run_in(host, channels, &req, &mut reg, &cgroup, &logs, &budget).await;
+    let outcome = run_in(host, &req, &mut reg, &cgroup, &logs, &budget).await;
     let (lines, bytes) = budget.dropped();
     if lines > 0 {
         let _ = logs
@@ -239,7 +239,6 @@ pub async fn run(
 
 async fn run_in(
     host: &WarmHost,
-    channels: &Arc<Channels>,
     req: &RunRequest,
     reg: &mut crate::channels::Registration,
     cgroup: &Cgroup,
@@ -251,7 +250,6 @@ async fn run_in(
         "invocation_id": req.invocation_id,
         "function": req.function,
         "request": req.request,
-        "socket": channels.socket_path(),
         "key": reg.key,
         "env": req.env,
     });

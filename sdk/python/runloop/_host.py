@@ -4,7 +4,7 @@ It imports the agent module once, then serves the server over the control socket
 (fd given by ``--control-fd``), one JSON object per line:
 
 - ``{"op": "validate", "id", "function", "request"}`` -> ``{"id", "errors": [...]}``
-- ``{"op": "run", "id", "invocation_id", "function", "request", "socket", "key", "env"}``
+- ``{"op": "run", "id", "invocation_id", "function", "request", "key", "env"}``
   forks a child for the run -> ``{"id", "pid"}``; when the child ends
   ``{"event": "exit", "invocation_id", "pid", "code" | "signal"}``
 - ``{"op": "kill", "invocation_id"}`` kills the run's process group.
