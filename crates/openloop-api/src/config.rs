@@ -85,6 +85,10 @@ impl ServerConfig {
     pub fn agent_layer_dir(&self) -> PathBuf {
         self.data_dir.join("agent-layer")
     }
+    /// The API's Unix socket (beside the engine socket), bound into function sandboxes.
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir().join("api.sock")
+    }
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
     }
@@ -102,15 +106,5 @@ impl ServerConfig {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         format!("{:08x}", h as u32)
-    }
-
-    /// The URL the SDK inside runs uses to reach this server.
-    pub fn internal_url(&self) -> String {
-        let ip = if self.listen.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            self.listen.ip().to_string()
-        };
-        format!("http://{}:{}", ip, self.listen.port())
     }
 }

@@ -23,7 +23,45 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+/// Where connections come from: the TCP port, or the Unix socket bound into the sandboxes of
+/// function code (which has no network path to the host).
+pub trait Listen: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Socket options for a new connection.
+    fn prepare(_io: &Self::Io) {}
+    /// Write what fits of `bytes` without waiting (to refuse a connection politely).
+    fn try_write(io: &Self::Io, bytes: &[u8]);
+}
+
+impl Listen for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn prepare(tcp: &Self::Io) {
+        // Small responses and SSE events go out at once, not after the peer's delayed ACK;
+        // keepalive probes keep a long `invoke_sync` from being dropped as idle on the way.
+        let _ = tcp.set_nodelay(true);
+        enable_keepalive(tcp);
+    }
+    fn try_write(io: &Self::Io, bytes: &[u8]) {
+        let _ = io.try_write(bytes);
+    }
+}
+
+impl Listen for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn try_write(io: &Self::Io, bytes: &[u8]) {
+        let _ = io.try_write(bytes);
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -136,8 +174,8 @@ fn enable_keepalive(tcp: &tokio::net::TcpStream) {
 
 /// Serve `router` on `listener` until `shutdown` resolves, then give open requests `grace`
 /// to finish.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listen>(
+    listener: L,
     router: Router,
     limits: HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -158,7 +196,7 @@ pub async fn serve(
         let tcp = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
+                Ok(tcp) => {
                     backoff.succeeded();
                     tcp
                 }
@@ -170,7 +208,8 @@ pub async fn serve(
         };
         let Some((id, conn)) = tracker.admit(limits.max_connections) else {
             // Every connection is busy with a request: say so and close.
-            let _ = tcp.try_write(
+            L::try_write(
+                &tcp,
                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
             refused_since_warn += 1;
@@ -186,10 +225,7 @@ pub async fn serve(
             }
             continue;
         };
-        // Small responses and SSE events go out at once, not after the peer's delayed ACK;
-        // keepalive probes keep a long `invoke_sync` from being dropped as idle on the way.
-        let _ = tcp.set_nodelay(true);
-        enable_keepalive(&tcp);
+        L::prepare(&tcp);
         let router = TowerToHyperService::new(router.clone());
         let counted = conn.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

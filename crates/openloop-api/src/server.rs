@@ -139,7 +139,34 @@ pub async fn serve(
         header_timeout: config.http_header_timeout,
         max_connections: config.http_max_connections,
     };
-    crate::listener::serve(listener, router(state), limits, shutdown, SHUTDOWN_GRACE).await;
+    // The same API on a Unix socket, for function code: its sandbox has a network namespace
+    // of its own and reaches the server only through this socket, bound into it.
+    let api_socket = config.api_socket();
+    let _ = std::fs::remove_file(&api_socket);
+    let unix = tokio::net::UnixListener::bind(&api_socket)?;
+    std::fs::set_permissions(&api_socket, std::fs::Permissions::from_mode(0o666))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let app = router(state);
+    let unix_server = tokio::spawn(crate::listener::serve(
+        unix,
+        app.clone(),
+        limits,
+        stopped(),
+        SHUTDOWN_GRACE,
+    ));
+    let tcp_stop = stopped();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    crate::listener::serve(listener, app, limits, tcp_stop, SHUTDOWN_GRACE).await;
+    let _ = unix_server.await;
     devboxes.shutdown_all().await;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::venv::VenvSettings;
 use crate::{manifest, source, venv, DeployError, LogSink, Manifest, ModuleConfig};
 use openloop_sandbox::cgroup::{Cgroup, Limits};
-use openloop_sandbox::jail::FUNCTION_HOST_UID;
+use openloop_sandbox::jail::{Network, FUNCTION_HOST_UID};
 use openloop_sandbox::python::{PythonSandbox, APP};
 use std::path::{Path, PathBuf};
 
@@ -44,10 +44,12 @@ impl BuildSandbox {
     }
 
     /// A jail for one step: the system directories, `repo` as the working directory
-    /// (writable while packages are installed: local packages are built in place), the
-    /// host's network (packages are fetched), inside the build's cgroup.
+    /// (writable while packages are installed: local packages are built in place), outbound
+    /// network with the egress rules (packages are fetched), inside the build's cgroup.
     pub fn python(&self, repo: &Path, writable: bool) -> PythonSandbox {
         let mut sb = PythonSandbox::new(&self.launcher, self.tmp_bytes).bind(repo, APP, writable);
+        // Packages are fetched over the same egress path as devboxes and function code.
+        sb.network = Network::Outbound;
         sb.cgroup_procs = self.procs.clone();
         sb
     }

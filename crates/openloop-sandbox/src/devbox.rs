@@ -415,6 +415,11 @@ async fn start_network(
             "bwrap did not report the sandbox's pid".into(),
         ));
     }
+    // The egress rules are in the namespace before it has any way out.
+    tokio::task::spawn_blocking(move || crate::egress::apply_rules(inner_pid))
+        .await
+        .map_err(|e| SandboxError::Start(e.to_string()))?
+        .map_err(|e| SandboxError::Start(format!("the devbox's egress rules: {e}")))?;
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(SandboxError::Io(std::io::Error::last_os_error()));

@@ -69,8 +69,12 @@ pub struct JailFile {
 pub enum Network {
     /// The host's network namespace (builds fetch packages; the SDK reaches the API).
     Host,
-    /// A network namespace of its own with only a loopback interface.
+    /// A network namespace of its own with only a loopback interface (up).
     None,
+    /// A network namespace of its own with outbound connections through slirp4netns (as
+    /// for devboxes): never to the host's loopback, and by default to no private,
+    /// link-local or host address ([`crate::egress`]).
+    Outbound,
 }
 
 /// The seccomp profile a jail's program runs under.
@@ -263,7 +267,7 @@ fn launch(spec: &JailSpec) -> Result<i32> {
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWCGROUP;
-        if spec.network == Network::None {
+        if spec.network != Network::Host {
             flags |= libc::CLONE_NEWNET;
         }
         if let Err(e) = check(unsafe { libc::unshare(flags) }, "unshare") {
@@ -312,6 +316,19 @@ fn launch(spec: &JailSpec) -> Result<i32> {
             ));
         }
     }
+    // The outbound network is in place before anything in the jail runs; it ends with this
+    // process (its exit descriptor closes).
+    let _network = if spec.network == Network::Outbound {
+        match crate::egress::attach(child) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                return Err(Error::new(e.kind(), format!("the jail's network: {e}")));
+            }
+        }
+    } else {
+        None
+    };
     write_byte(go_w);
     Ok(wait_code(child))
 }
@@ -341,6 +358,13 @@ enum Step {
         src: usize,
         dst: CString,
     },
+    /// Bind a file written into the set-up root over `dst` (read-only), for files inside
+    /// read-only binds (the resolver configuration of a jail with outbound network).
+    Cover {
+        name: CString,
+        contents: Vec<u8>,
+        dst: CString,
+    },
     Tmpfs {
         dst: CString,
         opts: CString,
@@ -353,6 +377,8 @@ enum Step {
 }
 
 struct Plan {
+    /// Bring up the loopback interface of the jail's own network namespace.
+    loopback: bool,
     /// Host paths of the bind sources.
     sources: Vec<CString>,
     hostname: CString,
@@ -497,6 +523,14 @@ impl Plan {
                 contents: f.contents.clone(),
             });
         }
+        if spec.network == Network::Outbound {
+            // Names resolve through slirp4netns's resolver, the one private address allowed.
+            steps.push(Step::Cover {
+                name: cstr("/resolv.conf")?,
+                contents: format!("nameserver {}\n", crate::egress::RESOLVER).into_bytes(),
+                dst: new_root(Path::new("/etc/resolv.conf"))?,
+            });
+        }
         let argv = std::iter::once(cstr(path_bytes(&spec.program)))
             .chain(spec.args.iter().map(cstr))
             .collect::<Result<Vec<_>>>()?;
@@ -506,6 +540,7 @@ impl Plan {
             .map(|(k, v)| cstr(format!("{k}={v}")))
             .collect::<Result<Vec<_>>>()?;
         Ok(Plan {
+            loopback: spec.network != Network::Host,
             sources,
             hostname: cstr(&spec.hostname)?,
             steps,
@@ -539,6 +574,9 @@ impl Plan {
         // Become uid 0 of the jail (an unprivileged host account) to assemble it.
         check(unsafe { libc::setresgid(0, 0, 0) }, "setresgid 0")?;
         check(unsafe { libc::setresuid(0, 0, 0) }, "setresuid 0")?;
+        if self.loopback {
+            loopback_up()?;
+        }
         let h = self.hostname.as_bytes();
         check(
             unsafe { libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) },
@@ -680,6 +718,31 @@ fn apply(step: &Step, sources: &[CString]) -> Result<()> {
                     Some(&opts),
                 )
             }
+            Step::Cover {
+                name,
+                contents,
+                dst,
+            } => {
+                apply(
+                    &Step::Write {
+                        dst: name.clone(),
+                        contents: contents.clone(),
+                    },
+                    sources,
+                )?;
+                mount(Some(name), dst, None, libc::MS_BIND, None)?;
+                mount(
+                    None,
+                    dst,
+                    None,
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV,
+                    None,
+                )
+            }
             Step::Tmpfs { dst, opts } => mount(
                 Some(c"tmpfs"),
                 dst,
@@ -776,6 +839,31 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Set `lo` up in this process's network namespace.
+fn loopback_up() -> Result<()> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd, "socket")?;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    let result = (|| {
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) },
+            "reading lo's flags",
+        )?;
+        unsafe {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        }
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) },
+            "setting lo up",
+        )
+    })();
+    unsafe { libc::close(fd) };
+    result
 }
 
 fn mkdir(p: &CStr) -> Result<()> {

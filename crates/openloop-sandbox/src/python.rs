@@ -22,6 +22,10 @@ pub const UV: &str = "/opt/openloop/bin/uv";
 pub const OUT: &str = "/opt/openloop/out";
 /// The engine socket runs connect to, inside.
 pub const ENGINE_SOCKET: &str = "/run/openloop/engine.sock";
+/// The API's Unix socket, inside: function code has no network path to the server.
+pub const API_SOCKET: &str = "/run/openloop/api.sock";
+/// How the SDK inside names the API (`OPENLOOP_API_URL`).
+pub const API_URL: &str = "unix:/run/openloop/api.sock";
 /// The seccomp program each run loads once it has set up its own namespaces.
 pub const RUN_SECCOMP: &str = "/run/openloop/seccomp-run.bpf";
 

@@ -1,14 +1,33 @@
-"""A small HTTP client for the Openloop API (standard library only)."""
+"""A small HTTP client for the Openloop API (standard library only).
+
+Inside a function's sandbox the API is a Unix socket (``OPENLOOP_API_URL`` is
+``unix:/run/openloop/api.sock``): function code has no network path to the server.
+Elsewhere it is an ``http://`` URL.
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
-import urllib.error
-import urllib.request
+import socket
+import urllib.parse
 from typing import Any
 
 from ._errors import RunloopError, error_for
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket; no timeout (runs are long)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost")
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self._path)
+        self.sock = sock
 
 
 class ApiClient:
@@ -30,21 +49,40 @@ class ApiClient:
         )
         return json.loads(raw) if raw else None
 
+    def _connection(self) -> tuple[http.client.HTTPConnection, str]:
+        """A new connection and the path prefix of the API on it."""
+        if self.base_url.startswith("unix:"):
+            return _UnixConnection(self.base_url[len("unix:") :]), ""
+        parts = urllib.parse.urlsplit(self.base_url)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.netloc)
+        elif parts.scheme == "http":
+            conn = http.client.HTTPConnection(parts.netloc)
+        else:
+            raise RunloopError(0, "bad_url", f"unsupported Openloop API URL {self.base_url!r}")
+        return conn, parts.path.rstrip("/")
+
     def request_raw(
         self, method: str, path: str, data: bytes | None, content_type: str | None
     ) -> bytes:
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        conn, prefix = self._connection()
+        headers = {"Authorization": f"Bearer {self.token}"}
         if content_type and data is not None:
-            req.add_header("Content-Type", content_type)
+            headers["Content-Type"] = content_type
         try:
-            with urllib.request.urlopen(req) as resp:
-                body: bytes = resp.read()
-                return body
-        except urllib.error.HTTPError as e:
-            payload = e.read()
+            conn.request(method, prefix + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            body: bytes = resp.read()
+        finally:
+            conn.close()
+        if resp.status >= 400:
             try:
-                err = json.loads(payload)["error"]
-                raise error_for(e.code, err.get("code", "error"), err.get("message", "")) from None
-            except (ValueError, KeyError, TypeError):
-                raise RunloopError(e.code, "http_error", payload.decode(errors="replace")) from None
+                err = json.loads(body)["error"]
+                code, message = str(err.get("code", "error")), str(err.get("message", ""))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise RunloopError(
+                    resp.status, "http_error", body.decode(errors="replace")
+                ) from None
+            raise error_for(resp.status, code, message)
+        return body

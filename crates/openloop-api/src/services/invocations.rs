@@ -10,6 +10,7 @@ use crate::services::slots::{Permits, RunSlots};
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
 use openloop_sandbox::cgroup::Limits;
+use openloop_sandbox::jail::Network;
 use openloop_sandbox::python::{self, PythonSandbox};
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
@@ -163,10 +164,14 @@ impl Invocations {
             return Ok(h);
         }
         let m = manifest_of(dep)?;
-        let sandbox = PythonSandbox::new(&self.config.launcher, WARM_TMP_BYTES)
+        let mut sandbox = PythonSandbox::new(&self.config.launcher, WARM_TMP_BYTES)
             .bind(Path::new(&m.venv), python::VENV, false)
             .bind(Path::new(&m.source_dir), python::APP, false)
-            .bind(self.channels.socket_path(), python::ENGINE_SOCKET, false);
+            .bind(self.channels.socket_path(), python::ENGINE_SOCKET, false)
+            .bind(&self.config.api_socket(), python::API_SOCKET, false);
+        // Outbound through slirp4netns with the egress rules, and no network path to the
+        // host at all: the API is reached through its socket.
+        sandbox.network = Network::Outbound;
         let spec = HostSpec {
             deployment_id: dep.id.clone(),
             python: PathBuf::from(python::VENV).join("bin/python"),
@@ -356,7 +361,7 @@ impl Invocations {
         let host = self.host_for(&dep.dep).await?;
         let token = self.tokens.issue(id);
         let env = BTreeMap::from([
-            ("OPENLOOP_API_URL".to_string(), self.config.internal_url()),
+            ("OPENLOOP_API_URL".to_string(), python::API_URL.to_string()),
             ("OPENLOOP_TOKEN".to_string(), token.clone()),
             ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
         ]);

@@ -1,0 +1,239 @@
+//! Issue "Network, secrets and the API contract": the network paths of function code.
+//! Traffic goes only to loopback addresses inside namespaces the sandboxes make themselves.
+
+mod common;
+
+use common::{fixture, Db, Server};
+use serde_json::json;
+
+/// Function code has a network namespace of its own: nothing on the host's loopback (the
+/// server's port, PostgreSQL) is reachable, and the SDK reaches the API through the Unix
+/// socket bound into its sandbox.
+#[tokio::test]
+async fn function_code_has_no_path_to_the_host() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("isolation_agent"));
+    let pg_port = std::env::var("OPENLOOP_TEST_POSTGRES_URL")
+        .ok()
+        .and_then(|u| u.rsplit_once(':').map(|(_, p)| p.to_string()))
+        .and_then(|p| p.split('/').next()?.parse::<u16>().ok())
+        .unwrap_or(5432);
+    let (_, inv) = server
+        .invoke_sync(
+            "isolation_agent",
+            "reach",
+            json!({"ports": [server.port, pg_port]}),
+        )
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    for (port, outcome) in inv["result"]["ports"].as_object().unwrap() {
+        assert_eq!(
+            outcome, "ConnectionRefusedError",
+            "127.0.0.1:{port} from function code: {inv}"
+        );
+    }
+    assert_eq!(inv["result"]["interfaces"], json!(["lo", "tap0"]), "{inv}");
+    // The host's side of the same ports is up: the refusals above are the sandbox's.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok());
+
+    let (_, inv) = server
+        .invoke_sync("isolation_agent", "uses_api", json!({}))
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    assert!(
+        inv["result"].as_str().unwrap().contains("via-socket"),
+        "{inv}"
+    );
+}
+
+/// Run `ip ARGS…` and insist it works.
+fn ip(args: &str) {
+    let st = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("ip (iproute2) is needed for the egress tests");
+    assert!(st.success(), "ip {args} failed");
+}
+
+/// A network of this test's own: the calling thread moves into a new network namespace (so
+/// everything it and its children start, the server included, lives there), joined by a
+/// veth pair to a second namespace of fake hosts: a "metadata" host (169.254.169.254), two
+/// "LAN" hosts (10.77.0.2, 192.168.77.2) and a "public" host (203.0.113.7, a documentation
+/// address), each serving HTTP on port 80. No packet can leave these two namespaces.
+struct FakeNet {
+    name: String,
+    server: std::process::Child,
+}
+
+impl FakeNet {
+    fn enter() -> FakeNet {
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "a network namespace for the test: {}",
+            std::io::Error::last_os_error()
+        );
+        let name = format!("olfake{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        ip("link set lo up");
+        ip(&format!("netns add {name}"));
+        ip(&format!(
+            "link add olv{0} type veth peer name olp{0} netns {name}",
+            std::process::id() % 10000
+        ));
+        let (here, there) = (
+            format!("olv{}", std::process::id() % 10000),
+            format!("olp{}", std::process::id() % 10000),
+        );
+        ip(&format!("addr add 10.77.0.1/24 dev {here}"));
+        ip(&format!("link set {here} up"));
+        for addr in [
+            "10.77.0.2/24",
+            "169.254.169.254/32",
+            "192.168.77.2/32",
+            "203.0.113.7/32",
+        ] {
+            ip(&format!("-n {name} addr add {addr} dev {there}"));
+        }
+        ip(&format!("-n {name} link set {there} up"));
+        ip(&format!("-n {name} link set lo up"));
+        for host in ["169.254.169.254", "192.168.77.2", "203.0.113.7"] {
+            ip(&format!("route add {host}/32 via 10.77.0.2"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "fake host\n").unwrap();
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+                "80",
+            ])
+            .current_dir(dir.keep())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Up when the fake hosts answer from this namespace.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect("203.0.113.7:80").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fake hosts did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        FakeNet { name, server }
+    }
+}
+
+impl Drop for FakeNet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The default egress rules: a devbox with outbound network reaches a public address, and
+/// neither the link-local metadata address, nor private (LAN) addresses, nor the host's own
+/// address, although each answers from the host's side.
+#[test]
+fn egress_defaults_keep_sandboxes_off_private_link_local_and_host_addresses() {
+    let net = FakeNet::enter();
+    // Threads (and so every process the runtime starts) inherit this thread's namespace.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::start(Db::Sqlite).await.unwrap();
+        for target in ["169.254.169.254:80", "192.168.77.2:80", "10.77.0.2:80", "203.0.113.7:80"] {
+            assert!(
+                std::net::TcpStream::connect(target).is_ok(),
+                "{target} must answer from the host's side for this test to mean anything"
+            );
+        }
+        let d = server.create_devbox(json!({"network": "outbound"})).await;
+        let get = |host: &str| {
+            format!(
+                "timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; head -1 <&3' 2>&1"
+            )
+        };
+        let (code, out, _) = server.exec(&d, &get("203.0.113.7")).await;
+        assert_eq!(code, 0, "the public fake host is unreachable: {out}");
+        assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+        for host in ["169.254.169.254", "192.168.77.2", "10.77.0.2", "10.77.0.1"] {
+            let (code, out, _) = server.exec(&d, &get(host)).await;
+            assert_ne!(code, 0, "{host} reachable from a devbox: {out}");
+        }
+        // The devbox cannot loosen its own rules (no CAP_NET_ADMIN in its namespace).
+        let (code, _, _) = server
+            .exec(&d, "ls /usr/sbin/nft /sbin/nft 2>/dev/null; exit 1")
+            .await;
+        assert_ne!(code, 0);
+    });
+    drop(net);
+}
+
+/// Function code's namespace carries the same rules (installed before its network exists).
+#[tokio::test]
+async fn function_sandboxes_carry_the_egress_rules() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("isolation_agent"));
+    let (_, inv) = server
+        .invoke_sync("isolation_agent", "reach", json!({"ports": []}))
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    // The warm process's jail: a descendant of the server whose network namespace differs.
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let mut found = None;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if String::from_utf8_lossy(&cmdline).contains("runloop._host") && ns.as_ref() != Some(&own)
+        {
+            found = Some(pid);
+            break;
+        }
+    }
+    let pid = found.expect("no warm process in a network namespace of its own");
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "openloop_egress",
+        ])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "169.254.0.0/16",
+        "10.0.0.0/8",
+        "192.168.0.0/16",
+        "fe80::/10",
+        "reject",
+    ] {
+        assert!(rules.contains(needle), "{needle} missing from:\n{rules}");
+    }
+}

@@ -1,0 +1,274 @@
+//! Outbound network for a sandbox's own network namespace, and where it may go.
+//!
+//! slirp4netns gives the namespace a user-mode NAT to the outside (`tap0`, 10.0.2.100, the
+//! gateway 10.0.2.2 and the resolver 10.0.2.3), with the host's loopback refused. An
+//! nftables table inside the same namespace, installed by the server (root) and out of the
+//! sandbox's reach (it has no `CAP_NET_ADMIN` there), rejects every packet to a private,
+//! shared, link-local, loopback, multicast or reserved range and to every address of the
+//! host itself, so nothing in a sandbox reaches the cloud metadata address, the LAN, or a
+//! service on the host. DNS goes only to slirp's resolver.
+//!
+//! Both run from blocking code (the jail launcher, or a blocking task of the server).
+
+use std::io::{Error, Result, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+
+/// Ranges no sandbox reaches by default (IPv4).
+pub const DENIED_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// Ranges no sandbox reaches by default (IPv6).
+pub const DENIED_V6: &[&str] = &[
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// slirp4netns's resolver inside the namespace: the one private address a sandbox may use.
+pub const RESOLVER: &str = "10.0.2.3";
+
+/// A namespace's outbound network; it ends when this is dropped (slirp4netns sees its exit
+/// descriptor close) or when the namespace's last process is gone.
+pub struct Attached {
+    slirp: Child,
+    _exit: OwnedFd,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.slirp.kill();
+        let _ = self.slirp.wait();
+    }
+}
+
+/// A system tool by its full path (the jail launcher runs with an empty environment, so
+/// there is no `PATH` to search; `nft` lives in an `sbin`).
+fn tool(name: &str) -> std::path::PathBuf {
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join(name))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| name.into())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Give the network namespace of `pid` (whose own user namespace owns it) outbound access
+/// with the default rules. Returns once the namespace is configured and filtered.
+pub fn attach(pid: i32) -> Result<Attached> {
+    apply_rules(pid)?;
+    let (ready_r, ready_w) = pipe()?;
+    let (exit_r, exit_w) = pipe()?;
+    let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
+    let mut cmd = Command::new(tool("slirp4netns"));
+    cmd.args([
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--ready-fd=3",
+        "--exit-fd=4",
+    ])
+    .arg(format!("--userns-path=/proc/{pid}/ns/user"))
+    .arg(pid.to_string())
+    .arg("tap0")
+    .env_clear()
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in [(ready_fd, 3), (exit_fd, 4)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut slirp = cmd.spawn().map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!(
+                "could not run slirp4netns ({e}); install it with `apt-get install slirp4netns`"
+            ),
+        )
+    })?;
+    drop(ready_w);
+    drop(exit_r);
+    let mut byte = [0u8; 1];
+    let ready = std::fs::File::from(ready_r);
+    if !matches!(std::io::Read::read(&mut &ready, &mut byte), Ok(1)) {
+        let _ = slirp.kill();
+        let mut err = String::new();
+        if let Some(mut e) = slirp.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let _ = slirp.wait();
+        return Err(Error::other(format!(
+            "slirp4netns did not come up: {}",
+            err.trim()
+        )));
+    }
+    Ok(Attached {
+        slirp,
+        _exit: exit_w,
+    })
+}
+
+/// Install the default egress rules in the network namespace of `pid` (`nft -f -` run
+/// inside it).
+pub fn apply_rules(pid: i32) -> Result<()> {
+    let rules = default_rules(&host_addresses());
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let netns_fd = netns.as_raw_fd();
+    let mut cmd = Command::new(tool("nft"));
+    cmd.args(["-f", "-"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("could not run nft ({e}); install it with `apt-get install nftables`"),
+        )
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    drop(netns);
+    if !out.status.success() {
+        return Err(Error::other(format!(
+            "nft refused the egress rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Every address of this host's interfaces (they are denied too, whatever their range).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
+            } else if family == libc::AF_INET6 {
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The nftables table of a sandbox's namespace: loopback and slirp's resolver allowed, the
+/// denied ranges and the host's own addresses rejected (at once, not silently dropped, so
+/// a program sees "connection refused" instead of hanging), everything else allowed.
+pub fn default_rules(host: &[IpAddr]) -> String {
+    let mut v4: Vec<String> = DENIED_V4.iter().map(|s| s.to_string()).collect();
+    let mut v6: Vec<String> = DENIED_V6.iter().map(|s| s.to_string()).collect();
+    for a in host {
+        match a {
+            IpAddr::V4(a) => v4.push(a.to_string()),
+            IpAddr::V6(a) => v6.push(a.to_string()),
+        }
+    }
+    format!(
+        "table inet openloop_egress {{
+  set denied_v4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
+  set denied_v6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    oifname \"lo\" accept
+    ip daddr {RESOLVER} udp dport 53 accept
+    ip daddr {RESOLVER} tcp dport 53 accept
+    ip daddr @denied_v4 reject with icmpx type admin-prohibited
+    ip6 daddr @denied_v6 reject with icmpx type admin-prohibited
+  }}
+}}
+",
+        v4 = v4.join(", "),
+        v6 = v6.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_deny_the_ranges_and_the_host() {
+        let r = default_rules(&[
+            "203.0.113.9".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]);
+        for needle in [
+            "169.254.0.0/16",
+            "10.0.0.0/8",
+            "fe80::/10",
+            "203.0.113.9",
+            "2001:db8::1",
+            "ip daddr 10.0.2.3 udp dport 53 accept",
+        ] {
+            assert!(r.contains(needle), "{needle} missing:\n{r}");
+        }
+    }
+}
