@@ -220,29 +220,49 @@ pub mod fdpass {
 
     const SPACE: usize = 64;
 
+    /// The buffers of a one-byte message with room for one control message.
+    struct Message {
+        byte: [u8; 1],
+        iov: libc::iovec,
+        space: [u64; SPACE / 8],
+        msg: libc::msghdr,
+    }
+
+    impl Message {
+        /// Boxed, so the pointers between its parts stay valid.
+        fn new(control_len: usize) -> Box<Message> {
+            let mut m = Box::new(Message {
+                byte: [1],
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 1,
+                },
+                space: [0; SPACE / 8],
+                msg: unsafe { std::mem::zeroed() },
+            });
+            m.iov.iov_base = m.byte.as_mut_ptr() as *mut libc::c_void;
+            m.msg.msg_iov = &mut m.iov;
+            m.msg.msg_iovlen = 1;
+            m.msg.msg_control = m.space.as_mut_ptr() as *mut libc::c_void;
+            m.msg.msg_controllen = control_len;
+            m
+        }
+    }
+
     /// Send `fd` as one message on `control` (with `flags`, e.g. `MSG_DONTWAIT`).
     pub fn send_fd(control: RawFd, fd: RawFd, flags: libc::c_int) -> io::Result<()> {
-        let mut byte = [1u8];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-            iov_len: 1,
-        };
-        let mut space = [0u64; SPACE / 8];
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen =
-            unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        let m =
+            Message::new(unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize);
+        let msg = &m.msg;
         unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
         }
         loop {
-            let n = unsafe { libc::sendmsg(control, &msg, flags | libc::MSG_NOSIGNAL) };
+            let n = unsafe { libc::sendmsg(control, msg, flags | libc::MSG_NOSIGNAL) };
             if n == 1 {
                 return Ok(());
             }
@@ -257,18 +277,9 @@ pub mod fdpass {
     /// closed the control socket; messages without a descriptor are skipped.
     pub fn recv_fd(control: RawFd) -> io::Result<Option<OwnedFd>> {
         loop {
-            let mut byte = [0u8];
-            let mut iov = libc::iovec {
-                iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-                iov_len: 1,
-            };
-            let mut space = [0u64; SPACE / 8];
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = SPACE;
-            let n = unsafe { libc::recvmsg(control, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+            let mut m = Message::new(SPACE);
+            let msg = &mut m.msg;
+            let n = unsafe { libc::recvmsg(control, msg, libc::MSG_CMSG_CLOEXEC) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -281,7 +292,7 @@ pub mod fdpass {
             }
             let mut got = None;
             unsafe {
-                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                let mut cmsg = libc::CMSG_FIRSTHDR(msg);
                 while !cmsg.is_null() {
                     if (*cmsg).cmsg_level == libc::SOL_SOCKET
                         && (*cmsg).cmsg_type == libc::SCM_RIGHTS
@@ -298,7 +309,7 @@ pub mod fdpass {
                             }
                         }
                     }
-                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                    cmsg = libc::CMSG_NXTHDR(msg, cmsg);
                 }
             }
             if got.is_some() {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, Db, Server};
+use common::{fixture, rss_kib, Db, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -99,12 +99,7 @@ async fn devbox_cannot_redirect_the_server_to_another_agent() {
 
     // A process planted in a devbox does not survive into the next devbox handed out.
     server.exec(&a, "nohup sleep 4242 >/dev/null 2>&1 &").await;
-    let r = server
-        .post(&format!("/v1/devboxes/{a}/shutdown"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    server.shutdown_devbox(&a).await;
     let c = server.create_devbox(json!({"name": "next"})).await;
     let (_, out, _) = server
         .exec(&c, "ps -eo args | grep -c '^sleep 4242' || true")
@@ -393,15 +388,6 @@ async fn warm_process_is_memory_limited() {
         )
         .await;
     assert_eq!((status, &inv["result"]), (200, &json!(1)), "{inv}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Item 7 for devboxes: everything a devbox can write is its own size-limited disk or

@@ -18,13 +18,7 @@ fn fd_count(pid: u32) -> u64 {
 }
 
 fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb >> 10
+    common::rss_kib(pid) >> 10
 }
 
 /// Size of everything under `dir`, in bytes.
@@ -433,12 +427,7 @@ async fn execution_output_lives_on_disk_within_a_cap() {
     assert_eq!(streamed_bytes(&server, &d, &ids[1]).await, 16 << 20);
 
     server.assert_healthy(&witness).await;
-    let r = server
-        .post(&format!("/v1/devboxes/{d}/shutdown"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    server.shutdown_devbox(&d).await;
     assert!(!out_dir.exists(), "the output files go with the devbox");
     server.assert_healthy(&witness).await;
 }
@@ -474,12 +463,7 @@ async fn devbox_quotas(db: Db) {
         "{msg}"
     );
     // Shutting one down frees its place.
-    let r = server
-        .post(&format!("/v1/devboxes/{a}/shutdown"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    server.shutdown_devbox(&a).await;
     server.create_devbox(json!({})).await;
 
     // A run: two devboxes, the third refused; one shut down makes room again.

@@ -429,23 +429,10 @@ async fn start_network(
         SandboxError::Start(format!("cannot open the sandbox's network namespace: {e}"))
     })?;
     let userns_fd = std::os::fd::AsRawFd::as_raw_fd(&userns);
-    let mut cmd = tokio::process::Command::new("slirp4netns");
-    cmd.args([
-        "--configure",
-        "--mtu=65520",
-        "--disable-host-loopback",
-        "--enable-sandbox",
-        "--enable-seccomp",
-        "--ready-fd=3",
-        // bwrap nests a second user namespace; the network namespace belongs to the outer one.
-        "--userns-path=/proc/self/fd/4",
-    ])
-    .arg(inner_pid.to_string())
-    .arg("tap0")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
+    // bwrap nests a second user namespace; the network namespace belongs to the outer one.
+    let mut cmd =
+        tokio::process::Command::from(crate::egress::slirp_command(inner_pid, "/proc/self/fd/4"));
+    cmd.kill_on_drop(true);
     let procs = cgroup.procs_files();
     unsafe {
         cmd.pre_exec(move || {

@@ -83,13 +83,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Give the network namespace of `pid` (whose own user namespace owns it) outbound access
-/// with the default rules. Returns once the namespace is configured and filtered.
-pub fn attach(pid: i32) -> Result<Attached> {
-    apply_rules(pid)?;
-    let (ready_r, ready_w) = pipe()?;
-    let (exit_r, exit_w) = pipe()?;
-    let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
+/// slirp4netns for the network namespace of `pid`, owned by the user namespace at `userns`:
+/// user-mode NAT with the host's loopback refused, in its own sandbox and seccomp filter,
+/// reporting readiness on descriptor 3 (which the caller provides).
+pub fn slirp_command(pid: i32, userns: &str) -> Command {
     let mut cmd = Command::new(tool("slirp4netns"));
     cmd.args([
         "--configure",
@@ -98,15 +95,26 @@ pub fn attach(pid: i32) -> Result<Attached> {
         "--enable-sandbox",
         "--enable-seccomp",
         "--ready-fd=3",
-        "--exit-fd=4",
     ])
-    .arg(format!("--userns-path=/proc/{pid}/ns/user"))
+    .arg(format!("--userns-path={userns}"))
     .arg(pid.to_string())
     .arg("tap0")
     .env_clear()
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
+    cmd
+}
+
+/// Give the network namespace of `pid` (whose own user namespace owns it) outbound access
+/// with the default rules. Returns once the namespace is configured and filtered.
+pub fn attach(pid: i32) -> Result<Attached> {
+    apply_rules(pid)?;
+    let (ready_r, ready_w) = pipe()?;
+    let (exit_r, exit_w) = pipe()?;
+    let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
+    let mut cmd = slirp_command(pid, &format!("/proc/{pid}/ns/user"));
+    cmd.arg("--exit-fd=4");
     use std::os::unix::process::CommandExt;
     unsafe {
         cmd.pre_exec(move || {

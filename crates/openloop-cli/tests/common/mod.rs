@@ -171,6 +171,16 @@ impl Server {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// Shut a devbox down over the API and insist it worked.
+    pub async fn shutdown_devbox(&self, devbox: &str) {
+        let r = self
+            .post(&format!("/v1/devboxes/{devbox}/shutdown"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "shutdown {devbox}: {}", r.status());
+    }
+
     /// `execute_sync` in a devbox: (exit status, stdout, stderr).
     pub async fn exec(&self, devbox: &str, command: &str) -> (i64, String, String) {
         let r = self
@@ -346,4 +356,14 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             std::fs::copy(e.path(), &to).unwrap();
         }
     }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
