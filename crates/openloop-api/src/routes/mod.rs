@@ -129,10 +129,8 @@ pub fn router(state: AppState) -> Router {
             get(secrets::get).post(secrets::update),
         )
         .route("/v1/secrets/{name}/delete", post(secrets::delete))
-        .route(
-            "/v1/secrets/id/{id}",
-            get(secrets::get_by_id).post(secrets::update_by_id),
-        )
+        .route("/v1/secrets/id/{id}", get(secrets::get_by_id))
+        .route("/v1/secrets/id/{id}/update", post(secrets::update_by_id))
         .route("/v1/secrets/id/{id}/delete", post(secrets::delete_by_id))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))

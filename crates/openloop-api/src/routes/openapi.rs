@@ -190,7 +190,7 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "post",
-        "/v1/secrets/id/{id}",
+        "/v1/secrets/id/{id}/update",
         "Replace a secret's value by id: {value}",
     ),
     (
