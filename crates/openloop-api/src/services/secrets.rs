@@ -516,7 +516,7 @@ impl Redactor {
                 }
             }
         }
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let mut first = vec![false; 256];
         for (p, _) in &patterns {
             first[p[0] as usize] = true;
