@@ -69,6 +69,27 @@ pub struct ServerConfig {
     pub devbox_max_per_run: usize,
     /// Live devboxes created with one API key at once.
     pub devbox_max_per_key: usize,
+    /// The key that seals secrets at rest.
+    pub secrets_key: SecretsKeySource,
+}
+
+/// Where the key that seals secrets comes from. Its `Debug` never shows a key.
+#[derive(Clone)]
+pub enum SecretsKeySource {
+    /// A file of 32 random bytes (or their base64), created with mode 0600 when missing;
+    /// by default `<data-dir>/secrets.key`.
+    File(PathBuf),
+    /// The key itself in base64 (`OPENLOOP_SECRETS_KEY`), for servers sharing one database.
+    Base64(String),
+}
+
+impl std::fmt::Debug for SecretsKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretsKeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+            SecretsKeySource::Base64(_) => f.write_str("Base64(..)"),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -31,6 +31,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A stored secret could not be opened with this server's secrets key (a different key,
+    /// or the record was altered). Never carries the value.
+    #[error("secret '{name}' cannot be decrypted: {reason}")]
+    SecretUnreadable { name: String, reason: String },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -49,6 +53,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::CallDepthExceeded { .. } => (StatusCode::CONFLICT, "call_depth_exceeded"),
             ApiError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::SecretUnreadable { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "secret_unreadable")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -74,6 +81,9 @@ impl From<openloop_store::StoreError> for ApiError {
         match e {
             openloop_store::StoreError::NotFound(what) => {
                 ApiError::NotFound(format!("{what} not found"))
+            }
+            openloop_store::StoreError::AlreadyExists(what) => {
+                ApiError::Conflict(format!("{what} already exists"))
             }
             other => ApiError::Internal(other.to_string()),
         }

@@ -4,6 +4,7 @@ use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::notify::Notifier;
 use crate::routes::router;
+use crate::services::secrets::{SecretKey, SecretKeyError, Secrets};
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use crate::state::AppState;
 use openloop_store::Store;
@@ -22,6 +23,8 @@ pub enum ServeError {
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    SecretsKey(#[from] SecretKeyError),
 }
 
 /// Open the data directory and the database, creating the admin key on first start.
@@ -71,6 +74,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let secrets = Arc::new(Secrets::new(
+        store.clone(),
+        SecretKey::load(&config.secrets_key)?,
+    ));
+    secrets.check_key().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServeError::Bind(config.listen, e))?;
@@ -80,6 +88,7 @@ pub async fn serve(
         store.clone(),
         config.clone(),
         notifier.clone(),
+        secrets.clone(),
     ));
     devboxes.recover().await?;
     devboxes.start_warm_pool();
@@ -90,6 +99,7 @@ pub async fn serve(
             notifier.clone(),
             tokens.clone(),
             devboxes.clone(),
+            secrets.clone(),
         )
         .await?,
     );
@@ -98,6 +108,7 @@ pub async fn serve(
         config.clone(),
         notifier.clone(),
         invocations.clone(),
+        secrets.clone(),
     ));
     deployments.recover().await?;
     let state = AppState {
@@ -108,6 +119,7 @@ pub async fn serve(
         devboxes: devboxes.clone(),
         invocations: invocations.clone(),
         deployments,
+        secrets,
     };
     // Warm processes for every live deployment, then the queue left by a previous process.
     let warm = invocations.clone();

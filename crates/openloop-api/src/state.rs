@@ -3,6 +3,7 @@
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::notify::Notifier;
+use crate::services::secrets::Secrets;
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use openloop_store::Store;
 use std::sync::Arc;
@@ -16,4 +17,5 @@ pub struct AppState {
     pub devboxes: Arc<Devboxes>,
     pub invocations: Arc<Invocations>,
     pub deployments: Arc<Deployments>,
+    pub secrets: Arc<Secrets>,
 }

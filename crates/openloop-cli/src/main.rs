@@ -61,6 +61,8 @@ fn main() {
         if let Err(e) = openloop_sandbox::jail::private_mounts() {
             eprintln!("warning: no private mount namespace ({e}); run as root for sandboxes");
         }
+        // Out of the environment before any thread exists, so no child process inherits it.
+        serve::take_secrets_key_env();
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -131,6 +131,41 @@ pub struct ServeArgs {
     /// HTTP connections open at once (idle ones are closed to make room).
     #[arg(long, env = "OPENLOOP_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     http_max_connections: usize,
+    /// File of the key that seals secrets at rest (32 random bytes, created with mode 0600
+    /// when missing; default `<data-dir>/secrets.key`). Servers sharing one database set
+    /// OPENLOOP_SECRETS_KEY (base64 of 32 bytes) instead, in the environment only.
+    #[arg(long, env = "OPENLOOP_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+}
+
+/// `OPENLOOP_SECRETS_KEY`, taken out of the process environment at start-up.
+static SECRETS_KEY_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Read `OPENLOOP_SECRETS_KEY` and remove it from the environment, so that no process the
+/// server starts inherits it. Call before any thread exists.
+pub fn take_secrets_key_env() {
+    let key = std::env::var("OPENLOOP_SECRETS_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    std::env::remove_var("OPENLOOP_SECRETS_KEY");
+    let _ = SECRETS_KEY_ENV.set(key);
+}
+
+fn secrets_key_source(
+    file: Option<PathBuf>,
+    data_dir: &Path,
+) -> anyhow::Result<openloop_api::config::SecretsKeySource> {
+    use openloop_api::config::SecretsKeySource;
+    let env = SECRETS_KEY_ENV.get().cloned().flatten();
+    Ok(match (env, file) {
+        (Some(_), Some(f)) => anyhow::bail!(
+            "both OPENLOOP_SECRETS_KEY and --secrets-key-file {} are set; give the secrets key one way",
+            f.display()
+        ),
+        (Some(k), None) => SecretsKeySource::Base64(k),
+        (None, Some(f)) => SecretsKeySource::File(std::path::absolute(f)?),
+        (None, None) => SecretsKeySource::File(data_dir.join("secrets.key")),
+    })
 }
 
 /// Find a real executable named `name` on PATH, skipping pyenv-style shims.
@@ -183,6 +218,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => agent_beside_exe()?,
     };
     let data_dir = std::path::absolute(&args.store.data_dir).context("data directory")?;
+    let secrets_key = secrets_key_source(args.secrets_key_file, &data_dir)?;
     let config = ServerConfig {
         listen: std::net::SocketAddr::new(args.host, args.port),
         database_url: args.store.url(),
@@ -222,6 +258,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         devbox_exec_output_bytes: args.devbox_exec_output_mb << 20,
         devbox_max_per_run: args.devbox_max_per_run,
         devbox_max_per_key: args.devbox_max_per_key,
+        secrets_key,
     };
     let (store, admin) = openloop_api::prepare(&config).await?;
     if let Some(secret) = admin {

@@ -1,7 +1,7 @@
 //! The build pipeline: source → runloop.toml → environment → manifest.
 
 use crate::venv::VenvSettings;
-use crate::{manifest, source, venv, DeployError, LogSink, Manifest, ModuleConfig};
+use crate::{manifest, source, venv, DeployError, LogSink, Manifest, RunloopToml};
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sandbox::jail::{Network, FUNCTION_HOST_UID};
 use openloop_sandbox::python::{PythonSandbox, APP};
@@ -100,11 +100,23 @@ async fn build_in(
     }
     std::fs::create_dir_all(&dest)?;
     source::fetch(source_spec, git_ref, &repo, log).await?;
-    let module = ModuleConfig::load(&repo)?;
+    let toml = RunloopToml::load(&repo)?;
+    let module = toml.module.clone();
     let _ = log.send(format!(
         "runloop.toml: module '{}' in {}",
         module.name, module.path
     ));
+    if !toml.secrets.is_empty() {
+        let given: Vec<String> = toml
+            .secrets
+            .iter()
+            .map(|(var, name)| format!("{var} (secret '{name}')"))
+            .collect();
+        let _ = log.send(format!(
+            "runloop.toml: runs get the secrets {}",
+            given.join(", ")
+        ));
+    }
     let requirements = match std::fs::read_to_string(repo.join("requirements.txt")) {
         Ok(r) => r,
         Err(_) => {
@@ -128,6 +140,7 @@ async fn build_in(
             venv: env.to_string_lossy().into_owned(),
             source_dir: repo.to_string_lossy().into_owned(),
             functions,
+            secrets: toml.secrets,
         },
     })
 }

@@ -1,7 +1,17 @@
-//! `runloop.toml`: where the agent module lives.
+//! `runloop.toml`: where the agent module lives, and the secrets its functions get.
+//!
+//! ```toml
+//! [module]
+//! path = "./agent"
+//! name = "bot"
+//!
+//! [secrets]            # environment variable = secret name (see /v1/secrets)
+//! OPENAI_API_KEY = "openai"
+//! ```
 
 use crate::DeployError;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -15,11 +25,58 @@ pub struct ModuleConfig {
 #[derive(Deserialize)]
 struct File {
     module: Option<ModuleConfig>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+/// The whole of `runloop.toml`.
+#[derive(Debug, Clone)]
+pub struct RunloopToml {
+    pub module: ModuleConfig,
+    /// Environment variable → secret name: what every run of the deployment is given.
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl RunloopToml {
+    /// Read and check `runloop.toml` at the root of `repo`.
+    pub fn load(repo: &Path) -> Result<RunloopToml, DeployError> {
+        let (module, secrets) = ModuleConfig::load_with_secrets(repo)?;
+        for (var, name) in &secrets {
+            if !is_env_name(var) {
+                return Err(DeployError::Config(format!(
+                    "[secrets] {var:?} is not an environment variable name (letters, digits and '_', not starting with a digit)"
+                )));
+            }
+            if var.starts_with("OPENLOOP_") {
+                return Err(DeployError::Config(format!(
+                    "[secrets] {var}: names starting with OPENLOOP_ belong to Openloop; choose another variable"
+                )));
+            }
+            if name.is_empty() || !name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+                return Err(DeployError::Config(format!(
+                    "[secrets] {var} = {name:?}: a secret name holds only letters, digits and '_'"
+                )));
+            }
+        }
+        Ok(RunloopToml { module, secrets })
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 impl ModuleConfig {
-    /// Read and check `runloop.toml` at the root of `repo`.
+    /// Read and check the `[module]` table of `runloop.toml` at the root of `repo`.
     pub fn load(repo: &Path) -> Result<ModuleConfig, DeployError> {
+        Self::load_with_secrets(repo).map(|(m, _)| m)
+    }
+
+    fn load_with_secrets(
+        repo: &Path,
+    ) -> Result<(ModuleConfig, BTreeMap<String, String>), DeployError> {
         let path = repo.join("runloop.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             DeployError::Config(format!(
@@ -28,6 +85,7 @@ impl ModuleConfig {
         })?;
         let file: File = toml::from_str(&text)
             .map_err(|e| DeployError::Config(format!("not valid TOML: {}", e.message())))?;
+        let secrets = file.secrets;
         let m = file.module.ok_or_else(|| {
             DeployError::Config("missing the [module] table (with `path` and `name`)".into())
         })?;
@@ -55,7 +113,7 @@ impl ModuleConfig {
                 m.path
             )));
         }
-        Ok(m)
+        Ok((m, secrets))
     }
 
     /// The directory to put on `sys.path`.
@@ -88,6 +146,17 @@ mod tests {
         let m = ModuleConfig::load(d.path()).unwrap();
         assert_eq!(m.name, "bot");
         assert!(m.dir(d.path()).join("bot.py").exists());
+        assert!(RunloopToml::load(d.path()).unwrap().secrets.is_empty());
+    }
+
+    #[test]
+    fn reads_secrets() {
+        let d = repo("[module]\npath = \"./agent\"\nname = \"bot\"\n[secrets]\nOPENAI_API_KEY = \"openai\"\n");
+        let c = RunloopToml::load(d.path()).unwrap();
+        assert_eq!(
+            c.secrets.get("OPENAI_API_KEY").map(String::as_str),
+            Some("openai")
+        );
     }
 
     #[test]
@@ -110,6 +179,21 @@ mod tests {
         ] {
             let d = repo(toml);
             let err = ModuleConfig::load(d.path()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{toml}: {err}");
+        }
+        for (toml, expect) in [
+            (
+                "[secrets]\n\"1X\" = \"a\"",
+                "not an environment variable name",
+            ),
+            ("[secrets]\nOPENLOOP_TOKEN = \"a\"", "belong to Openloop"),
+            ("[secrets]\nX = \"a-b\"", "a secret name holds only"),
+            ("[secrets]\nX = 3", "not valid TOML"),
+        ] {
+            let d = repo(&format!(
+                "[module]\npath = \"./agent\"\nname = \"bot\"\n{toml}"
+            ));
+            let err = RunloopToml::load(d.path()).unwrap_err().to_string();
             assert!(err.contains(expect), "{toml}: {err}");
         }
         let d = tempfile::tempdir().unwrap();

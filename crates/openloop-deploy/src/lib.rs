@@ -1,7 +1,7 @@
 //! Turning a repository into a runnable deployment.
 //!
 //! - [`source`]: copy a local directory or clone a git URL at a ref; derive the project name.
-//! - [`config`]: `runloop.toml` (`[module] path`, `name`).
+//! - [`config`]: `runloop.toml` (`[module] path`, `name`; `[secrets]`).
 //! - [`sdk`]: the `runloop` Python SDK, embedded in the binary so its version always matches.
 //! - [`venv`]: one virtual environment per requirements hash, built with `uv` and cached.
 //! - [`manifest`]: import the module in its environment and read the functions and schemas.
@@ -15,7 +15,7 @@ pub mod source;
 pub mod venv;
 
 pub use build::{build, BuildOutput, BuildSandbox, BuildSettings};
-pub use config::ModuleConfig;
+pub use config::{ModuleConfig, RunloopToml};
 pub use manifest::{FunctionSpec, Manifest};
 
 /// Why a build failed; the message is what the user sees next to the build log.

@@ -26,6 +26,9 @@ pub struct Manifest {
     /// Directory of the repository's files.
     pub source_dir: String,
     pub functions: Vec<FunctionSpec>,
+    /// `runloop.toml` `[secrets]`: environment variable → secret name (names, never values).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {

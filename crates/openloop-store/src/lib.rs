@@ -5,6 +5,7 @@
 //! - [`deployments`]: projects, deployments and build logs.
 //! - [`invocations`]: invocations and their logs.
 //! - [`devboxes`]: devbox records.
+//! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //!
 //! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
 //! databases; no SQL is built by string formatting.
@@ -14,6 +15,7 @@ pub mod deployments;
 pub mod devboxes;
 pub mod invocations;
 pub mod keys;
+pub mod secrets;
 
 pub use db::Store;
 
@@ -27,6 +29,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

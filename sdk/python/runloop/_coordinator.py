@@ -32,10 +32,13 @@ class SystemCoordinator:
         entrypoint: str | None = None,
         name: str | None = None,
         network: bool = False,
+        secrets: dict[str, str] | None = None,
     ) -> Devbox:
         """Start a new devbox and wait until it is running.
 
         ``network=True`` gives it outbound internet access (never the host's own services).
+        ``secrets`` maps environment variables to secret names (``/v1/secrets``); a run may
+        only pass on the secrets its deployment names in ``runloop.toml``.
         """
         from ._devbox import Devbox
 
@@ -45,6 +48,7 @@ class SystemCoordinator:
             "entrypoint": entrypoint,
             "launch_parameters": {"launch_commands": setup_commands or []},
             "network": "outbound" if network else "none",
+            "secrets": secrets or {},
         }
         view = self._client.request("POST", "/v1/devboxes", body)
         return Devbox(self._client, view)

@@ -5,6 +5,7 @@ mod devboxes;
 mod functions;
 mod keys;
 mod openapi;
+mod secrets;
 
 use crate::auth::require_auth;
 use crate::error::ApiError;
@@ -122,6 +123,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/devboxes/{id}/keep_alive", post(devboxes::keep_alive))
         .route("/v1/devboxes/{id}/shutdown", post(devboxes::shutdown))
+        .route("/v1/secrets", post(secrets::create).get(secrets::list))
+        .route(
+            "/v1/secrets/{name}",
+            get(secrets::get).post(secrets::update),
+        )
+        .route("/v1/secrets/{name}/delete", post(secrets::delete))
+        .route("/v1/secrets/id/{id}", get(secrets::get_by_id))
+        .route("/v1/secrets/id/{id}/update", post(secrets::update_by_id))
+        .route("/v1/secrets/id/{id}/delete", post(secrets::delete_by_id))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
         .route("/openapi.json", get(openapi::document))

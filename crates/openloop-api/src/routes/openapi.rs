@@ -158,6 +158,46 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     ("get", "/v1/keys", "List API keys"),
     ("post", "/v1/keys/{id}/revoke", "Revoke an API key"),
+    (
+        "post",
+        "/v1/secrets",
+        "Create a secret: {name, value} (the value is sealed and never returned)",
+    ),
+    (
+        "get",
+        "/v1/secrets",
+        "List secrets without values (paged: limit, starting_after)",
+    ),
+    (
+        "get",
+        "/v1/secrets/{name}",
+        "A secret by name, without its value",
+    ),
+    (
+        "post",
+        "/v1/secrets/{name}",
+        "Replace a secret's value: {value}",
+    ),
+    (
+        "post",
+        "/v1/secrets/{name}/delete",
+        "Delete a secret by name",
+    ),
+    (
+        "get",
+        "/v1/secrets/id/{id}",
+        "A secret by id, without its value",
+    ),
+    (
+        "post",
+        "/v1/secrets/id/{id}/update",
+        "Replace a secret's value by id: {value}",
+    ),
+    (
+        "post",
+        "/v1/secrets/id/{id}/delete",
+        "Delete a secret by id",
+    ),
 ];
 
 pub async fn document() -> Json<Value> {

@@ -4,6 +4,7 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::services::invocations::Invocations;
+use crate::services::secrets::Secrets;
 use openloop_deploy::venv::VenvSettings;
 use openloop_deploy::{source, BuildSandbox, BuildSettings};
 use openloop_sandbox::cgroup::Limits;
@@ -29,6 +30,7 @@ pub struct Deployments {
     config: Arc<ServerConfig>,
     notifier: Notifier,
     invocations: Arc<Invocations>,
+    secrets: Arc<Secrets>,
 }
 
 pub fn valid_project_name(name: &str) -> bool {
@@ -46,12 +48,14 @@ impl Deployments {
         config: Arc<ServerConfig>,
         notifier: Notifier,
         invocations: Arc<Invocations>,
+        secrets: Arc<Secrets>,
     ) -> Self {
         Deployments {
             store,
             config,
             notifier,
             invocations,
+            secrets,
         }
     }
 
@@ -164,6 +168,8 @@ impl Deployments {
         )
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // Every secret runloop.toml names must exist now; its value is read at each run's start.
+        self.secrets.check_exist(&out.manifest.secrets).await?;
         let manifest =
             serde_json::to_string(&out.manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
         let _ = log.send("starting the warm Python process".into());

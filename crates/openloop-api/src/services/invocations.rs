@@ -6,6 +6,7 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::services::devboxes::Devboxes;
+use crate::services::secrets::{Redactor, Secrets};
 use crate::services::slots::{Permits, RunSlots};
 use openloop_deploy::Manifest;
 use openloop_runner::{run::RunOutcome, Channels, HostSpec, LogLine, RunRequest, WarmHost};
@@ -34,6 +35,7 @@ pub struct Invocations {
     notifier: Notifier,
     tokens: Tokens,
     devboxes: Arc<Devboxes>,
+    secrets: Arc<Secrets>,
     channels: Arc<Channels>,
     /// Warm processes by deployment id, with their project.
     hosts: Mutex<HashMap<String, (String, Arc<WarmHost>)>>,
@@ -73,6 +75,7 @@ impl Invocations {
         notifier: Notifier,
         tokens: Tokens,
         devboxes: Arc<Devboxes>,
+        secrets: Arc<Secrets>,
     ) -> std::io::Result<Self> {
         // The engine socket sits on a tmpfs of its own (in the server's private mount
         // namespace), so a sandbox it is bound into sees no host path in its mount table.
@@ -101,6 +104,7 @@ impl Invocations {
             notifier,
             tokens,
             devboxes,
+            secrets,
             channels,
             hosts: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
@@ -359,8 +363,13 @@ impl Invocations {
         let inv = queued;
         let dep = self.deployment(&inv.deployment_id).await?;
         let host = self.host_for(&dep.dep).await?;
+        // The deployment's secrets, read now: an update applies from the next run on. What the
+        // run produces is stored with their values redacted.
+        let given = self.secrets.resolve(&dep.manifest.secrets).await?;
+        let redactor = Arc::new(given.redactor);
         let token = self.tokens.issue(id);
-        let env = BTreeMap::from([
+        let mut env: BTreeMap<String, String> = given.env;
+        env.extend([
             ("OPENLOOP_API_URL".to_string(), python::API_URL.to_string()),
             ("OPENLOOP_TOKEN".to_string(), token.clone()),
             ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
@@ -376,6 +385,7 @@ impl Invocations {
             self.notifier.clone(),
             id.to_string(),
             log_rx,
+            redactor.clone(),
         ));
         let outcome = openloop_runner::run::run(
             &host,
@@ -404,11 +414,13 @@ impl Invocations {
         }
         match outcome {
             RunOutcome::Success(v) => {
+                let v = redactor.redact_json(v);
                 self.store
                     .finish_invocation(id, "success", Some(&v.to_string()), None)
                     .await?
             }
             RunOutcome::Failure(e) => {
+                let e = redactor.redact_json(e);
                 self.store
                     .finish_invocation(id, "failure", None, Some(&e.to_string()))
                     .await?
@@ -606,19 +618,26 @@ impl Drop for InFlight<'_> {
 const LOG_BATCH_RECORDS: usize = 1000;
 const LOG_BATCH_BYTES: usize = 1 << 20;
 
-/// Store a run's log records in batches as they arrive. The channel is bounded, so while a
-/// batch is being written the run's output waits in its socket, not in the server's memory.
-async fn write_logs(store: Store, notifier: Notifier, id: String, mut rx: mpsc::Receiver<LogLine>) {
+/// Store a run's log records in batches as they arrive, with the run's secret values redacted.
+/// The channel is bounded, so while a batch is being written the run's output waits in its
+/// socket, not in the server's memory.
+async fn write_logs(
+    store: Store,
+    notifier: Notifier,
+    id: String,
+    mut rx: mpsc::Receiver<LogLine>,
+    redactor: Arc<Redactor>,
+) {
     let mut seq = 1i64;
     let mut batch: Vec<InvocationLog> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.message.len();
-        batch.push(to_log(first));
+        batch.push(to_log(first, &redactor));
         while batch.len() < LOG_BATCH_RECORDS && bytes < LOG_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(l) => {
                     bytes += l.message.len();
-                    batch.push(to_log(l));
+                    batch.push(to_log(l, &redactor));
                 }
                 Err(_) => break,
             }
@@ -632,12 +651,12 @@ async fn write_logs(store: Store, notifier: Notifier, id: String, mut rx: mpsc::
     }
 }
 
-fn to_log(l: LogLine) -> InvocationLog {
+fn to_log(l: LogLine, redactor: &Redactor) -> InvocationLog {
     InvocationLog {
         seq: 0,
         ts_ms: l.ts_ms,
         stream: l.stream.to_string(),
         level: l.level,
-        message: l.message,
+        message: redactor.redact_string(l.message),
     }
 }

@@ -3,4 +3,5 @@
 pub mod deployments;
 pub mod devboxes;
 pub mod invocations;
+pub mod secrets;
 pub mod slots;

@@ -157,6 +157,12 @@ impl Server {
         }
     }
 
+    /// Set (or replace) an environment variable for the next [`Server::spawn`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -366,4 +372,40 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// The version of Runloop's Python client the tests drive the API with, pinned so that a new
+/// release cannot change what the tests check.
+pub const RUNLOOP_CLIENT_VERSION: &str = "3.0.0";
+
+/// A virtual environment with Runloop's real client (`runloop_api_client` from PyPI, at
+/// [`RUNLOOP_CLIENT_VERSION`]), built once and cached under `target/`.
+pub fn runloop_client_venv() -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = repo_root().join(format!(
+        "target/test-venvs/runloop-client-{RUNLOOP_CLIENT_VERSION}"
+    ));
+    let python = dir.join("bin/python");
+    if dir.join(".ready").exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = Command::new("uv")
+        .args(["venv", "--quiet", "--python", "/usr/bin/python3"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "uv venv failed");
+    let ok = Command::new("uv")
+        .args(["pip", "install", "--quiet", "--python"])
+        .arg(&python)
+        .arg(format!("runloop_api_client=={RUNLOOP_CLIENT_VERSION}"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "installing runloop_api_client from PyPI failed");
+    std::fs::write(dir.join(".ready"), "").unwrap();
+    python
 }

@@ -5,8 +5,10 @@
 //! (root-only, never mounted into a sandbox), removed with the devbox; the server keeps only
 //! their lengths. Each stream keeps at most [`MAX_KEPT_OUTPUT`] bytes, and all executions of
 //! one devbox together at most the configured `devbox_exec_output_bytes`; output past either
-//! is dropped and the stream marked truncated.
+//! is dropped and the stream marked truncated. Values of the secrets the devbox was given are
+//! redacted before output is written, so every reader (views, streams) sees only the marker.
 
+use crate::services::secrets::{Redactor, StreamRedactor};
 use openloop_sandbox::{Devbox, OutputChunk};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -63,6 +65,8 @@ pub struct OutputStore {
     /// The devbox's directory of output files.
     pub dir: PathBuf,
     pub budget: Arc<OutputBudget>,
+    /// The devbox's secret values, replaced before anything is written.
+    pub redactor: Arc<Redactor>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -157,6 +161,7 @@ impl Execution {
                         me.push(&output, &mut files, OutputChunk::Stderr(err)).await;
                     }
                 }
+                me.flush_redacted(&output, &mut files).await;
             };
             let (result, _) = tokio::join!(run, pump);
             match result {
@@ -165,6 +170,7 @@ impl Execution {
                         me.push(&output, &mut files, OutputChunk::Stderr(
                             b"\nopenloop: the command was killed for using more than the devbox's memory limit\n".to_vec(),
                         )).await;
+                        me.flush_redacted(&output, &mut files).await;
                     }
                     me.finish(out.exit.shell_code(), None)
                 }
@@ -188,12 +194,37 @@ impl Execution {
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Append a chunk to its stream's file, within the stream's and the devbox's caps.
+    /// Append a chunk to its stream's file, secrets redacted (a piece that could be the start
+    /// of a value waits for the next chunk), within the stream's and the devbox's caps.
     async fn push(&self, output: &OutputStore, files: &mut Files, chunk: OutputChunk) {
         let (which, data) = match chunk {
             OutputChunk::Stdout(d) => (Stream::Stdout, d),
             OutputChunk::Stderr(d) => (Stream::Stderr, d),
         };
+        let data = files.redact(which).push(&output.redactor, &data);
+        self.write_kept(output, files, which, data).await;
+    }
+
+    /// Write what redaction held back at the end of the streams.
+    async fn flush_redacted(&self, output: &OutputStore, files: &mut Files) {
+        for which in [Stream::Stdout, Stream::Stderr] {
+            let rest = files.redact(which).finish(&output.redactor);
+            if !rest.is_empty() {
+                self.write_kept(output, files, which, rest).await;
+            }
+        }
+    }
+
+    async fn write_kept(
+        &self,
+        output: &OutputStore,
+        files: &mut Files,
+        which: Stream,
+        data: Vec<u8>,
+    ) {
+        if data.is_empty() {
+            return;
+        }
         let kept = self.kept(which);
         let room = (MAX_KEPT_OUTPUT as u64).saturating_sub(kept.len);
         let want = (data.len() as u64).min(room);
@@ -378,14 +409,25 @@ impl Execution {
     }
 }
 
-/// The two output files of a running execution, opened on first output.
+/// The two output files of a running execution, opened on first output, and what redaction
+/// holds back of each stream.
 #[derive(Default)]
 struct Files {
     stdout: Option<tokio::fs::File>,
     stderr: Option<tokio::fs::File>,
+    redact_stdout: StreamRedactor,
+    redact_stderr: StreamRedactor,
 }
 
 impl Files {
+    fn redact(&mut self, which: Stream) -> &mut StreamRedactor {
+        if which == Stream::Stdout {
+            &mut self.redact_stdout
+        } else {
+            &mut self.redact_stderr
+        }
+    }
+
     async fn write(
         &mut self,
         path: &std::path::Path,

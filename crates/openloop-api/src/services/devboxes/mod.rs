@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
+use crate::services::secrets::Secrets;
 use executions::{Execution, OutputBudget, OutputStore};
 use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::disk::DiskPool;
@@ -55,7 +56,7 @@ pub struct CreateDevbox {
     pub name: Option<String>,
     #[serde(default)]
     pub environment_variables: Option<BTreeMap<String, String>>,
-    /// Environment variable name → value (Openloop has no separate secret store).
+    /// Environment variable name → secret name (`/v1/secrets`), as Runloop's client sends it.
     #[serde(default)]
     pub secrets: Option<BTreeMap<String, String>>,
     #[serde(default)]
@@ -146,6 +147,7 @@ pub struct Devboxes {
     /// Devboxes being created or live → who they count against (devboxes never outlive
     /// the server process, so this is the whole truth).
     owners: Mutex<HashMap<String, Owner>>,
+    secrets: Arc<Secrets>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -157,7 +159,12 @@ fn status(status: &str) -> StatusChange<'_> {
 
 impl Devboxes {
     /// Must be called inside the Tokio runtime (the disk pool fills in the background).
-    pub fn new(store: Store, config: Arc<ServerConfig>, notifier: Notifier) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<ServerConfig>,
+        notifier: Notifier,
+        secrets: Arc<Secrets>,
+    ) -> Self {
         let pool = (config.devbox_disk_pool > 0).then(|| {
             DiskPool::start(
                 config.data_dir.join("disk-pool"),
@@ -177,6 +184,7 @@ impl Devboxes {
             executions: Mutex::new(HashMap::new()),
             by_command_id: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            secrets,
         }
     }
 
@@ -348,7 +356,13 @@ impl Devboxes {
         let res = self.resources(&req)?;
         let params = req.launch_parameters.clone().unwrap_or_default();
         let mut env = req.environment_variables.clone().unwrap_or_default();
-        env.extend(req.secrets.clone().unwrap_or_default());
+        // Opened here, only to be set in the sandbox; output of its commands is redacted.
+        let given = self
+            .secrets
+            .resolve_for(principal, &req.secrets.clone().unwrap_or_default())
+            .await?;
+        env.extend(given.env);
+        let redactor = Arc::new(given.redactor);
         for k in env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(ApiError::BadRequest(format!(
@@ -417,6 +431,7 @@ impl Devboxes {
         let output = OutputStore {
             dir: self.output_dir(&id),
             budget: Arc::new(OutputBudget::new(self.config.devbox_exec_output_bytes)),
+            redactor: redactor.clone(),
         };
         if let Err(e) = create_private_dir(&output.dir).await {
             devbox.shutdown().await;
@@ -466,6 +481,7 @@ impl Devboxes {
                 Err(e) => Some(format!("launch command {cmd:?} failed: {e}")),
             };
             if let Some(reason) = failed {
+                let reason = redactor.redact_string(reason);
                 self.fail(&id, "execution_failed", &reason).await?;
                 self.stop(&id).await;
                 return self.view(&id).await;
