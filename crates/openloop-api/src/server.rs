@@ -4,6 +4,7 @@ use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::notify::Notifier;
 use crate::routes::router;
+use crate::services::network_policies::NetworkPolicies;
 use crate::services::secrets::{SecretKey, SecretKeyError, Secrets};
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use crate::state::AppState;
@@ -79,6 +80,7 @@ pub async fn serve(
         SecretKey::load(&config.secrets_key)?,
     ));
     secrets.check_key().await?;
+    let network_policies = Arc::new(NetworkPolicies::new(store.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServeError::Bind(config.listen, e))?;
@@ -89,6 +91,7 @@ pub async fn serve(
         config.clone(),
         notifier.clone(),
         secrets.clone(),
+        network_policies.clone(),
     ));
     devboxes.recover().await?;
     devboxes.start_warm_pool();
@@ -100,6 +103,7 @@ pub async fn serve(
             tokens.clone(),
             devboxes.clone(),
             secrets.clone(),
+            network_policies.clone(),
         )
         .await?,
     );
@@ -120,6 +124,7 @@ pub async fn serve(
         invocations: invocations.clone(),
         deployments,
         secrets,
+        network_policies,
     };
     // Warm processes for every live deployment, then the queue left by a previous process.
     let warm = invocations.clone();

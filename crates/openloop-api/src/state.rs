@@ -3,6 +3,7 @@
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::notify::Notifier;
+use crate::services::network_policies::NetworkPolicies;
 use crate::services::secrets::Secrets;
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use openloop_store::Store;
@@ -18,4 +19,5 @@ pub struct AppState {
     pub invocations: Arc<Invocations>,
     pub deployments: Arc<Deployments>,
     pub secrets: Arc<Secrets>,
+    pub network_policies: Arc<NetworkPolicies>,
 }

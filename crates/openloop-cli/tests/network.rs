@@ -73,20 +73,21 @@ impl FakeNet {
             "a network namespace for the test: {}",
             std::io::Error::last_os_error()
         );
-        let name = format!("olfake{}", std::process::id());
+        // Unique per test: tests of one process run at once, each in its own namespace.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let name = format!("olfake{tag}");
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
             .status();
         ip("link set lo up");
         ip(&format!("netns add {name}"));
+        let (here, there) = (format!("olv{tag}"), format!("olp{tag}"));
         ip(&format!(
-            "link add olv{0} type veth peer name olp{0} netns {name}",
-            std::process::id() % 10000
+            "link add {here} type veth peer name {there} netns {name}"
         ));
-        let (here, there) = (
-            format!("olv{}", std::process::id() % 10000),
-            format!("olp{}", std::process::id() % 10000),
-        );
         ip(&format!("addr add 10.77.0.1/24 dev {here}"));
         ip(&format!("link set {here} up"));
         for addr in [
@@ -192,22 +193,209 @@ async fn function_sandboxes_carry_the_egress_rules() {
         .invoke_sync("isolation_agent", "reach", json!({"ports": []}))
         .await;
     assert_eq!(inv["status"], "success", "{inv}");
-    // The warm process's jail: a descendant of the server whose network namespace differs.
-    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-    let mut found = None;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        if String::from_utf8_lossy(&cmdline).contains("runloop._host") && ns.as_ref() != Some(&own)
-        {
-            found = Some(pid);
-            break;
-        }
+    let rules = warm_rules(server.pid()).await;
+    for needle in [
+        "169.254.0.0/16",
+        "10.0.0.0/8",
+        "192.168.0.0/16",
+        "fe80::/10",
+        "reject",
+    ] {
+        assert!(rules.contains(needle), "{needle} missing from:\n{rules}");
     }
-    let pid = found.expect("no warm process in a network namespace of its own");
+}
+
+/// Runloop's network-policies API, driven by Runloop's own client.
+#[tokio::test]
+async fn network_policies_work_with_runloops_client() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let python = common::runloop_client_venv();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/runloop_network_policy_check.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("OPENLOOP_URL", &server.url)
+        .env("OPENLOOP_API_KEY", &server.key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the client check failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all network policy calls worked"),
+        "{stdout}"
+    );
+}
+
+async fn create_policy(server: &Server, body: serde_json::Value) -> String {
+    let r = server
+        .post("/v1/network-policies")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "create policy: {status} {v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// A network policy decides where a devbox's traffic goes: only its CIDRs at their ports, all
+/// but the host with `allow_all`, nothing with an empty policy.
+#[test]
+fn network_policies_decide_where_devboxes_reach() {
+    let net = FakeNet::enter();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::start(Db::Sqlite).await.unwrap();
+        let lan_web = create_policy(
+            &server,
+            json!({"name": "lan-web", "allowed_cidrs": [
+                {"cidr": "192.168.77.2/32", "ports": [{"port": 80, "protocol": "TCP"}]}]}),
+        )
+        .await;
+        let all = create_policy(&server, json!({"name": "all", "allow_all": true})).await;
+        let none = create_policy(&server, json!({"name": "none"})).await;
+        let reach = |host: &str| {
+            format!(
+                "timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; head -1 <&3' 2>&1"
+            )
+        };
+        let cases: [(&str, &[(&str, bool)]); 3] = [
+            (
+                &lan_web,
+                &[
+                    ("192.168.77.2", true),
+                    ("203.0.113.7", false),
+                    ("169.254.169.254", false),
+                    ("10.77.0.2", false),
+                ],
+            ),
+            (
+                &all,
+                &[
+                    ("192.168.77.2", true),
+                    ("203.0.113.7", true),
+                    ("10.77.0.2", true),
+                    // The host itself stays out of reach whatever the policy.
+                    ("10.77.0.1", false),
+                ],
+            ),
+            (&none, &[("203.0.113.7", false), ("192.168.77.2", false)]),
+        ];
+        for (policy, expect) in cases {
+            let d = server
+                .create_devbox(json!({"launch_parameters": {"network_policy_id": policy}}))
+                .await;
+            for (host, reachable) in expect {
+                let (code, out, _) = server.exec(&d, &reach(host)).await;
+                if *reachable {
+                    assert!(
+                        code == 0 && out.starts_with("HTTP/1.0 200"),
+                        "policy {policy}: {host} unreachable: {out}"
+                    );
+                } else {
+                    assert_ne!(code, 0, "policy {policy}: {host} reachable: {out}");
+                }
+            }
+        }
+        // An unknown policy is a clear error, not a devbox without rules.
+        let r = server
+            .post("/v1/devboxes")
+            .json(&json!({"launch_parameters": {"network_policy_id": "np_missing"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(r.text().await.unwrap().contains("np_missing"));
+    });
+    drop(net);
+}
+
+/// A deployment's `runloop.toml` names the policy its function code runs under.
+#[tokio::test]
+async fn deployments_run_under_their_network_policy() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    create_policy(
+        &server,
+        json!({"name": "fn-lan", "allowed_cidrs": [{"cidr": "192.168.77.0/24"}]}),
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("isolation_agent");
+    common::copy_dir(&fixture("isolation_agent"), &project);
+    let toml = std::fs::read_to_string(project.join("runloop.toml")).unwrap();
+    std::fs::write(
+        project.join("runloop.toml"),
+        format!("{toml}\n[network]\npolicy = \"fn-lan\"\n"),
+    )
+    .unwrap();
+    server.deploy_ok(&project);
+    let rules = warm_rules(server.pid()).await;
+    assert!(rules.contains("ip daddr 192.168.77.0/24 accept"), "{rules}");
+    assert!(!rules.contains("169.254.0.0/16"), "{rules}");
+
+    // A policy that does not exist fails the deploy, naming it.
+    std::fs::write(
+        project.join("runloop.toml"),
+        format!("{toml}\n[network]\npolicy = \"no-such-policy\"\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = server.deploy_cli(&project, &[]);
+    assert!(!ok);
+    assert!(
+        format!("{out}{err}").contains("no-such-policy"),
+        "{out}{err}"
+    );
+}
+
+/// The parent of a process, from `/proc/PID/stat`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields follow the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The egress table in the network namespace of `server`'s warm process (a descendant of the
+/// server in a network namespace of its own).
+async fn warm_rules(server: u32) -> String {
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let descends = |mut pid: u32| {
+        while let Some(p) = parent(pid) {
+            if p == server {
+                return true;
+            }
+            if p <= 1 {
+                return false;
+            }
+            pid = p;
+        }
+        false
+    };
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            String::from_utf8_lossy(&cmdline).contains("runloop._host")
+                && ns.as_ref() != Some(&own)
+                && descends(*pid)
+        })
+        .expect("no warm process in a network namespace of its own");
     let out = std::process::Command::new("nsenter")
         .args([
             "-t",
@@ -221,19 +409,10 @@ async fn function_sandboxes_carry_the_egress_rules() {
         ])
         .output()
         .unwrap();
-    let rules = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for needle in [
-        "169.254.0.0/16",
-        "10.0.0.0/8",
-        "192.168.0.0/16",
-        "fe80::/10",
-        "reject",
-    ] {
-        assert!(rules.contains(needle), "{needle} missing from:\n{rules}");
-    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -117,6 +117,11 @@ async fn build_in(
             given.join(", ")
         ));
     }
+    if let Some(p) = &toml.network_policy {
+        let _ = log.send(format!(
+            "runloop.toml: function code runs under network policy '{p}'"
+        ));
+    }
     let requirements = match std::fs::read_to_string(repo.join("requirements.txt")) {
         Ok(r) => r,
         Err(_) => {
@@ -141,6 +146,7 @@ async fn build_in(
             source_dir: repo.to_string_lossy().into_owned(),
             functions,
             secrets: toml.secrets,
+            network_policy: toml.network_policy,
         },
     })
 }

@@ -7,6 +7,9 @@
 //!
 //! [secrets]            # environment variable = secret name (see /v1/secrets)
 //! OPENAI_API_KEY = "openai"
+//!
+//! [network]
+//! policy = "egress-openai"   # a network policy's id or name (see /v1/network-policies)
 //! ```
 
 use crate::DeployError;
@@ -27,6 +30,15 @@ struct File {
     module: Option<ModuleConfig>,
     #[serde(default)]
     secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    network: NetworkTable,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkTable {
+    /// The network policy (id or name) the deployment's function code runs under.
+    policy: Option<String>,
 }
 
 /// The whole of `runloop.toml`.
@@ -35,12 +47,21 @@ pub struct RunloopToml {
     pub module: ModuleConfig,
     /// Environment variable → secret name: what every run of the deployment is given.
     pub secrets: BTreeMap<String, String>,
+    /// `[network] policy`: the network policy (id or name) function code runs under.
+    pub network_policy: Option<String>,
 }
 
 impl RunloopToml {
     /// Read and check `runloop.toml` at the root of `repo`.
     pub fn load(repo: &Path) -> Result<RunloopToml, DeployError> {
-        let (module, secrets) = ModuleConfig::load_with_secrets(repo)?;
+        let (module, secrets, network) = ModuleConfig::load_with_secrets(repo)?;
+        if let Some(p) = &network.policy {
+            if p.trim().is_empty() {
+                return Err(DeployError::Config(
+                    "[network] policy must name a network policy (its id or name)".into(),
+                ));
+            }
+        }
         for (var, name) in &secrets {
             if !is_env_name(var) {
                 return Err(DeployError::Config(format!(
@@ -58,7 +79,11 @@ impl RunloopToml {
                 )));
             }
         }
-        Ok(RunloopToml { module, secrets })
+        Ok(RunloopToml {
+            module,
+            secrets,
+            network_policy: network.policy,
+        })
     }
 }
 
@@ -71,12 +96,12 @@ fn is_env_name(s: &str) -> bool {
 impl ModuleConfig {
     /// Read and check the `[module]` table of `runloop.toml` at the root of `repo`.
     pub fn load(repo: &Path) -> Result<ModuleConfig, DeployError> {
-        Self::load_with_secrets(repo).map(|(m, _)| m)
+        Self::load_with_secrets(repo).map(|(m, _, _)| m)
     }
 
     fn load_with_secrets(
         repo: &Path,
-    ) -> Result<(ModuleConfig, BTreeMap<String, String>), DeployError> {
+    ) -> Result<(ModuleConfig, BTreeMap<String, String>, NetworkTable), DeployError> {
         let path = repo.join("runloop.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             DeployError::Config(format!(
@@ -85,7 +110,7 @@ impl ModuleConfig {
         })?;
         let file: File = toml::from_str(&text)
             .map_err(|e| DeployError::Config(format!("not valid TOML: {}", e.message())))?;
-        let secrets = file.secrets;
+        let (secrets, network) = (file.secrets, file.network);
         let m = file.module.ok_or_else(|| {
             DeployError::Config("missing the [module] table (with `path` and `name`)".into())
         })?;
@@ -113,7 +138,7 @@ impl ModuleConfig {
                 m.path
             )));
         }
-        Ok((m, secrets))
+        Ok((m, secrets, network))
     }
 
     /// The directory to put on `sys.path`.

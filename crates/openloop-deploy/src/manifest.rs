@@ -29,6 +29,9 @@ pub struct Manifest {
     /// `runloop.toml` `[secrets]`: environment variable → secret name (names, never values).
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// `runloop.toml` `[network] policy`: the network policy function code runs under.
+    #[serde(default)]
+    pub network_policy: Option<String>,
 }
 
 impl Manifest {

@@ -39,6 +39,8 @@ pub struct DevboxSpec {
     pub disk_bytes: u64,
     /// Outbound network through slirp4netns (never the host's loopback); otherwise none.
     pub network: bool,
+    /// Where outbound traffic may go (the default egress rules when `None`).
+    pub egress: Option<crate::egress::EgressPolicy>,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -107,7 +109,7 @@ impl Devbox {
         };
         let (pid, exited, inner_pid, control) = started;
         let network = if spec.network {
-            match start_network(inner_pid, &cgroup).await {
+            match start_network(inner_pid, &cgroup, spec.egress.clone()).await {
                 Ok(child) => Some(child),
                 Err(e) => {
                     unsafe {
@@ -409,6 +411,7 @@ fn read_child_pid(mut info: std::fs::File) -> Option<i32> {
 async fn start_network(
     inner_pid: i32,
     cgroup: &Cgroup,
+    policy: Option<crate::egress::EgressPolicy>,
 ) -> Result<tokio::process::Child, SandboxError> {
     if inner_pid <= 0 {
         return Err(SandboxError::Start(
@@ -416,7 +419,7 @@ async fn start_network(
         ));
     }
     // The egress rules are in the namespace before it has any way out.
-    tokio::task::spawn_blocking(move || crate::egress::apply_rules(inner_pid))
+    tokio::task::spawn_blocking(move || crate::egress::apply_rules(inner_pid, policy.as_ref()))
         .await
         .map_err(|e| SandboxError::Start(e.to_string()))?
         .map_err(|e| SandboxError::Start(format!("the devbox's egress rules: {e}")))?;

@@ -10,6 +10,7 @@
 //!
 //! Both run from blocking code (the jail launcher, or a blocking task of the server).
 
+use serde::{Deserialize, Serialize};
 use std::io::{Error, Result, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,6 +44,63 @@ pub const DENIED_V6: &[&str] = &[
 
 /// slirp4netns's resolver inside the namespace: the one private address a sandbox may use.
 pub const RESOLVER: &str = "10.0.2.3";
+
+/// Where a sandbox's traffic may go (Runloop's network policy, as the sandbox applies it).
+///
+/// Without a policy a sandbox reaches the public internet and nothing private (see the module
+/// documentation). With one: `allow_all` lifts the private-range rule (loopback and the
+/// host's own addresses stay refused: a sandbox never reaches its host); otherwise only the
+/// `allowed_cidrs` are reachable, at their ports, and nothing else (an empty list denies all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressPolicy {
+    pub allow_all: bool,
+    pub allowed_cidrs: Vec<CidrRule>,
+}
+
+/// An IPv4 network a policy allows, at some ports (all when empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CidrRule {
+    /// Canonical `a.b.c.d/n` (host bits zero).
+    pub cidr: String,
+    pub ports: Vec<PortRule>,
+}
+
+/// A port or an inclusive port range, for TCP, UDP or both (`protocol: None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRule {
+    pub port: u16,
+    pub end_port: Option<u16>,
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Check an IPv4 CIDR: `a.b.c.d/n`, `n` at most 32, host bits zero. The error says why.
+pub fn check_cidr(cidr: &str) -> std::result::Result<(), String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("'{cidr}' is not a CIDR block like '10.12.0.0/16'"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("'{cidr}': '{addr}' is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("'{cidr}': the prefix length must be 0 to 32"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!(
+            "'{cidr}' has host bits set; write it in canonical form ({}/{len})",
+            std::net::Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    Ok(())
+}
 
 /// A namespace's outbound network; it ends when this is dropped (slirp4netns sees its exit
 /// descriptor close) or when the namespace's last process is gone.
@@ -107,9 +165,10 @@ pub fn slirp_command(pid: i32, userns: &str) -> Command {
 }
 
 /// Give the network namespace of `pid` (whose own user namespace owns it) outbound access
-/// with the default rules. Returns once the namespace is configured and filtered.
-pub fn attach(pid: i32) -> Result<Attached> {
-    apply_rules(pid)?;
+/// under `policy` (the default rules when `None`). Returns once the namespace is configured
+/// and filtered.
+pub fn attach(pid: i32, policy: Option<&EgressPolicy>) -> Result<Attached> {
+    apply_rules(pid, policy)?;
     let (ready_r, ready_w) = pipe()?;
     let (exit_r, exit_w) = pipe()?;
     let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
@@ -156,10 +215,14 @@ pub fn attach(pid: i32) -> Result<Attached> {
     })
 }
 
-/// Install the default egress rules in the network namespace of `pid` (`nft -f -` run
-/// inside it).
-pub fn apply_rules(pid: i32) -> Result<()> {
-    let rules = default_rules(&host_addresses());
+/// Install the egress rules of `policy` (the default rules when `None`) in the network
+/// namespace of `pid` (`nft -f -` run inside it).
+pub fn apply_rules(pid: i32, policy: Option<&EgressPolicy>) -> Result<()> {
+    let host = host_addresses();
+    let rules = match policy {
+        None => default_rules(&host),
+        Some(p) => policy_rules(p, &host),
+    };
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     let netns_fd = netns.as_raw_fd();
     let mut cmd = Command::new(tool("nft"));
@@ -258,9 +321,116 @@ pub fn default_rules(host: &[IpAddr]) -> String {
     )
 }
 
+/// The nftables table for a sandbox under `policy`: loopback and the resolver as always, the
+/// host's own addresses and loopback ranges refused always; then either everything
+/// (`allow_all`) or only the allowed networks at their ports.
+pub fn policy_rules(policy: &EgressPolicy, host: &[IpAddr]) -> String {
+    let mut v4: Vec<String> = vec!["127.0.0.0/8".into(), "0.0.0.0/8".into()];
+    let mut v6: Vec<String> = vec!["::1/128".into(), "::/128".into()];
+    for a in host {
+        match a {
+            IpAddr::V4(a) => v4.push(a.to_string()),
+            IpAddr::V6(a) => v6.push(a.to_string()),
+        }
+    }
+    let mut allow = String::new();
+    for rule in &policy.allowed_cidrs {
+        if rule.ports.is_empty() {
+            allow.push_str(&format!("    ip daddr {} accept\n", rule.cidr));
+        }
+        for p in &rule.ports {
+            let ports = match p.end_port {
+                Some(end) if end > p.port => format!("{}-{end}", p.port),
+                _ => p.port.to_string(),
+            };
+            let protocols: &[&str] = match p.protocol {
+                Some(Protocol::Tcp) => &["tcp"],
+                Some(Protocol::Udp) => &["udp"],
+                None => &["tcp", "udp"],
+            };
+            for proto in protocols {
+                allow.push_str(&format!(
+                    "    ip daddr {} {proto} dport {ports} accept\n",
+                    rule.cidr
+                ));
+            }
+        }
+    }
+    let rest = if policy.allow_all {
+        "    accept\n"
+    } else {
+        "    reject with icmpx type admin-prohibited\n"
+    };
+    format!(
+        "table inet openloop_egress {{
+  set denied_v4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
+  set denied_v6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    oifname \"lo\" accept
+    ip daddr {RESOLVER} udp dport 53 accept
+    ip daddr {RESOLVER} tcp dport 53 accept
+    ip daddr @denied_v4 reject with icmpx type admin-prohibited
+    ip6 daddr @denied_v6 reject with icmpx type admin-prohibited
+{allow}{rest}  }}
+}}
+",
+        v4 = v4.join(", "),
+        v6 = v6.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs_must_be_canonical_ipv4() {
+        assert!(check_cidr("10.12.0.0/16").is_ok());
+        assert!(check_cidr("0.0.0.0/0").is_ok());
+        assert!(check_cidr("10.12.0.1/16")
+            .unwrap_err()
+            .contains("10.12.0.0/16"));
+        assert!(check_cidr("10.12.0.0/33").is_err());
+        assert!(check_cidr("example.com/8").is_err());
+        assert!(check_cidr("10.0.0.0").is_err());
+    }
+
+    #[test]
+    fn policies_allow_their_networks_and_ports_only() {
+        let p = EgressPolicy {
+            allow_all: false,
+            allowed_cidrs: vec![CidrRule {
+                cidr: "192.168.77.0/24".into(),
+                ports: vec![PortRule {
+                    port: 80,
+                    end_port: Some(81),
+                    protocol: Some(Protocol::Tcp),
+                }],
+            }],
+        };
+        let r = policy_rules(&p, &["203.0.113.9".parse().unwrap()]);
+        assert!(
+            r.contains("ip daddr 192.168.77.0/24 tcp dport 80-81 accept"),
+            "{r}"
+        );
+        assert!(!r.contains("udp dport 80"), "{r}");
+        assert!(
+            r.trim_end()
+                .ends_with("reject with icmpx type admin-prohibited\n  }\n}"),
+            "{r}"
+        );
+        assert!(r.contains("203.0.113.9"), "the host stays refused: {r}");
+        let all = policy_rules(
+            &EgressPolicy {
+                allow_all: true,
+                allowed_cidrs: vec![],
+            },
+            &[],
+        );
+        assert!(all.contains("    accept\n  }"), "{all}");
+        assert!(all.contains("127.0.0.0/8"), "{all}");
+    }
 
     #[test]
     fn rules_deny_the_ranges_and_the_host() {

@@ -104,6 +104,9 @@ pub struct JailSpec {
     pub cwd: PathBuf,
     pub hostname: String,
     pub network: Network,
+    /// Where [`Network::Outbound`] traffic may go (the default rules when `None`).
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressPolicy>,
     pub seccomp: SeccompProfile,
     /// Descriptors beyond 0, 1 and 2 that stay open (for example a control socket as 3).
     pub keep_fds: Vec<i32>,
@@ -319,7 +322,7 @@ fn launch(spec: &JailSpec) -> Result<i32> {
     // The outbound network is in place before anything in the jail runs; it ends with this
     // process (its exit descriptor closes).
     let _network = if spec.network == Network::Outbound {
-        match crate::egress::attach(child) {
+        match crate::egress::attach(child, spec.egress.as_ref()) {
             Ok(n) => Some(n),
             Err(e) => {
                 unsafe { libc::kill(child, libc::SIGKILL) };

@@ -59,6 +59,8 @@ pub struct PythonSandbox {
     /// The working directory inside.
     pub cwd: PathBuf,
     pub network: Network,
+    /// Where outbound traffic may go (the default rules when `None`).
+    pub egress: Option<crate::egress::EgressPolicy>,
     pub seccomp: SeccompProfile,
     /// `cgroup.procs` files the sandbox joins before anything in it runs.
     pub cgroup_procs: Vec<CString>,
@@ -78,6 +80,7 @@ impl PythonSandbox {
             env: Vec::new(),
             cwd: PathBuf::from(APP),
             network: Network::Host,
+            egress: None,
             seccomp: SeccompProfile::Sandbox,
             cgroup_procs: Vec::new(),
             keep_fds: Vec::new(),
@@ -122,6 +125,7 @@ impl PythonSandbox {
             cwd: self.cwd.clone(),
             hostname: "openloop".into(),
             network: self.network,
+            egress: self.egress.clone(),
             seccomp: self.seccomp,
             keep_fds: self.keep_fds.clone(),
             program: PathBuf::from(program),

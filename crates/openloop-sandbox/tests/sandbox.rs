@@ -44,6 +44,7 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         },
         disk_bytes,
         network,
+        egress: None,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }

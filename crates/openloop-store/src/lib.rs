@@ -5,6 +5,7 @@
 //! - [`deployments`]: projects, deployments and build logs.
 //! - [`invocations`]: invocations and their logs.
 //! - [`devboxes`]: devbox records.
+//! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //!
 //! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
@@ -15,6 +16,7 @@ pub mod deployments;
 pub mod devboxes;
 pub mod invocations;
 pub mod keys;
+pub mod network_policies;
 pub mod secrets;
 
 pub use db::Store;

@@ -300,7 +300,7 @@ class Host:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(self.control, selectors.EVENT_READ, "control")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self._fork_spare()
+        self._try_fork_spare()
         self.send({"event": "ready", "functions": sorted(self.functions)})
         while True:
             for key, _ in self.sel.select():
@@ -349,7 +349,7 @@ class Host:
             self.by_invocation[msg["invocation_id"]] = pid
             self.send({"id": msg["id"], "pid": pid})
             # The next run's process is forked now, off that run's critical path.
-            self._fork_spare()
+            self._try_fork_spare()
         elif op == "kill":
             pid = self.by_invocation.get(msg.get("invocation_id", ""))
             if pid is not None:
@@ -357,6 +357,14 @@ class Host:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def _try_fork_spare(self) -> None:
+        """Fork the next run's process ahead of time if the system lets us (at its process
+        limit it does not); the next run forks its own otherwise."""
+        try:
+            self._fork_spare()
+        except OSError as e:
+            print(f"openloop: could not fork a process ahead of time: {e}", file=sys.stderr)
 
     def _fork_spare(self) -> None:
         """Fork and isolate the next run's process ahead of time; it waits on a pipe."""
@@ -427,7 +435,12 @@ class Host:
         """Give the run to the waiting process (forking one if there is none); its pid."""
         last = "no process could be started"
         for _ in range(2):
-            self._fork_spare()
+            try:
+                self._fork_spare()
+            except OSError as e:
+                raise RuntimeError(
+                    f"could not start the run's process: {e} (the deployment's process limit)"
+                ) from None
             spare = self.spare
             assert spare is not None
             self.spare = None

@@ -4,6 +4,7 @@ mod deployments;
 mod devboxes;
 mod functions;
 mod keys;
+mod network_policies;
 mod openapi;
 mod secrets;
 
@@ -132,6 +133,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/secrets/id/{id}", get(secrets::get_by_id))
         .route("/v1/secrets/id/{id}/update", post(secrets::update_by_id))
         .route("/v1/secrets/id/{id}/delete", post(secrets::delete_by_id))
+        .route(
+            "/v1/network-policies",
+            post(network_policies::create).get(network_policies::list),
+        )
+        .route(
+            "/v1/network-policies/{id}",
+            get(network_policies::get).post(network_policies::update),
+        )
+        .route(
+            "/v1/network-policies/{id}/delete",
+            post(network_policies::delete),
+        )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
         .route("/openapi.json", get(openapi::document))

@@ -198,6 +198,27 @@ const OPERATIONS: &[(&str, &str, &str)] = &[
         "/v1/secrets/id/{id}/delete",
         "Delete a secret by id",
     ),
+    (
+        "post",
+        "/v1/network-policies",
+        "Create a network policy: {name, description, allow_all, allowed_cidrs, allowed_hostnames, …}",
+    ),
+    (
+        "get",
+        "/v1/network-policies",
+        "List network policies (filters: id, name; paged: limit, starting_after)",
+    ),
+    ("get", "/v1/network-policies/{id}", "A network policy"),
+    (
+        "post",
+        "/v1/network-policies/{id}",
+        "Update a network policy (every field optional)",
+    ),
+    (
+        "post",
+        "/v1/network-policies/{id}/delete",
+        "Delete a network policy",
+    ),
 ];
 
 pub async fn document() -> Json<Value> {

@@ -6,6 +6,7 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::services::devboxes::Devboxes;
+use crate::services::network_policies::NetworkPolicies;
 use crate::services::secrets::{Redactor, Secrets};
 use crate::services::slots::{Permits, RunSlots};
 use openloop_deploy::Manifest;
@@ -24,7 +25,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 /// Size of a warm process's own `/tmp` (each run mounts its own over it).
 const WARM_TMP_BYTES: u64 = 64 << 20;
-/// Processes a warm process may hold: itself and the spare process of its next run.
+/// Processes a warm process holds beside the runs it forked: itself, its egress helper, and
+/// the spare process of its next run.
 const WARM_PIDS: u64 = 64;
 /// Warm processes started by this server, to name each one's cgroup uniquely.
 static WARM_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -36,6 +38,7 @@ pub struct Invocations {
     tokens: Tokens,
     devboxes: Arc<Devboxes>,
     secrets: Arc<Secrets>,
+    network_policies: Arc<NetworkPolicies>,
     channels: Arc<Channels>,
     /// Warm processes by deployment id, with their project.
     hosts: Mutex<HashMap<String, (String, Arc<WarmHost>)>>,
@@ -76,6 +79,7 @@ impl Invocations {
         tokens: Tokens,
         devboxes: Arc<Devboxes>,
         secrets: Arc<Secrets>,
+        network_policies: Arc<NetworkPolicies>,
     ) -> std::io::Result<Self> {
         // The engine socket sits on a tmpfs of its own (in the server's private mount
         // namespace), so a sandbox it is bound into sees no host path in its mount table.
@@ -105,6 +109,7 @@ impl Invocations {
             tokens,
             devboxes,
             secrets,
+            network_policies,
             channels,
             hosts: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
@@ -173,9 +178,13 @@ impl Invocations {
             .bind(Path::new(&m.source_dir), python::APP, false)
             .bind(self.channels.socket_path(), python::ENGINE_SOCKET, false)
             .bind(&self.config.api_socket(), python::API_SOCKET, false);
-        // Outbound through slirp4netns with the egress rules, and no network path to the
-        // host at all: the API is reached through its socket.
+        // Outbound through slirp4netns with the egress rules (the deployment's network policy,
+        // or the defaults), and no network path to the host at all: the API is reached
+        // through its socket.
         sandbox.network = Network::Outbound;
+        if let Some(policy) = &m.network_policy {
+            sandbox.egress = Some(self.network_policies.resolve(policy).await?);
+        }
         let spec = HostSpec {
             deployment_id: dep.id.clone(),
             python: PathBuf::from(python::VENV).join("bin/python"),
@@ -193,7 +202,9 @@ impl Invocations {
             ),
             limits: Limits {
                 memory_bytes: self.config.warm_memory_mb << 20,
-                pids: WARM_PIDS,
+                // A run's process stays in this cgroup until the server moves it into the
+                // run's own (two processes each while it is being isolated).
+                pids: WARM_PIDS + 2 * self.config.max_concurrent_runs as u64,
                 cpu_shares: 1024,
             },
         };

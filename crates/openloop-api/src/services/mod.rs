@@ -3,5 +3,6 @@
 pub mod deployments;
 pub mod devboxes;
 pub mod invocations;
+pub mod network_policies;
 pub mod secrets;
 pub mod slots;

@@ -10,10 +10,12 @@ use crate::auth::Principal;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
+use crate::services::network_policies::NetworkPolicies;
 use crate::services::secrets::Secrets;
 use executions::{Execution, OutputBudget, OutputStore};
 use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::disk::DiskPool;
+use openloop_sandbox::egress::EgressPolicy;
 use openloop_sandbox::{image, Devbox, DevboxSpec, SandboxConfig};
 
 /// Disk of a devbox that asks for no particular size, in GiB.
@@ -78,6 +80,8 @@ struct Resources {
     limits: Limits,
     disk_bytes: u64,
     network: bool,
+    /// Where outbound traffic may go (`launch_parameters.network_policy_id`).
+    egress: Option<EgressPolicy>,
     keep_alive: Duration,
 }
 
@@ -148,6 +152,7 @@ pub struct Devboxes {
     /// the server process, so this is the whole truth).
     owners: Mutex<HashMap<String, Owner>>,
     secrets: Arc<Secrets>,
+    network_policies: Arc<NetworkPolicies>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -164,6 +169,7 @@ impl Devboxes {
         config: Arc<ServerConfig>,
         notifier: Notifier,
         secrets: Arc<Secrets>,
+        network_policies: Arc<NetworkPolicies>,
     ) -> Self {
         let pool = (config.devbox_disk_pool > 0).then(|| {
             DiskPool::start(
@@ -185,6 +191,7 @@ impl Devboxes {
             by_command_id: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             secrets,
+            network_policies,
         }
     }
 
@@ -325,6 +332,7 @@ impl Devboxes {
             },
             disk_bytes: disk_gb << 30,
             network,
+            egress: None,
             keep_alive: Duration::from_secs(keep_alive),
         })
     }
@@ -353,8 +361,20 @@ impl Devboxes {
         req: CreateDevbox,
         principal: &Principal,
     ) -> ApiResult<Value> {
-        let res = self.resources(&req)?;
+        let mut res = self.resources(&req)?;
         let params = req.launch_parameters.clone().unwrap_or_default();
+        // A network policy means outbound network under its rules.
+        if let Some(policy) = params
+            .other
+            .get("network_policy_id")
+            .filter(|v| !v.is_null())
+        {
+            let id = policy.as_str().ok_or_else(|| {
+                ApiError::BadRequest("launch_parameters.network_policy_id must be a string".into())
+            })?;
+            res.egress = Some(self.network_policies.resolve(id).await?);
+            res.network = true;
+        }
         let mut env = req.environment_variables.clone().unwrap_or_default();
         // Opened here, only to be set in the sandbox; output of its commands is redacted.
         let given = self
@@ -417,6 +437,7 @@ impl Devboxes {
                     limits: res.limits,
                     disk_bytes: res.disk_bytes,
                     network: res.network,
+                    egress: res.egress.clone(),
                 };
                 match self.start_sandbox(spec).await {
                     Ok(d) => d,
@@ -540,6 +561,7 @@ impl Devboxes {
                         limits: res.limits,
                         disk_bytes: res.disk_bytes,
                         network: false,
+                        egress: None,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {
