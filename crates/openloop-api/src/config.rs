@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub python: PathBuf,
     /// The `openloop-devbox-agent` binary.
     pub agent_bin: PathBuf,
+    /// Where sandboxes' allowed hostnames are resolved (`None`: the host's first resolver).
+    pub dns_upstream: Option<std::net::SocketAddr>,
     /// The `openloop` binary itself, which launches the jails Python code runs in
     /// (`openloop __jail`).
     pub launcher: PathBuf,

@@ -80,7 +80,7 @@ pub async fn serve(
         SecretKey::load(&config.secrets_key)?,
     ));
     secrets.check_key().await?;
-    let network_policies = Arc::new(NetworkPolicies::new(store.clone()));
+    let network_policies = Arc::new(NetworkPolicies::new(store.clone(), config.dns_upstream));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServeError::Bind(config.listen, e))?;

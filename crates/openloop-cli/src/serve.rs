@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Process limit of one function run.
     #[arg(long, env = "OPENLOOP_RUN_PIDS", default_value_t = 1024)]
     run_pids: u64,
+    /// Where sandboxes resolve the hostnames a network policy allows (default: the host's
+    /// first nameserver in /etc/resolv.conf), as ADDRESS:PORT.
+    #[arg(long, env = "OPENLOOP_DNS_UPSTREAM")]
+    dns_upstream: Option<std::net::SocketAddr>,
     /// Size of each function run's own /tmp (a tmpfs counted in the run's memory), in MiB.
     #[arg(long, env = "OPENLOOP_RUN_TMP_MB", default_value_t = 512)]
     run_tmp_mb: u64,
@@ -229,6 +233,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         python: args.python,
         agent_bin,
         launcher: std::env::current_exe().context("locating the openloop binary")?,
+        dns_upstream: args.dns_upstream,
         warm_memory_mb: args.warm_memory_mb,
         run_tmp_mb: args.run_tmp_mb,
         build_memory_mb: args.build_memory_mb,

@@ -63,6 +63,7 @@ fn ip(args: &str) {
 struct FakeNet {
     name: String,
     server: std::process::Child,
+    dns: std::process::Child,
 }
 
 impl FakeNet {
@@ -120,6 +121,17 @@ impl FakeNet {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // A fake resolver for a few test names, on the "LAN" host.
+        let dns = std::process::Command::new("ip")
+            .args(["netns", "exec", &name, "/usr/bin/python3"])
+            .arg(
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients/fake_dns.py"),
+            )
+            .arg("10.77.0.2")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         // Up when the fake hosts answer from this namespace.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect("203.0.113.7:80").is_err() {
@@ -129,14 +141,16 @@ impl FakeNet {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        FakeNet { name, server }
+        FakeNet { name, server, dns }
     }
 }
 
 impl Drop for FakeNet {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        for child in [&mut self.server, &mut self.dns] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -415,4 +429,59 @@ async fn warm_rules(server: u32) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A policy's allowed hostnames: they resolve (through Openloop's DNS filter, from the
+/// resolver the server is given) and their addresses are reachable; no other name resolves,
+/// and no other address opens.
+#[test]
+fn allowed_hostnames_resolve_and_nothing_else_does() {
+    let net = FakeNet::enter();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::start_with(Db::Sqlite, &[("OPENLOOP_DNS_UPSTREAM", "10.77.0.2:53")])
+            .await
+            .unwrap();
+        let policy = create_policy(
+            &server,
+            json!({"name": "names", "allowed_hostnames": ["web.lan.test", "*.wild.test"]}),
+        )
+        .await;
+        let d = server
+            .create_devbox(json!({"launch_parameters": {"network_policy_id": policy}}))
+            .await;
+        let get = |host: &str| {
+            format!(
+                "timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; head -1 <&3' 2>&1"
+            )
+        };
+        for (name, address) in [("web.lan.test", "192.168.77.2"), ("x.wild.test", "203.0.113.7")] {
+            let (code, out, _) = server
+                .exec(&d, &format!("getent ahostsv4 {name} | head -1"))
+                .await;
+            assert!(code == 0 && out.starts_with(address), "{name}: {out}");
+            let (code, out, _) = server.exec(&d, &get(name)).await;
+            assert!(code == 0 && out.starts_with("HTTP/1.0 200"), "{name}: {out}");
+        }
+        // Names the policy does not allow do not resolve, though the resolver knows them.
+        for name in ["other.test", "wild.test", "lan.test"] {
+            let (code, out, _) = server
+                .exec(&d, &format!("getent ahostsv4 {name}"))
+                .await;
+            assert_ne!(code, 0, "{name} resolved: {out}");
+        }
+        // Addresses no allowed name led to stay closed, the resolver's own included.
+        for host in ["10.77.0.2", "169.254.169.254"] {
+            let (code, out, _) = server.exec(&d, &get(host)).await;
+            assert_ne!(code, 0, "{host} reachable: {out}");
+        }
+        let (code, out, _) = server
+            .exec(&d, "timeout 5 bash -c 'echo > /dev/tcp/10.77.0.2/53' 2>&1")
+            .await;
+        assert_ne!(code, 0, "the resolver reachable directly: {out}");
+    });
+    drop(net);
 }

@@ -52,8 +52,8 @@ pub struct Devbox {
     env: std::sync::RwLock<BTreeMap<String, String>>,
     cgroup: Cgroup,
     pid: i32,
-    /// The slirp4netns process giving outbound network, if any.
-    network: tokio::sync::Mutex<Option<tokio::process::Child>>,
+    /// The outbound network, if any.
+    network: tokio::sync::Mutex<Option<Network>>,
     /// `None` while running; the reason once the sandbox has exited.
     exited: watch::Receiver<Option<String>>,
 }
@@ -232,7 +232,9 @@ impl Devbox {
             libc::kill(self.pid, libc::SIGKILL);
         }
         if let Some(mut net) = self.network.lock().await.take() {
-            let _ = net.kill().await;
+            let _ = net.slirp.kill().await;
+            // Stopping the name filter waits for its thread.
+            let _ = tokio::task::spawn_blocking(move || drop(net.names)).await;
         }
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(|r| r.is_some()).await;
@@ -406,9 +408,31 @@ fn read_child_pid(mut info: std::fs::File) -> Option<i32> {
     v["child-pid"].as_i64().map(|p| p as i32)
 }
 
+/// A devbox's outbound network: slirp4netns, and the DNS filter of its policy's hostnames.
+#[derive(Debug)]
+struct Network {
+    slirp: tokio::process::Child,
+    names: Option<crate::dns::DnsFilter>,
+}
+
 /// Outbound network for the sandbox's network namespace: slirp4netns in user mode, with the
-/// host's loopback refused, in its own sandbox and seccomp filter, inside the devbox's cgroup.
+/// host's loopback refused, in its own sandbox and seccomp filter, inside the devbox's cgroup;
+/// the egress rules of `policy` installed first.
 async fn start_network(
+    inner_pid: i32,
+    cgroup: &Cgroup,
+    policy: Option<crate::egress::EgressPolicy>,
+) -> Result<Network, SandboxError> {
+    let slirp = start_slirp(inner_pid, cgroup, policy.clone()).await?;
+    let names =
+        tokio::task::spawn_blocking(move || crate::egress::name_filter(inner_pid, policy.as_ref()))
+            .await
+            .map_err(|e| SandboxError::Start(e.to_string()))?
+            .map_err(|e| SandboxError::Start(format!("the devbox's DNS filter: {e}")))?;
+    Ok(Network { slirp, names })
+}
+
+async fn start_slirp(
     inner_pid: i32,
     cgroup: &Cgroup,
     policy: Option<crate::egress::EgressPolicy>,

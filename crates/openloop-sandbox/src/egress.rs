@@ -50,11 +50,25 @@ pub const RESOLVER: &str = "10.0.2.3";
 /// Without a policy a sandbox reaches the public internet and nothing private (see the module
 /// documentation). With one: `allow_all` lifts the private-range rule (loopback and the
 /// host's own addresses stay refused: a sandbox never reaches its host); otherwise only the
-/// `allowed_cidrs` are reachable, at their ports, and nothing else (an empty list denies all).
+/// `allowed_cidrs` are reachable, at their ports, and the addresses that allowed hostnames
+/// resolve to ([`crate::dns`]), and nothing else (an empty policy denies all, DNS included).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressPolicy {
     pub allow_all: bool,
     pub allowed_cidrs: Vec<CidrRule>,
+    /// `example.com` or `*.example.com`.
+    #[serde(default)]
+    pub allowed_hostnames: Vec<String>,
+    /// Where allowed hostnames are resolved (the host's resolver, reached from the host).
+    #[serde(default)]
+    pub resolver: Option<std::net::SocketAddr>,
+}
+
+impl EgressPolicy {
+    /// Whether this policy needs the DNS filter.
+    pub fn filters_names(&self) -> bool {
+        !self.allow_all && !self.allowed_hostnames.is_empty()
+    }
 }
 
 /// An IPv4 network a policy allows, at some ports (all when empty).
@@ -107,6 +121,39 @@ pub fn check_cidr(cidr: &str) -> std::result::Result<(), String> {
 pub struct Attached {
     slirp: Child,
     _exit: OwnedFd,
+    _names: Option<crate::dns::DnsFilter>,
+}
+
+/// The DNS filter for `policy` in the namespace of `pid`, when the policy allows hostnames.
+pub fn name_filter(
+    pid: i32,
+    policy: Option<&EgressPolicy>,
+) -> Result<Option<crate::dns::DnsFilter>> {
+    let Some(p) = policy.filter(|p| p.filters_names()) else {
+        return Ok(None);
+    };
+    let resolver = p
+        .resolver
+        .or_else(crate::dns::host_resolver)
+        .ok_or_else(|| Error::other("no resolver for allowed hostnames (set --dns-upstream)"))?;
+    crate::dns::start(
+        pid,
+        crate::dns::HostnameFilter::new(&p.allowed_hostnames),
+        resolver,
+    )
+    .map(Some)
+}
+
+/// Let the namespace of `pid` reach `addresses` (names an allowed hostname resolved to).
+pub fn allow_addresses(pid: i32, addresses: &[std::net::Ipv4Addr]) -> Result<()> {
+    let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    nft_in(
+        pid,
+        &format!(
+            "add element inet openloop_egress allowed_hosts_v4 {{ {} }}\n",
+            list.join(", ")
+        ),
+    )
 }
 
 impl Drop for Attached {
@@ -169,6 +216,7 @@ pub fn slirp_command(pid: i32, userns: &str) -> Command {
 /// and filtered.
 pub fn attach(pid: i32, policy: Option<&EgressPolicy>) -> Result<Attached> {
     apply_rules(pid, policy)?;
+    let names = name_filter(pid, policy)?;
     let (ready_r, ready_w) = pipe()?;
     let (exit_r, exit_w) = pipe()?;
     let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
@@ -212,6 +260,7 @@ pub fn attach(pid: i32, policy: Option<&EgressPolicy>) -> Result<Attached> {
     Ok(Attached {
         slirp,
         _exit: exit_w,
+        _names: names,
     })
 }
 
@@ -223,6 +272,11 @@ pub fn apply_rules(pid: i32, policy: Option<&EgressPolicy>) -> Result<()> {
         None => default_rules(&host),
         Some(p) => policy_rules(p, &host),
     };
+    nft_in(pid, &rules)
+}
+
+/// Run `nft -f -` with `script` inside the network namespace of `pid`.
+fn nft_in(pid: i32, script: &str) -> Result<()> {
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     let netns_fd = netns.as_raw_fd();
     let mut cmd = Command::new(tool("nft"));
@@ -247,7 +301,7 @@ pub fn apply_rules(pid: i32, policy: Option<&EgressPolicy>) -> Result<()> {
         )
     })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(rules.as_bytes())?;
+        stdin.write_all(script.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     drop(netns);
@@ -361,18 +415,44 @@ pub fn policy_rules(policy: &EgressPolicy, host: &[IpAddr]) -> String {
     } else {
         "    reject with icmpx type admin-prohibited\n"
     };
+    // DNS: straight to the resolver with allow_all; through the name filter (redirected to it)
+    // when hostnames are allowed; not at all otherwise.
+    let (dns, names_set, names_rule, nat) = if policy.allow_all {
+        (
+            format!(
+                "    ip daddr {RESOLVER} udp dport 53 accept\n    ip daddr {RESOLVER} tcp dport 53 accept\n"
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        )
+    } else if policy.filters_names() {
+        let port = crate::dns::LISTEN
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or("5353");
+        (
+            // The filter chain still sees the redirected query's original interface.
+            format!("    ip daddr 127.0.0.1 udp dport {port} accept\n"),
+            "  set allowed_hosts_v4 { type ipv4_addr; }\n".to_string(),
+            "    ip daddr @allowed_hosts_v4 accept\n".to_string(),
+            format!(
+                "  chain dns_redirect {{\n    type nat hook output priority -100; policy accept;\n    ip daddr {RESOLVER} udp dport 53 redirect to :{port}\n  }}\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new(), String::new(), String::new())
+    };
     format!(
         "table inet openloop_egress {{
   set denied_v4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
   set denied_v6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
-  chain output {{
+{names_set}{nat}  chain output {{
     type filter hook output priority 0; policy accept;
     oifname \"lo\" accept
-    ip daddr {RESOLVER} udp dport 53 accept
-    ip daddr {RESOLVER} tcp dport 53 accept
-    ip daddr @denied_v4 reject with icmpx type admin-prohibited
+{dns}    ip daddr @denied_v4 reject with icmpx type admin-prohibited
     ip6 daddr @denied_v6 reject with icmpx type admin-prohibited
-{allow}{rest}  }}
+{allow}{names_rule}{rest}  }}
 }}
 ",
         v4 = v4.join(", "),
@@ -399,6 +479,8 @@ mod tests {
     #[test]
     fn policies_allow_their_networks_and_ports_only() {
         let p = EgressPolicy {
+            allowed_hostnames: vec![],
+            resolver: None,
             allow_all: false,
             allowed_cidrs: vec![CidrRule {
                 cidr: "192.168.77.0/24".into(),
@@ -424,7 +506,7 @@ mod tests {
         let all = policy_rules(
             &EgressPolicy {
                 allow_all: true,
-                allowed_cidrs: vec![],
+                ..Default::default()
             },
             &[],
         );

@@ -5,6 +5,7 @@
 //! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time.
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
+//! - [`dns`]: the DNS filter that lets a policy's allowed hostnames through, and no others.
 //! - [`egress`]: outbound network (slirp4netns) and the nftables rules that keep sandboxes
 //!   away from private, link-local, loopback and host addresses.
 //! - [`jail`]: Openloop's own namespace launcher (`openloop __jail`), for Python code.
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod devbox;
 pub mod disk;
+pub mod dns;
 pub mod egress;
 pub mod image;
 pub mod jail;

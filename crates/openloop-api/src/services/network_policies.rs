@@ -11,6 +11,7 @@ use openloop_sandbox::egress::{self, CidrRule, EgressPolicy, PortRule, Protocol}
 use openloop_store::network_policies::NetworkPolicyRecord;
 use openloop_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// A port rule as Runloop's client sends it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -209,16 +210,12 @@ fn encode(e: &Egress) -> ApiResult<String> {
     serde_json::to_string(e).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// The rules a sandbox enforces for `egress`.
-pub fn sandbox_policy(id: &str, e: &Egress) -> ApiResult<EgressPolicy> {
-    if !e.allow_all && !e.allowed_hostnames.is_empty() {
-        return Err(ApiError::BadRequest(format!(
-            "network policy {id}: allowed_hostnames cannot be enforced by this server yet; \
-             allow the networks with allowed_cidrs instead (or allow_all)"
-        )));
-    }
-    Ok(EgressPolicy {
+/// The rules a sandbox enforces for `egress`; allowed hostnames are resolved at `resolver`.
+pub fn sandbox_policy(e: &Egress, resolver: Option<SocketAddr>) -> EgressPolicy {
+    EgressPolicy {
         allow_all: e.allow_all,
+        allowed_hostnames: e.allowed_hostnames.clone(),
+        resolver,
         allowed_cidrs: e
             .allowed_cidrs
             .iter()
@@ -239,16 +236,19 @@ pub fn sandbox_policy(id: &str, e: &Egress) -> ApiResult<EgressPolicy> {
                     .collect(),
             })
             .collect(),
-    })
+    }
 }
 
 pub struct NetworkPolicies {
     store: Store,
+    /// Where sandboxes' allowed hostnames are resolved (`--dns-upstream`; the host's resolver
+    /// when unset).
+    resolver: Option<SocketAddr>,
 }
 
 impl NetworkPolicies {
-    pub fn new(store: Store) -> Self {
-        NetworkPolicies { store }
+    pub fn new(store: Store, resolver: Option<SocketAddr>) -> Self {
+        NetworkPolicies { store, resolver }
     }
 
     pub async fn create(&self, req: CreateNetworkPolicy) -> ApiResult<NetworkPolicyView> {
@@ -322,6 +322,6 @@ impl NetworkPolicies {
             }
             Err(e) => return Err(e.into()),
         };
-        sandbox_policy(&policy.id, &policy.egress)
+        Ok(sandbox_policy(&policy.egress, self.resolver))
     }
 }
