@@ -220,9 +220,9 @@ pub async fn run(
             .await;
     }
     let oom = cgroup.oom_kills() > 0;
-    // Whatever the run left running dies now; removing the cgroup directories (which the
-    // kernel may refuse for a moment while the last processes exit) happens off the path.
-    cgroup.kill_all();
+    // Whatever the run left running dies now, off the run's path: killing the cgroup's
+    // processes and waiting until it is empty (a run's pid 1 takes a few milliseconds to tear
+    // down its namespaces after its result is in) happen on a blocking thread.
     tokio::task::spawn_blocking(move || cgroup.destroy());
     match outcome {
         RunOutcome::Failure(mut e) if oom && e["type"] == "ProcessExited" => {
@@ -292,8 +292,12 @@ async fn run_in(
             }
         }
     };
-    // The process is gone (its control stream closed). Collect the exit status and the rest of the output.
-    if let Some(rx) = exit_rx.take() {
+    // The process is gone (its control stream closed). Its exit status only explains a run
+    // that ended without a result; with one, it is not waited for (the process's last steps,
+    // such as tearing down its namespaces, are off the run's path).
+    let has_outcome =
+        matches!(&outcome_frame, Some(f) if f["type"] == "result" || f["type"] == "error");
+    if let Some(rx) = exit_rx.take().filter(|_| !has_outcome) {
         if let Ok(Ok(e)) = tokio::time::timeout(GRACE, rx).await {
             exit = Some(e);
         }
