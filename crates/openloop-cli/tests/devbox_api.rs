@@ -6,11 +6,16 @@ use common::{Db, Server};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// A virtual environment with the real client, built once and cached under `target/`.
+/// The client release these tests are known to pass with. Pinned so that a new release
+/// cannot change what the test checks without anyone noticing; move it deliberately.
+const RUNLOOP_CLIENT: &str = "runloop_api_client==3.0.0";
+
+/// A virtual environment with the real client, built once and cached under `target/`
+/// (rebuilt when the pin changes).
 fn client_venv() -> PathBuf {
     let dir = common::repo_root().join("target/test-venvs/runloop-client");
     let python = dir.join("bin/python");
-    if dir.join(".ready").exists() {
+    if std::fs::read_to_string(dir.join(".ready")).is_ok_and(|v| v == RUNLOOP_CLIENT) {
         return python;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -24,12 +29,12 @@ fn client_venv() -> PathBuf {
     let ok = Command::new("uv")
         .args(["pip", "install", "--quiet", "--python"])
         .arg(&python)
-        .arg("runloop_api_client")
+        .arg(RUNLOOP_CLIENT)
         .status()
         .unwrap()
         .success();
-    assert!(ok, "installing runloop_api_client from PyPI failed");
-    std::fs::write(dir.join(".ready"), "").unwrap();
+    assert!(ok, "installing {RUNLOOP_CLIENT} from PyPI failed");
+    std::fs::write(dir.join(".ready"), RUNLOOP_CLIENT).unwrap();
     python
 }
 

@@ -98,6 +98,17 @@ fn build() -> Value {
                 let Some(op) = op.as_object_mut() else {
                     continue;
                 };
+                // Unique operation ids: the handler's name within its tag (`devboxes_create`).
+                let tag = op
+                    .get("tags")
+                    .and_then(|t| t.get(0))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let (Some(tag), Some(id)) = (tag, op.get("operationId").and_then(Value::as_str))
+                {
+                    let id = format!("{tag}_{id}");
+                    op.insert("operationId".into(), Value::String(id));
+                }
                 let public = op.contains_key("security");
                 if !public {
                     op.insert("security".into(), json!([{"bearer": []}]));
@@ -208,6 +219,14 @@ mod tests {
             "only {} routes registered",
             registered.len()
         );
+        let mut ids = BTreeSet::new();
+        for (method, path) in &registered {
+            let id = doc["paths"][path][method.to_lowercase()]["operationId"].as_str();
+            assert!(
+                id.is_some_and(|id| ids.insert(id.to_string())),
+                "{method} {path}: operationId missing or not unique ({id:?})"
+            );
+        }
         for (method, path) in &registered {
             let op = &doc["paths"][path][method.to_lowercase()];
             assert!(op.is_object(), "{method} {path} is not in /openapi.json");
