@@ -5,7 +5,7 @@
 # Checks: no 5xx, every response's status, content type and body as documented.
 #
 # Usage: scripts/schemathesis.sh [extra schemathesis arguments]
-# Env:   OPENLOOP_BIN (default target/debug/openloop), SCHEMATHESIS_MAX_EXAMPLES (default 20),
+# Env:   OPENLOOP_BIN (default target/debug/openloop), SCHEMATHESIS_MAX_EXAMPLES (default 50),
 #        SCHEMATHESIS_VERSION (default the pinned one below).
 #
 # Excluded operation (and why):
@@ -19,11 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${OPENLOOP_BIN:-target/debug/openloop}
-MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-20}
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-50}
 VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
 [ -x "$BIN" ] || cargo build -p openloop-cli -p openloop-devbox-agent
 
 WORK=$(mktemp -d /tmp/openloop-schemathesis.XXXXXX)
+# Devbox sandboxes run as an unprivileged uid that must traverse to the data directory.
+chmod 0711 "$WORK"
 SERVER_PID=
 cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -75,7 +77,7 @@ set +e
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --exclude-operation-id deployments_create \
     --max-examples "$MAX_EXAMPLES" \
-    --phases examples,coverage,fuzzing \
+    --phases examples,coverage,fuzzing,stateful \
     --workers 2 \
     --request-timeout 90 \
     --seed 1 \

@@ -103,6 +103,19 @@ pub struct Health {
     pub status: &'static str,
 }
 
+/// One Server-Sent Event of a stream (`text/event-stream`).
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // Documents the event stream; events are built by axum's `Event`.
+pub struct SseEvent {
+    /// The event's name, where the stream names them (`log`, `end`).
+    pub event: Option<String>,
+    /// The event's data: JSON text (see the operation's description).
+    pub data: String,
+    /// The event's id (a log line's sequence number), where given.
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
 /// An empty JSON object, `{}`.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Empty {}

@@ -218,6 +218,17 @@ async fn keys_are_hashed_listed_and_revocable() {
     let created: Value = r.json().await.unwrap();
     let id = created["key"]["id"].as_str().unwrap();
     let s2 = created["secret"].as_str().unwrap();
+    // A key cannot revoke itself (the last key would lock everyone out).
+    let own = server
+        .http
+        .post(format!("{}/v1/keys/{id}/revoke", server.url))
+        .bearer_auth(s2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 409);
+    let own: Value = own.json().await.unwrap();
+    assert_eq!(own["error"]["code"], "conflict");
     assert_eq!(
         server
             .http

@@ -5,7 +5,7 @@ use super::page_limit;
 use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::model::{DeploymentList, DeploymentLogs, DeploymentStatus, DeploymentView};
+use crate::model::{DeploymentList, DeploymentLogs, DeploymentStatus, DeploymentView, SseEvent};
 use crate::services::deployments::CreateDeployment;
 use crate::state::AppState;
 use axum::extract::State;
@@ -132,7 +132,7 @@ pub async fn logs(
     path = "/v1/deployments/{id}/logs/stream",
     tag = "deployments",
     params(("id" = String, Path, description = "The deployment's id")),
-    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = String, content_type = "text/event-stream")),
+    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = SseEvent, content_type = "text/event-stream")),
 )]
 pub async fn stream_logs(
     State(state): State<AppState>,

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::model::{
     DevboxList, DevboxStatus, DevboxView, Empty, ExecutionResult, ExecutionStatus, ExecutionView,
-    UploadForm,
+    SseEvent, UploadForm,
 };
 use crate::services::devboxes::executions::{Execution, Stream};
 use crate::services::devboxes::CreateDevbox;
@@ -141,7 +141,7 @@ pub async fn list(
 pub struct DevboxWaitBody {
     /// At least one status.
     #[serde(default)]
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, required = true)]
     statuses: Vec<DevboxStatus>,
     /// How long to wait (default 25 s, at most 60 s); then 408.
     #[serde(default)]
@@ -154,7 +154,7 @@ pub struct DevboxWaitBody {
 pub struct ExecutionWaitBody {
     /// At least one status.
     #[serde(default)]
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, required = true)]
     statuses: Vec<ExecutionStatus>,
     /// How long to wait (default 25 s, at most 60 s); then 408.
     #[serde(default)]
@@ -506,7 +506,7 @@ async fn stream_output(
         ("eid" = String, Path, description = "The execution's id"),
         OffsetQuery,
     ),
-    responses((status = 200, description = "Server-Sent Events, each data an `OutputChunk`; ends when the command has and all output was sent", body = String, content_type = "text/event-stream")),
+    responses((status = 200, description = "Server-Sent Events, each data an `OutputChunk`; ends when the command has and all output was sent", body = SseEvent, content_type = "text/event-stream")),
 )]
 pub async fn stream_stdout(
     State(state): State<AppState>,
@@ -527,7 +527,7 @@ pub async fn stream_stdout(
         ("eid" = String, Path, description = "The execution's id"),
         OffsetQuery,
     ),
-    responses((status = 200, description = "Server-Sent Events, each data an `OutputChunk`; ends when the command has and all output was sent", body = String, content_type = "text/event-stream")),
+    responses((status = 200, description = "Server-Sent Events, each data an `OutputChunk`; ends when the command has and all output was sent", body = SseEvent, content_type = "text/event-stream")),
 )]
 pub async fn stream_stderr(
     State(state): State<AppState>,
@@ -542,6 +542,7 @@ pub async fn stream_stderr(
 #[derive(Deserialize, ToSchema)]
 pub struct WriteBody {
     /// Where in the devbox (relative paths are from the home directory).
+    #[schema(min_length = 1)]
     file_path: String,
     contents: String,
 }
@@ -574,7 +575,8 @@ pub async fn write_file(
     let devbox = state.devboxes.running(&id, &principal).await?;
     devbox
         .write_file(&body.file_path, body.contents.as_bytes())
-        .await?;
+        .await
+        .map_err(|e| state.devboxes.op_error(&id, e))?;
     Ok(Json(file_done(id)))
 }
 
@@ -583,6 +585,7 @@ pub async fn write_file(
 pub struct PathBody {
     /// The file's path (`path` is accepted too).
     #[serde(alias = "path")]
+    #[schema(min_length = 1)]
     file_path: String,
 }
 
@@ -602,7 +605,10 @@ pub async fn read_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<String> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    let bytes = devbox.read_file(&body.file_path, MAX_READ).await?;
+    let bytes = devbox
+        .read_file(&body.file_path, MAX_READ)
+        .await
+        .map_err(|e| state.devboxes.op_error(&id, e))?;
     String::from_utf8(bytes).map_err(|_| {
         ApiError::BadRequest(format!(
             "{} is not UTF-8 text; use download_file for binary files",
@@ -627,7 +633,10 @@ pub async fn delete_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<Json<ExecutionResult>> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    devbox.delete_file(&body.file_path).await?;
+    devbox
+        .delete_file(&body.file_path)
+        .await
+        .map_err(|e| state.devboxes.op_error(&id, e))?;
     Ok(Json(file_done(id)))
 }
 
@@ -671,11 +680,12 @@ pub async fn upload_file(
                         "send the `path` field before the `file` part".into(),
                     ));
                 };
-                let mut writer = devbox.upload(&p).await?;
+                let lost = |e| state.devboxes.op_error(&id, e);
+                let mut writer = devbox.upload(&p).await.map_err(lost)?;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    writer.send(&chunk).await?;
+                    writer.send(&chunk).await.map_err(lost)?;
                 }
-                writer.finish().await?;
+                writer.finish().await.map_err(lost)?;
                 written = true;
             }
             _ => {}
@@ -705,7 +715,10 @@ pub async fn download_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<Response> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    let mut reader = devbox.download(&body.file_path).await?;
+    let mut reader = devbox
+        .download(&body.file_path)
+        .await
+        .map_err(|e| state.devboxes.op_error(&id, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     tokio::spawn(async move {
         loop {

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::model::{
     FunctionInfo, FunctionList, InvocationList, InvocationLogs, InvocationStatus, InvocationView,
+    SseEvent,
 };
 use crate::services::invocations::manifest_of;
 use crate::state::AppState;
@@ -297,7 +298,7 @@ pub async fn invocation_logs(
     path = "/v1/functions/invocations/{id}/logs/stream",
     tag = "functions",
     params(("id" = String, Path, description = "The invocation's id"), LogsQuery),
-    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = String, content_type = "text/event-stream")),
+    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = SseEvent, content_type = "text/event-stream")),
 )]
 pub async fn stream_logs(
     State(state): State<AppState>,

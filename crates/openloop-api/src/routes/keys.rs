@@ -1,7 +1,7 @@
 //! `/v1/keys`: API keys. The secret appears once, in the create response.
 
 use crate::auth::Principal;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 use crate::model::{CreatedKey, KeyList, RevokedKey};
 use crate::state::AppState;
@@ -56,7 +56,8 @@ pub async fn list(
     }))
 }
 
-/// Revoke an API key.
+/// Revoke an API key (not the one making the request: use another key for that, so the
+/// last key cannot lock everyone out).
 #[utoipa::path(
     post,
     path = "/v1/keys/{id}/revoke",
@@ -70,6 +71,12 @@ pub async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<RevokedKey>> {
     principal.require_key()?;
+    if matches!(&principal, Principal::Key { key_id } if *key_id == id) {
+        return Err(ApiError::Conflict(
+            "a key cannot revoke itself; revoke it with another key (`openloop keys create`)"
+                .into(),
+        ));
+    }
     state.store.revoke_key(&id).await?;
     Ok(Json(RevokedKey { revoked: id }))
 }

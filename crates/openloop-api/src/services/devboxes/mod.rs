@@ -637,6 +637,21 @@ impl Devboxes {
     }
 
     /// The live sandbox of a devbox the caller may use; counts as activity.
+    /// The error of an operation on a devbox that was running when it started: losing the
+    /// agent because the devbox stopped meanwhile (shut down by another request, idle, its
+    /// sandbox died) is a 409 like any operation on a stopped devbox, not a server failure.
+    pub fn op_error(&self, id: &str, e: openloop_sandbox::SandboxError) -> ApiError {
+        let still_running = lock(&self.live)
+            .get(id)
+            .is_some_and(|l| l.devbox.exit_reason().is_none());
+        match e {
+            openloop_sandbox::SandboxError::Io(_) if !still_running => {
+                ApiError::Conflict(format!("devbox {id} stopped during the request"))
+            }
+            other => other.into(),
+        }
+    }
+
     pub async fn running(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Devbox>> {
         Ok(self.running_live(id, principal).await?.devbox.clone())
     }
