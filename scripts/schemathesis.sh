@@ -72,7 +72,8 @@ generation.max-examples = 4
 EOF
 
 set +e
-"$WORK/venv/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$URL/openapi.json" \
+# Run from the temporary directory: schemathesis keeps a cache (`.schemathesis/`) in its cwd.
+(cd "$WORK" && "$WORK/venv/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$URL/openapi.json" \
     --header "$AUTH" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --exclude-operation-id deployments_create \
@@ -82,7 +83,7 @@ set +e
     --request-timeout 90 \
     --seed 1 \
     --no-color \
-    "$@"
+    "$@")
 status=$?
 set -e
 if [ $status -ne 0 ]; then
