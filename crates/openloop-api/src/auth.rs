@@ -5,6 +5,7 @@ use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use openloop_sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -43,24 +44,20 @@ pub struct Tokens(Arc<Mutex<HashMap<String, String>>>);
 impl Tokens {
     pub fn issue(&self, invocation_id: &str) -> String {
         let token = openloop_store::keys::new_secret("olt_");
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(
-                openloop_store::keys::hash_secret(&token),
-                invocation_id.to_string(),
-            );
-        }
+        lock(&self.0).insert(
+            openloop_store::keys::hash_secret(&token),
+            invocation_id.to_string(),
+        );
         token
     }
 
     pub fn revoke(&self, token: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&openloop_store::keys::hash_secret(token));
-        }
+        lock(&self.0).remove(&openloop_store::keys::hash_secret(token));
     }
 
     fn lookup(&self, token: &str) -> Option<String> {
         let h = openloop_store::keys::hash_secret(token);
-        self.0.lock().ok().and_then(|m| m.get(&h).cloned())
+        lock(&self.0).get(&h).cloned()
     }
 }
 

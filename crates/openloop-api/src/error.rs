@@ -3,7 +3,36 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: `bad_request`, `validation_failed`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `timeout`, `conflict`, `call_depth_exceeded`,
+    /// `payload_too_large`, `quota_exceeded`, `unavailable` or `internal`.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: message.into(),
+            },
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -68,11 +97,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        (status, Json(ErrorBody::new(code, self.to_string()))).into_response()
     }
 }
 
@@ -85,7 +110,14 @@ impl From<openloop_store::StoreError> for ApiError {
             openloop_store::StoreError::AlreadyExists(what) => {
                 ApiError::Conflict(format!("{what} already exists"))
             }
-            other => ApiError::Internal(other.to_string()),
+            // The database's own text stays in the server log: it can name tables, queries
+            // and connection details.
+            other => {
+                tracing::error!(error = %other, "store operation failed");
+                ApiError::Internal(
+                    "the database operation failed; the server log has the details".into(),
+                )
+            }
         }
     }
 }

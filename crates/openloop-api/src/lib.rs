@@ -3,7 +3,8 @@
 //! - [`config`]: the server's one typed configuration.
 //! - [`server`]: start-up (recovery after a crash, warm processes) and the HTTP listener.
 //! - [`listener`]: the HTTP listener: header deadline, connection cap, accept back-off.
-//! - [`routes`]: thin axum handlers, one module per resource.
+//! - [`routes`]: thin axum handlers, one module per resource, and `/openapi.json`.
+//! - [`model`]: the typed response bodies and statuses the document is generated from.
 //! - [`services`]: the work behind them: deployments, invocations, devboxes.
 //! - [`auth`]: API keys and per-invocation tokens.
 //! - [`notify`]: change notifications that waiting requests and streams listen to.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod listener;
+pub mod model;
 pub mod notify;
 pub mod routes;
 pub mod server;

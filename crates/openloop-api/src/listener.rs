@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use openloop_runner::channels::AcceptBackoff;
+use openloop_sync::lock;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,7 +87,7 @@ impl Tracker {
     /// Register a new connection; at `max`, first close the oldest idle one. `None` when
     /// every open connection is busy.
     fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
-        let mut conns = self.conns.lock().ok()?;
+        let mut conns = lock(&self.conns);
         if conns.len() >= max.max(1) {
             let idle = conns
                 .iter()
@@ -106,9 +107,7 @@ impl Tracker {
     }
 
     fn remove(&self, id: u64) {
-        if let Ok(mut m) = self.conns.lock() {
-            m.remove(&id);
-        }
+        lock(&self.conns).remove(&id);
     }
 }
 

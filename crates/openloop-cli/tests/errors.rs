@@ -48,10 +48,14 @@ async fn bad_requests_get_clear_errors() {
     )
     .await;
     assert_eq!(s, 401);
-    let (s, _, _) = error_of(h.get(url("/openapi.json")).send().await.unwrap()).await;
-    assert_eq!(s, 401);
-    let doc = server.get_json("/openapi.json").await;
-    assert!(doc["paths"]["/v1/functions/{project}/{function}/invoke_sync"]["post"].is_object());
+    // The API's document is public (issue 8): no key needed, and it says which need one.
+    let resp = h.get(url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let invoke = &doc["paths"]["/v1/functions/{project}/{function}/invoke_sync"]["post"];
+    assert!(invoke.is_object());
+    assert_eq!(invoke["security"], json!([{"bearer": []}]));
 
     // Unknown names: 404.
     for (path, needle) in [
@@ -214,6 +218,17 @@ async fn keys_are_hashed_listed_and_revocable() {
     let created: Value = r.json().await.unwrap();
     let id = created["key"]["id"].as_str().unwrap();
     let s2 = created["secret"].as_str().unwrap();
+    // A key cannot revoke itself (the last key would lock everyone out).
+    let own = server
+        .http
+        .post(format!("{}/v1/keys/{id}/revoke", server.url))
+        .bearer_auth(s2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 409);
+    let own: Value = own.json().await.unwrap();
+    assert_eq!(own["error"]["code"], "conflict");
     assert_eq!(
         server
             .http

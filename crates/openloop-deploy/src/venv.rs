@@ -9,6 +9,7 @@
 use crate::build::BuildSandbox;
 use crate::{sdk, DeployError, LogSink};
 use openloop_sandbox::python::{APP, UV, UV_CACHE, VENV};
+use openloop_sync::lock as lock_mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -180,11 +181,11 @@ pub async fn run_logged(mut cmd: Command, program: &str, log: &LogSink) -> Resul
     if status.success() {
         Ok(())
     } else {
-        let t = tail
-            .0
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default();
+        let t = lock_mutex(&tail.0)
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
         Err(format!("{program} exited with {status}:\n{t}"))
     }
 }
@@ -197,7 +198,8 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(src: Option<R>, log: &LogSink, ta
     let Some(src) = src else { return };
     let mut lines = BufReader::new(src).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Ok(mut t) = tail.0.lock() {
+        {
+            let mut t = lock_mutex(&tail.0);
             t.push_back(line.clone());
             if t.len() > 20 {
                 t.pop_front();

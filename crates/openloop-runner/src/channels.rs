@@ -9,6 +9,7 @@
 //! the two output streams must come from the process that connected `control` (the one the
 //! server moves into the run's cgroup), by the kernel's `SO_PEERCRED`.
 
+use openloop_sync::lock;
 use rand::RngCore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,9 +135,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.channels.expected.lock() {
-            m.remove(&self.invocation_id);
-        }
+        lock(&self.channels.expected).remove(&self.invocation_id);
     }
 }
 
@@ -149,12 +148,11 @@ struct PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.channels.pending_by_pid.lock() {
-            if let Some(n) = m.get_mut(&self.pid) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.pid);
-                }
+        let mut m = lock(&self.channels.pending_by_pid);
+        if let Some(n) = m.get_mut(&self.pid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.pid);
             }
         }
     }
@@ -259,17 +257,15 @@ impl Channels {
         rand::thread_rng().fill_bytes(&mut raw);
         let key = hex::encode(raw);
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut m) = self.expected.lock() {
-            m.insert(
-                invocation_id.to_string(),
-                Expected {
-                    key: key.clone(),
-                    tx,
-                    control_pid: watch::channel(None).0,
-                    taken: [false; 3],
-                },
-            );
-        }
+        lock(&self.expected).insert(
+            invocation_id.to_string(),
+            Expected {
+                key: key.clone(),
+                tx,
+                control_pid: watch::channel(None).0,
+                taken: [false; 3],
+            },
+        );
         Registration {
             channels: Arc::clone(self),
             invocation_id: invocation_id.to_string(),
@@ -313,10 +309,7 @@ impl Channels {
     }
 
     fn pending_slot(self: &Arc<Self>, pid: i32) -> Result<PendingSlot, &'static str> {
-        let mut by_pid = self
-            .pending_by_pid
-            .lock()
-            .map_err(|_| "internal lock poisoned")?;
+        let mut by_pid = lock(&self.pending_by_pid);
         let n = by_pid.entry(pid).or_insert(0);
         if *n >= self.limits.max_pending_per_process.max(1) {
             return Err(
@@ -360,9 +353,9 @@ impl Channels {
                 watch::Receiver<Option<i32>>,
             ),
         }
-        let next = match self.expected.lock() {
-            Err(_) => Next::Done,
-            Ok(mut m) => match m.get_mut(&header.invocation_id) {
+        let next = {
+            let mut m = lock(&self.expected);
+            match m.get_mut(&header.invocation_id) {
                 Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
                     if channel != Channel::Control {
                         Next::WaitControl(stream, early, slot, e.control_pid.subscribe())
@@ -382,7 +375,7 @@ impl Channels {
                     }
                 }
                 _ => Next::Done,
-            },
+            }
         };
         let (stream, early, slot, control_pid) = match next {
             Next::Done => return,
@@ -415,8 +408,9 @@ impl Channels {
             )
             .await;
         }
-        let refusal = match self.expected.lock() {
-            Ok(mut m) => match m.get_mut(&header.invocation_id) {
+        let refusal = {
+            let mut m = lock(&self.expected);
+            match m.get_mut(&header.invocation_id) {
                 Some(e) if e.taken[channel.index()] => Refusal::Repeated(channel.name()),
                 Some(e) => {
                     e.taken[channel.index()] = true;
@@ -430,8 +424,7 @@ impl Channels {
                     return;
                 }
                 None => return,
-            },
-            Err(_) => return,
+            }
         };
         refuse(stream, refusal).await;
     }

@@ -3,8 +3,10 @@
 use crate::RunnerError;
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sandbox::jail::{JailFile, SeccompProfile};
+use openloop_sandbox::pidfd::Pidfd;
 use openloop_sandbox::python::{PythonSandbox, RUN_SECCOMP};
 use openloop_sandbox::seccomp::{Filter, Profile};
+use openloop_sync::lock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -61,7 +63,10 @@ pub struct WarmHost {
     exits: Mutex<HashMap<String, oneshot::Sender<ExitInfo>>>,
     /// Set with the reason once the process has stopped.
     dead: watch::Receiver<Option<String>>,
+    /// For logs only; signals go through `process`.
     pid: i32,
+    /// The warm process, as a pidfd (`None` if it had already died when opened).
+    process: Option<Pidfd>,
     /// The process's own cgroup; removed when the host is dropped.
     cgroup: Mutex<Option<Cgroup>>,
 }
@@ -73,9 +78,7 @@ impl WarmHost {
             .map_err(|e| RunnerError::Spawn(format!("creating the process's cgroup: {e}")))?;
         match Self::spawn(spec, &cgroup).await {
             Ok(host) => {
-                if let Ok(mut c) = host.cgroup.lock() {
-                    *c = Some(cgroup);
-                }
+                *lock(&host.cgroup) = Some(cgroup);
                 Ok(host)
             }
             Err(e) => {
@@ -135,6 +138,8 @@ impl WarmHost {
             .map_err(|e| RunnerError::Spawn(format!("{}: {e}", spec.python.display())))?;
         drop(theirs);
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        // Opened before anything waits for the child: it names this process and no other.
+        let process = Pidfd::open(pid).ok();
         ours.set_nonblocking(true)?;
         let (read, write) = tokio::net::UnixStream::from_std(ours)?.into_split();
         let mut lines = BufReader::new(read).lines();
@@ -154,10 +159,7 @@ impl WarmHost {
             None => {
                 let status = child.wait().await.ok();
                 let _ = stderr_done.await;
-                let said = tail
-                    .lock()
-                    .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
-                    .unwrap_or_default();
+                let said = lock(&tail).iter().cloned().collect::<Vec<_>>().join("\n");
                 return Err(RunnerError::Spawn(format!(
                     "the process exited while importing the module ({}):\n{said}",
                     status.map(|s| s.to_string()).unwrap_or_default()
@@ -182,6 +184,7 @@ impl WarmHost {
             exits: Mutex::new(HashMap::new()),
             dead: dead_rx,
             pid,
+            process,
             cgroup: Mutex::new(None),
         });
         let weak = Arc::downgrade(&host);
@@ -204,8 +207,8 @@ impl WarmHost {
                     );
                 }
                 tracing::warn!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped");
-                h.replies.lock().map(|mut m| m.clear()).ok();
-                h.exits.lock().map(|mut m| m.clear()).ok();
+                lock(&h.replies).clear();
+                lock(&h.exits).clear();
             }
             let _ = dead_tx.send(Some(reason));
         });
@@ -222,10 +225,9 @@ impl WarmHost {
 
     /// How many of this process's sandbox's processes the kernel killed for memory.
     fn oom_kills(&self) -> u64 {
-        self.cgroup
-            .lock()
-            .ok()
-            .and_then(|c| c.as_ref().map(Cgroup::oom_kills))
+        lock(&self.cgroup)
+            .as_ref()
+            .map(Cgroup::oom_kills)
             .unwrap_or(0)
     }
 
@@ -235,12 +237,14 @@ impl WarmHost {
             return;
         };
         if let Some(id) = msg["id"].as_u64() {
-            if let Some(tx) = self.replies.lock().ok().and_then(|mut m| m.remove(&id)) {
+            let waiter = lock(&self.replies).remove(&id);
+            if let Some(tx) = waiter {
                 let _ = tx.send(msg);
             }
         } else if msg["event"] == "exit" {
             let inv = msg["invocation_id"].as_str().unwrap_or_default();
-            if let Some(tx) = self.exits.lock().ok().and_then(|mut m| m.remove(inv)) {
+            let waiter = lock(&self.exits).remove(inv);
+            if let Some(tx) = waiter {
                 let _ = tx.send(ExitInfo {
                     code: msg["code"].as_i64().map(|c| c as i32),
                     signal: msg["signal"].as_i64().map(|s| s as i32),
@@ -253,7 +257,7 @@ impl WarmHost {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         msg["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
-        self.replies.lock().map(|mut m| m.insert(id, tx)).ok();
+        lock(&self.replies).insert(id, tx);
         self.send(&msg).await?;
         let mut dead = self.dead.clone();
         tokio::select! {
@@ -298,13 +302,10 @@ impl WarmHost {
         invocation_id: &str,
     ) -> Result<oneshot::Receiver<ExitInfo>, RunnerError> {
         let (tx, rx) = oneshot::channel();
-        self.exits
-            .lock()
-            .map(|mut m| m.insert(invocation_id.to_string(), tx))
-            .ok();
+        lock(&self.exits).insert(invocation_id.to_string(), tx);
         let reply = self.call(msg).await?;
         if let Some(err) = reply["error"].as_str() {
-            self.exits.lock().map(|mut m| m.remove(invocation_id)).ok();
+            lock(&self.exits).remove(invocation_id);
             return Err(RunnerError::Protocol(err.to_string()));
         }
         Ok(rx)
@@ -324,13 +325,14 @@ impl WarmHost {
 impl Drop for WarmHost {
     fn drop(&mut self) {
         // The last reference is gone (its deployment was replaced and its runs ended).
-        if self.pid > 0 {
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-            }
+        // Through the pidfd: the process may have exited and been reaped long ago, and its
+        // pid reused by an unrelated process.
+        if let Some(p) = &self.process {
+            p.kill();
         }
         // Whatever is left of the process's sandbox dies with its cgroup, off any async thread.
-        if let Some(cgroup) = self.cgroup.lock().ok().and_then(|mut c| c.take()) {
+        let cgroup = lock(&self.cgroup).take();
+        if let Some(cgroup) = cgroup {
             std::thread::spawn(move || cgroup.destroy());
         }
     }
@@ -347,7 +349,8 @@ async fn forward_output<R: tokio::io::AsyncRead + Unpin>(
     let Some(src) = src else { return };
     let mut lines = BufReader::new(src).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Ok(mut t) = tail.lock() {
+        {
+            let mut t = lock(&tail);
             t.push_back(line.clone());
             if t.len() > 20 {
                 t.pop_front();

@@ -3,6 +3,7 @@
 use crate::channels::{Channel, Channels, Connection};
 use crate::host::{ExitInfo, WarmHost};
 use openloop_sandbox::cgroup::{Cgroup, Limits};
+use openloop_sync::lock;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -95,9 +96,7 @@ impl LogBudget {
 
     /// Count `lines` lines of `bytes` bytes (newlines included) against the caps.
     fn admit(&self, lines: u64, bytes: u64) -> Admit {
-        let Ok(mut s) = self.spent.lock() else {
-            return Admit::Drop;
-        };
+        let mut s = lock(&self.spent);
         if !s.reached
             && s.lines + lines <= self.limits.max_lines
             && s.bytes + bytes <= self.limits.max_bytes
@@ -117,10 +116,8 @@ impl LogBudget {
     }
 
     fn dropped(&self) -> (u64, u64) {
-        self.spent
-            .lock()
-            .map(|s| (s.dropped_lines, s.dropped_bytes))
-            .unwrap_or_default()
+        let s = lock(&self.spent);
+        (s.dropped_lines, s.dropped_bytes)
     }
 
     fn caps(&self) -> String {

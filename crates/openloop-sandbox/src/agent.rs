@@ -229,14 +229,33 @@ impl FileWriter {
 
     pub async fn send(&mut self, data: &[u8]) -> Result<(), SandboxError> {
         for chunk in data.chunks(openloop_agent_proto::MAX_FRAME / 2) {
-            write_frame(&mut self.stream, kind::DATA, chunk).await?;
+            if let Err(e) = write_frame(&mut self.stream, kind::DATA, chunk).await {
+                return Err(self.refusal(e.into()).await);
+            }
         }
         Ok(())
     }
 
     pub async fn finish(mut self) -> Result<(), SandboxError> {
-        write_frame(&mut self.stream, kind::END, b"").await?;
+        if let Err(e) = write_frame(&mut self.stream, kind::END, b"").await {
+            return Err(self.refusal(e.into()).await);
+        }
         finish(&mut self.stream).await
+    }
+
+    /// A write failed: the agent refuses a file it cannot write (a bad path, a directory, …)
+    /// by sending its error and closing, so the writer sees a broken pipe. Report the
+    /// agent's error when it sent one; otherwise the connection really was lost.
+    async fn refusal(&mut self, lost: SandboxError) -> SandboxError {
+        let reply = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            read_frame(&mut self.stream),
+        )
+        .await;
+        match reply {
+            Ok(Ok(Some((kind::ERROR, p)))) => agent_error(&p),
+            _ => lost,
+        }
     }
 }
 

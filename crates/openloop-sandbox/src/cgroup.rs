@@ -4,6 +4,7 @@
 //! v2: in the unified tree). The sandbox's first process joins them before it
 //! execs, so nothing inside ever runs unlimited.
 
+use crate::pidfd::Pidfd;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -149,16 +150,34 @@ impl Cgroup {
 
     /// Send SIGKILL to every process in the cgroups, again until none is left (a fork bomb
     /// may start new ones while the first are killed).
+    ///
+    /// Never by bare pid: a pid read from `cgroup.procs` may exit and be reaped (by its
+    /// parent in the cgroup) before the signal is sent, and the number reused by a process
+    /// outside. On cgroup v2 the kernel kills the whole cgroup itself (`cgroup.kill`). Else
+    /// each pid is first pinned with a pidfd, then `cgroup.procs` is read again: a pid still
+    /// listed there after its pidfd was opened is a member (a stranger that took a reused
+    /// number is not in our cgroup; a member that took it is ours to kill anyway), and the
+    /// pidfd still names the process it was opened for, so the signal cannot go elsewhere.
     pub fn kill_all(&self) {
         for _ in 0..100 {
             let mut seen = false;
             for d in &self.dirs {
-                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if self.v2 && std::fs::write(d.join("cgroup.kill"), "1").is_ok() {
+                    seen |= !read_procs(d).is_empty();
+                    continue;
+                }
+                let pinned: Vec<(i32, Pidfd)> = read_procs(d)
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, Pidfd::open(pid).ok()?)))
+                    .collect();
+                if pinned.is_empty() {
+                    continue;
+                }
+                let members = read_procs(d);
+                for (pid, fd) in &pinned {
+                    if members.contains(pid) {
                         seen = true;
-                        unsafe {
-                            libc::kill(pid, libc::SIGKILL);
-                        }
+                        fd.kill();
                     }
                 }
             }
@@ -186,6 +205,17 @@ impl Cgroup {
         }
         tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
     }
+}
+
+/// The pids listed in a cgroup directory's `cgroup.procs` (empty when it is gone).
+fn read_procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Join the cgroups: called in the forked child before exec. Only raw syscalls.

@@ -3,6 +3,7 @@
 use crate::agent::{self, AgentLink, ExecOutput, OutputChunk};
 use crate::cgroup::{self, Cgroup, Limits};
 use crate::disk;
+use crate::pidfd::Pidfd;
 use crate::{SandboxError, SANDBOX_HOST_UID, SANDBOX_UID};
 use openloop_agent_proto::Request;
 use std::collections::BTreeMap;
@@ -51,7 +52,9 @@ pub struct Devbox {
     agent: AgentLink,
     env: std::sync::RwLock<BTreeMap<String, String>>,
     cgroup: Cgroup,
-    pid: i32,
+    /// The `bwrap` process (a pidfd: it is reaped by its waiting task, after which its pid
+    /// may belong to anyone). `None` if it could not be opened (the sandbox had died).
+    process: Option<Pidfd>,
     /// The outbound network, if any.
     network: tokio::sync::Mutex<Option<Network>>,
     /// `None` while running; the reason once the sandbox has exited.
@@ -107,13 +110,13 @@ impl Devbox {
                 return Err(e);
             }
         };
-        let (pid, exited, inner_pid, control) = started;
+        let (process, exited, inner_pid, control) = started;
         let network = if spec.network {
             match start_network(inner_pid, &cgroup, spec.egress.clone()).await {
                 Ok(child) => Some(child),
                 Err(e) => {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
+                    if let Some(p) = &process {
+                        p.kill();
                     }
                     cgroup.destroy();
                     remove_dir(&dir);
@@ -130,7 +133,7 @@ impl Devbox {
             dir,
             env: std::sync::RwLock::new(spec.env),
             cgroup,
-            pid,
+            process,
             exited,
         })
     }
@@ -228,8 +231,8 @@ impl Devbox {
 
     /// Kill everything in the devbox and remove its writable layer and cgroups.
     pub async fn shutdown(&self) {
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
+        if let Some(p) = &self.process {
+            p.kill();
         }
         if let Some(mut net) = self.network.lock().await.take() {
             let _ = net.slirp.kill().await;
@@ -270,7 +273,7 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
-type Started = (i32, watch::Receiver<Option<String>>, i32, OwnedFd);
+type Started = (Option<Pidfd>, watch::Receiver<Option<String>>, i32, OwnedFd);
 
 async fn spawn(
     _config: &SandboxConfig,
@@ -357,7 +360,8 @@ async fn spawn(
             "could not run bwrap ({e}); install it with `apt-get install bubblewrap`"
         ))
     })?;
-    let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+    // Opened before anything waits for the child, so it is bwrap's and nobody else's.
+    let process = child.id().and_then(|p| Pidfd::open(p as i32).ok());
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stdout).lines();
@@ -391,7 +395,7 @@ async fn spawn(
         tracing::debug!(devbox = %id, %reason, stderr = %err.trim(), "devbox sandbox ended");
         let _ = tx.send(Some(reason));
     });
-    Ok((pid, rx, inner_pid, control))
+    Ok((process, rx, inner_pid, control))
 }
 
 fn read_child_pid(mut info: std::fs::File) -> Option<i32> {

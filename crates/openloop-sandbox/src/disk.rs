@@ -4,6 +4,7 @@
 //! Formatting and mounting take ~15 ms, so a [`DiskPool`] keeps a few disks of the default
 //! size ready; a devbox takes one by renaming its directory (the mount moves with it).
 
+use openloop_sync::lock;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -80,12 +81,12 @@ impl DiskPool {
             let mut n: u64 = 0;
             loop {
                 let Some(pool) = weak.upgrade() else { return };
-                while pool.ready.lock().map(|r| r.len()).unwrap_or(pool.want) < pool.want {
+                while lock(&pool.ready).len() < pool.want {
                     n += 1;
                     let dir = pool.dir.join(format!("d{n}"));
                     match make_disk(&dir, pool.size).await {
                         Ok(()) => {
-                            pool.ready.lock().map(|mut r| r.push_back(dir)).ok();
+                            lock(&pool.ready).push_back(dir);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "could not prepare a devbox disk; devboxes will format their own");
@@ -106,7 +107,7 @@ impl DiskPool {
         if size != self.size {
             return None;
         }
-        let disk = self.ready.lock().ok().and_then(|mut r| r.pop_front());
+        let disk = lock(&self.ready).pop_front();
         self.refill.notify_one();
         disk
     }

@@ -14,6 +14,7 @@
 //! - [`seccomp`]: the syscall filters every sandbox loads (no namespace creation, mounting,
 //!   keyring, bpf, io_uring, kernel modules, ...), as bytes for `bwrap --seccomp` or installed
 //!   in a forked child.
+//! - [`pidfd`]: process handles that never signal a reaped pid's next owner.
 //! - [`agent`]: the client side of the agent protocol (exec, files); each connection is
 //!   handed to the agent over its control socket, never found by path.
 //!
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod egress;
 pub mod image;
 pub mod jail;
+pub mod pidfd;
 pub mod python;
 pub mod seccomp;
 

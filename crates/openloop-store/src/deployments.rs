@@ -20,7 +20,7 @@ pub struct Deployment {
     pub ended_at_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: i64,
     pub ts_ms: i64,

@@ -29,7 +29,7 @@ impl Invocation {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InvocationLog {
     pub seq: i64,
     pub ts_ms: i64,

@@ -4,109 +4,140 @@ use super::functions::{follow, Page, PAGE};
 use super::page_limit;
 use crate::auth::Principal;
 use crate::error::ApiResult;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::model::{DeploymentList, DeploymentLogs, DeploymentStatus, DeploymentView, SseEvent};
 use crate::services::deployments::CreateDeployment;
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures::Stream;
-use openloop_store::deployments::Deployment;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::convert::Infallible;
+use utoipa::IntoParams;
 
-fn view(d: &Deployment) -> Value {
-    let manifest: Option<Value> = d
-        .manifest
-        .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok());
-    let functions = manifest
-        .as_ref()
-        .and_then(|m| m["functions"].as_array().cloned())
-        .map(|fs| fs.iter().map(|f| f["name"].clone()).collect::<Vec<_>>());
-    json!({
-        "id": d.id,
-        "project_name": d.project_name,
-        "source": d.source,
-        "ref": d.git_ref,
-        "status": d.status,
-        "failure_reason": d.failure_reason,
-        "functions": functions,
-        "created_at_ms": d.created_at_ms,
-        "started_at_ms": d.started_at_ms,
-        "ended_at_ms": d.ended_at_ms,
-    })
-}
-
+/// Deploy a repository: the build runs in the background (follow its log).
+#[utoipa::path(
+    post,
+    path = "/v1/deployments",
+    tag = "deployments",
+    request_body = CreateDeployment,
+    responses((status = 201, description = "The deployment, `queued`", body = DeploymentView)),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<CreateDeployment>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     principal.require_key()?;
     let dep = state.deployments.create(body).await?;
-    Ok((StatusCode::CREATED, Json(view(&dep))))
+    Ok((StatusCode::CREATED, Json(DeploymentView::of(&dep)?)))
 }
 
+/// A deployment's status.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}",
+    tag = "deployments",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses((status = 200, description = "The deployment", body = DeploymentView)),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<DeploymentView>> {
     principal.require_key()?;
-    Ok(Json(view(&state.store.get_deployment(&id).await?)))
+    Ok(Json(DeploymentView::of(
+        &state.store.get_deployment(&id).await?,
+    )?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only deployments of this project.
     project: Option<String>,
+    /// Page size (default 50, at most 1000).
     limit: Option<i64>,
 }
 
+/// List deployments, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments",
+    tag = "deployments",
+    params(ListQuery),
+    responses((status = 200, description = "Deployments", body = DeploymentList)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<DeploymentList>> {
     principal.require_key()?;
     let items = state
         .store
         .list_deployments(q.project.as_deref(), page_limit(q.limit))
         .await?;
-    Ok(Json(
-        json!({"deployments": items.iter().map(view).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(DeploymentList {
+        deployments: items
+            .iter()
+            .map(DeploymentView::of)
+            .collect::<ApiResult<_>>()?,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
+    /// Only lines after this sequence number (default 0: from the start).
     after_seq: Option<i64>,
 }
 
+/// A deployment's build log (up to 10,000 lines after `after_seq`).
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/logs",
+    tag = "deployments",
+    params(("id" = String, Path, description = "The deployment's id"), LogsQuery),
+    responses((status = 200, description = "Build-log lines", body = DeploymentLogs)),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Json<DeploymentLogs>> {
     principal.require_key()?;
     let d = state.store.get_deployment(&id).await?;
     let lines = state
         .store
         .deployment_logs(&id, q.after_seq.unwrap_or(0), 10_000)
         .await?;
-    Ok(Json(
-        json!({"deployment_id": id, "status": d.status, "failure_reason": d.failure_reason, "logs": lines}),
-    ))
+    Ok(Json(DeploymentLogs {
+        deployment_id: id,
+        status: DeploymentStatus::parse(&d.status)?,
+        failure_reason: d.failure_reason,
+        logs: lines,
+    }))
 }
 
-/// Server-Sent Events: `log` events for build-log lines, then `end` with the deployment.
+/// A deployment's build log as Server-Sent Events.
+///
+/// `log` events (one build-log line each), then `end` with the `DeploymentView`.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/logs/stream",
+    tag = "deployments",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = SseEvent, content_type = "text/event-stream")),
+)]
 pub async fn stream_logs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require_key()?;
     state.store.get_deployment(&id).await?;
@@ -126,8 +157,14 @@ pub async fn stream_logs(
                     )
                 })
                 .collect();
-            let end = matches!(d.status.as_str(), "deployed" | "failed")
-                .then(|| Event::default().event("end").json_data(view(&d)));
+            let end = match matches!(d.status.as_str(), "deployed" | "failed") {
+                true => Some(
+                    Event::default()
+                        .event("end")
+                        .json_data(DeploymentView::of(&d).ok()?),
+                ),
+                false => None,
+            };
             Some(Page { events, end })
         }
     });

@@ -3,43 +3,34 @@
 use super::page_limit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::model::{
+    FunctionInfo, FunctionList, InvocationList, InvocationLogs, InvocationStatus, InvocationView,
+    SseEvent,
+};
 use crate::services::invocations::manifest_of;
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures::Stream;
 use openloop_store::invocations::{Invocation, InvocationFilter};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::convert::Infallible;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+/// The body of `invoke_sync` and `invoke_async`.
+#[derive(Deserialize, ToSchema)]
 pub struct InvokeBody {
+    /// The function's parameters by name (checked against its request schema).
+    #[schema(value_type = Object, required = true)]
     request: Option<Value>,
 }
 
 /// The JSON view of an invocation, as every endpoint returns it.
-pub fn invocation_view(inv: &Invocation) -> Value {
-    let parse = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(|t| serde_json::from_str::<Value>(t).ok())
-    };
-    json!({
-        "id": inv.id,
-        "project_name": inv.project_name,
-        "function_name": inv.function_name,
-        "deployment_id": inv.deployment_id,
-        "status": inv.status,
-        "request": serde_json::from_str::<Value>(&inv.request).unwrap_or(Value::Null),
-        "result": parse(&inv.result),
-        "error": parse(&inv.error),
-        "parent_invocation_id": inv.parent_invocation_id,
-        "created_at_ms": inv.created_at_ms,
-        "started_at_ms": inv.started_at_ms,
-        "ended_at_ms": inv.ended_at_ms,
-    })
+pub fn invocation_view(inv: &Invocation) -> ApiResult<InvocationView> {
+    InvocationView::of(inv)
 }
 
 async fn submit(
@@ -62,82 +53,151 @@ async fn submit(
         .await
 }
 
+/// Run a function and answer with the finished invocation.
+///
+/// The run belongs to the server, not to this request: a caller that disconnects does not
+/// stop it. A request the function's schema rejects is a 400 naming the field; nothing runs.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{project}/{function}/invoke_sync",
+    tag = "functions",
+    params(
+        ("project" = String, Path, description = "The project (deployment name)"),
+        ("function" = String, Path, description = "The function's name"),
+    ),
+    request_body = InvokeBody,
+    responses((status = 200, description = "The finished invocation (`success`, `failure` or `canceled`)", body = InvocationView)),
+)]
 pub async fn invoke_sync(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path((project, function)): Path<(String, String)>,
+    ApiPath((project, function)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<InvokeBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<InvocationView>> {
     let inv = submit(&state, &principal, &project, &function, body).await?;
     // The run goes on in its own task even if this caller disconnects. A calling run lends
     // its slots to the new run while it waits.
     let done = state.invocations.wait_for(&principal, &inv.id).await?;
-    Ok(Json(invocation_view(&done)))
+    Ok(Json(invocation_view(&done)?))
 }
 
+/// Queue a run and answer at once with its id.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{project}/{function}/invoke_async",
+    tag = "functions",
+    params(
+        ("project" = String, Path, description = "The project (deployment name)"),
+        ("function" = String, Path, description = "The function's name"),
+    ),
+    request_body = InvokeBody,
+    responses((status = 200, description = "The invocation as recorded (`queued`)", body = InvocationView)),
+)]
 pub async fn invoke_async(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path((project, function)): Path<(String, String)>,
+    ApiPath((project, function)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<InvokeBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<InvocationView>> {
     // Answered as recorded (`queued`); the run starts in its own task.
     let inv = submit(&state, &principal, &project, &function, body).await?;
-    Ok(Json(invocation_view(&inv)))
+    Ok(Json(invocation_view(&inv)?))
 }
 
+/// An invocation's state, result or error.
+///
 /// With an API key any invocation; with a run's token the invocations that run started.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/invocations/{id}",
+    tag = "functions",
+    params(("id" = String, Path, description = "The invocation's id")),
+    responses((status = 200, description = "The invocation", body = InvocationView)),
+)]
 pub async fn get_invocation(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InvocationView>> {
     Ok(Json(invocation_view(
         &state.invocations.get_for(&principal, &id).await?,
-    )))
+    )?))
 }
 
-/// Answer once the invocation has finished. A run waiting on one it started lends it its slots.
+/// Answer once the invocation has finished.
+///
+/// A run waiting on one it started lends it its slots.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/invocations/{id}/wait",
+    tag = "functions",
+    params(("id" = String, Path, description = "The invocation's id")),
+    responses((status = 200, description = "The finished invocation", body = InvocationView)),
+)]
 pub async fn wait_invocation(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InvocationView>> {
     state.invocations.get_for(&principal, &id).await?;
     Ok(Json(invocation_view(
         &state.invocations.wait_for(&principal, &id).await?,
-    )))
+    )?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    status: Option<String>,
+    /// Only invocations with this status.
+    status: Option<InvocationStatus>,
+    /// Only invocations of this project.
     project: Option<String>,
+    /// Only invocations of this function.
     function: Option<String>,
+    /// The last id of the previous page.
     starting_after: Option<String>,
+    /// Page size (default 50, at most 1000).
     limit: Option<i64>,
 }
 
+/// Cancel a queued or running invocation and what it started.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/invocations/{id}/cancel",
+    tag = "functions",
+    params(("id" = String, Path, description = "The invocation's id")),
+    responses((status = 200, description = "The invocation, now `canceled`", body = InvocationView)),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InvocationView>> {
     principal.require_key()?;
-    Ok(Json(invocation_view(&state.invocations.cancel(&id).await?)))
+    Ok(Json(invocation_view(
+        &state.invocations.cancel(&id).await?,
+    )?))
 }
 
+/// List invocations, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/invocations",
+    tag = "functions",
+    params(ListQuery),
+    responses((status = 200, description = "A page of invocations", body = InvocationList)),
+)]
 pub async fn list_invocations(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<InvocationList>> {
     principal.require_key()?;
     let limit = page_limit(q.limit);
     let mut items = state
         .store
         .list_invocations(&InvocationFilter {
-            status: q.status,
+            status: q.status.map(|s| s.as_str().to_string()),
             project_name: q.project,
             function_name: q.function,
             before_id: q.starting_after,
@@ -146,46 +206,67 @@ pub async fn list_invocations(
         .await?;
     let has_more = items.len() as i64 > limit;
     items.truncate(limit as usize);
-    Ok(Json(json!({
-        "invocations": items.iter().map(invocation_view).collect::<Vec<_>>(),
-        "has_more": has_more,
-    })))
+    Ok(Json(InvocationList {
+        invocations: items
+            .iter()
+            .map(invocation_view)
+            .collect::<ApiResult<_>>()?,
+        has_more,
+    }))
 }
 
+/// List deployed functions with their request and response schemas.
+#[utoipa::path(
+    get,
+    path = "/v1/functions",
+    tag = "functions",
+    responses((status = 200, description = "The functions of every active deployment", body = FunctionList)),
+)]
 pub async fn list_functions(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FunctionList>> {
     principal.require_key()?;
     let mut functions = Vec::new();
     for dep in state.store.active_deployments().await? {
         let m = manifest_of(&dep)?;
         for f in m.functions {
-            functions.push(json!({
-                "project_name": dep.project_name,
-                "name": f.name,
-                "deployment_id": dep.id,
-                "is_async": f.is_async,
-                "request_schema": f.request_schema,
-                "response_schema": f.response_schema,
-            }));
+            functions.push(FunctionInfo {
+                project_name: dep.project_name.clone(),
+                name: f.name,
+                deployment_id: dep.id.clone(),
+                is_async: f.is_async,
+                request_schema: f.request_schema,
+                response_schema: f.response_schema,
+            });
         }
     }
-    Ok(Json(json!({ "functions": functions })))
+    Ok(Json(FunctionList { functions }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
+    /// Only lines after this sequence number (default 0: from the start).
     after_seq: Option<i64>,
+    /// Page size (default 1000, at most 10000).
     limit: Option<i64>,
 }
 
+/// An invocation's logs (stdout, stderr and `logging`), paged by `after_seq`.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/invocations/{id}/logs",
+    tag = "functions",
+    params(("id" = String, Path, description = "The invocation's id"), LogsQuery),
+    responses((status = 200, description = "A page of log lines", body = InvocationLogs)),
+)]
 pub async fn invocation_logs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Json<InvocationLogs>> {
     principal.require_key()?;
     let inv = state.store.get_invocation(&id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -194,22 +275,36 @@ pub async fn invocation_logs(
         .invocation_logs(&id, q.after_seq.unwrap_or(0), limit + 1)
         .await?;
     let has_more = logs.len() as i64 > limit;
-    let logs = &logs[..logs.len().min(limit as usize)];
-    Ok(Json(json!({
-        "invocation_id": id,
-        "status": inv.status,
-        "logs": logs,
-        "next_seq": logs.last().map(|l| l.seq).unwrap_or(q.after_seq.unwrap_or(0)),
-        "has_more": has_more,
-    })))
+    let mut logs = logs;
+    logs.truncate(limit as usize);
+    Ok(Json(InvocationLogs {
+        invocation_id: id,
+        status: InvocationStatus::parse(&inv.status)?,
+        next_seq: logs
+            .last()
+            .map(|l| l.seq)
+            .unwrap_or(q.after_seq.unwrap_or(0)),
+        logs,
+        has_more,
+    }))
 }
 
-/// Server-Sent Events: `log` events as lines arrive, then one `end` event with the invocation.
+/// An invocation's logs as Server-Sent Events.
+///
+/// `log` events (an `InvocationLog` each, `id` its sequence number) as lines arrive, then one
+/// `end` event with the finished `InvocationView`.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/invocations/{id}/logs/stream",
+    tag = "functions",
+    params(("id" = String, Path, description = "The invocation's id"), LogsQuery),
+    responses((status = 200, description = "Server-Sent Events: `log`, then `end`", body = SseEvent, content_type = "text/event-stream")),
+)]
 pub async fn stream_logs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require_key()?;
     state.store.get_invocation(&id).await?;
@@ -232,11 +327,14 @@ pub async fn stream_logs(
                     )
                 })
                 .collect();
-            let end = inv.is_finished().then(|| {
-                Event::default()
-                    .event("end")
-                    .json_data(invocation_view(&inv))
-            });
+            let end = match inv.is_finished() {
+                true => Some(
+                    Event::default()
+                        .event("end")
+                        .json_data(invocation_view(&inv).ok()?),
+                ),
+                false => None,
+            };
             Some(Page { events, end })
         }
     });

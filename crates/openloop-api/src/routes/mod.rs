@@ -1,169 +1,128 @@
 //! The HTTP surface. Handlers parse, call a service and map the error; nothing more.
+//!
+//! Every route is registered through `utoipa_axum::routes!`, which adds the handler's
+//! `#[utoipa::path]` operation to the OpenAPI document in the same call that adds it to the
+//! router: a route cannot be served without being documented (checked by the tests in
+//! [`openapi`]).
 
 mod deployments;
 mod devboxes;
 mod functions;
 mod keys;
 mod network_policies;
-mod openapi;
+pub mod openapi;
 mod secrets;
 
 use crate::auth::require_auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::model::Health;
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest text file `write_file_contents` takes (the JSON body around it included).
 const FILE_LIMIT: usize = 64 << 20;
 /// Largest file `upload_file` takes.
 const UPLOAD_LIMIT: usize = 4 << 30;
 
+/// The routes anyone may call: `/health` and `/openapi.json`.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi::document))
+}
+
+/// The routes that need an API key or a run's token.
+fn protected_routes() -> OpenApiRouter<AppState> {
+    let (schemas, paths, write_file) = routes!(devboxes::write_file);
+    let write_file = (
+        schemas,
+        paths,
+        write_file.layer(DefaultBodyLimit::max(FILE_LIMIT)),
+    );
+    let (schemas, paths, upload_file) = routes!(devboxes::upload_file);
+    let upload_file = (
+        schemas,
+        paths,
+        upload_file.layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+    );
+    OpenApiRouter::new()
+        .routes(routes!(functions::list_functions))
+        .routes(routes!(functions::list_invocations))
+        .routes(routes!(functions::get_invocation))
+        .routes(routes!(functions::invocation_logs))
+        .routes(routes!(functions::stream_logs))
+        .routes(routes!(functions::invoke_sync))
+        .routes(routes!(functions::invoke_async))
+        .routes(routes!(functions::cancel))
+        .routes(routes!(functions::wait_invocation))
+        .routes(routes!(deployments::create, deployments::list))
+        .routes(routes!(deployments::get))
+        .routes(routes!(deployments::logs))
+        .routes(routes!(deployments::stream_logs))
+        .routes(routes!(devboxes::create, devboxes::list))
+        .routes(routes!(devboxes::create_and_await_running))
+        .routes(routes!(devboxes::get))
+        .routes(routes!(devboxes::wait_for_status))
+        .routes(routes!(devboxes::execute_sync))
+        .routes(routes!(devboxes::execute_async))
+        .routes(routes!(devboxes::execute))
+        .routes(routes!(devboxes::get_execution))
+        .routes(routes!(devboxes::wait_for_execution))
+        .routes(routes!(devboxes::kill_execution))
+        .routes(routes!(devboxes::stream_stdout))
+        .routes(routes!(devboxes::stream_stderr))
+        .routes(write_file)
+        .routes(routes!(devboxes::read_file))
+        .routes(routes!(devboxes::delete_file))
+        .routes(upload_file)
+        .routes(routes!(devboxes::download_file))
+        .routes(routes!(devboxes::keep_alive))
+        .routes(routes!(devboxes::shutdown))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(secrets::create, secrets::list))
+        .routes(routes!(secrets::get, secrets::update))
+        .routes(routes!(secrets::delete))
+        .routes(routes!(secrets::get_by_id))
+        .routes(routes!(secrets::update_by_id))
+        .routes(routes!(secrets::delete_by_id))
+        .routes(routes!(network_policies::create, network_policies::list))
+        .routes(routes!(network_policies::get, network_policies::update))
+        .routes(routes!(network_policies::delete))
+}
+
+/// Every route with its documentation, before any layer (what `/openapi.json` is made of).
+pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
+    public_routes().merge(protected_routes())
+}
+
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/v1/functions", get(functions::list_functions))
-        .route(
-            "/v1/functions/invocations",
-            get(functions::list_invocations),
-        )
-        .route(
-            "/v1/functions/invocations/{id}",
-            get(functions::get_invocation),
-        )
-        .route(
-            "/v1/functions/invocations/{id}/logs",
-            get(functions::invocation_logs),
-        )
-        .route(
-            "/v1/functions/invocations/{id}/logs/stream",
-            get(functions::stream_logs),
-        )
-        .route(
-            "/v1/functions/{project}/{function}/invoke_sync",
-            post(functions::invoke_sync),
-        )
-        .route(
-            "/v1/functions/{project}/{function}/invoke_async",
-            post(functions::invoke_async),
-        )
-        .route(
-            "/v1/functions/invocations/{id}/cancel",
-            post(functions::cancel),
-        )
-        .route(
-            "/v1/functions/invocations/{id}/wait",
-            post(functions::wait_invocation),
-        )
-        .route(
-            "/v1/deployments",
-            post(deployments::create).get(deployments::list),
-        )
-        .route("/v1/deployments/{id}", get(deployments::get))
-        .route("/v1/deployments/{id}/logs", get(deployments::logs))
-        .route(
-            "/v1/deployments/{id}/logs/stream",
-            get(deployments::stream_logs),
-        )
-        .route("/v1/devboxes", post(devboxes::create).get(devboxes::list))
-        .route(
-            "/v1/devboxes/create_and_await_running",
-            post(devboxes::create),
-        )
-        .route("/v1/devboxes/{id}", get(devboxes::get))
-        .route(
-            "/v1/devboxes/{id}/wait_for_status",
-            post(devboxes::wait_for_status),
-        )
-        .route(
-            "/v1/devboxes/{id}/execute_sync",
-            post(devboxes::execute_sync),
-        )
-        .route(
-            "/v1/devboxes/{id}/execute_async",
-            post(devboxes::execute_async),
-        )
-        .route("/v1/devboxes/{id}/execute", post(devboxes::execute))
-        .route(
-            "/v1/devboxes/{id}/executions/{eid}",
-            get(devboxes::get_execution),
-        )
-        .route(
-            "/v1/devboxes/{id}/executions/{eid}/wait_for_status",
-            post(devboxes::wait_for_execution),
-        )
-        .route(
-            "/v1/devboxes/{id}/executions/{eid}/kill",
-            post(devboxes::kill_execution),
-        )
-        .route(
-            "/v1/devboxes/{id}/executions/{eid}/stream_stdout_updates",
-            get(devboxes::stream_stdout),
-        )
-        .route(
-            "/v1/devboxes/{id}/executions/{eid}/stream_stderr_updates",
-            get(devboxes::stream_stderr),
-        )
-        .route(
-            "/v1/devboxes/{id}/write_file_contents",
-            post(devboxes::write_file).layer(DefaultBodyLimit::max(FILE_LIMIT)),
-        )
-        .route(
-            "/v1/devboxes/{id}/read_file_contents",
-            post(devboxes::read_file),
-        )
-        .route("/v1/devboxes/{id}/delete_file", post(devboxes::delete_file))
-        .route(
-            "/v1/devboxes/{id}/upload_file",
-            post(devboxes::upload_file).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
-        )
-        .route(
-            "/v1/devboxes/{id}/download_file",
-            post(devboxes::download_file),
-        )
-        .route("/v1/devboxes/{id}/keep_alive", post(devboxes::keep_alive))
-        .route("/v1/devboxes/{id}/shutdown", post(devboxes::shutdown))
-        .route("/v1/secrets", post(secrets::create).get(secrets::list))
-        .route(
-            "/v1/secrets/{name}",
-            get(secrets::get).post(secrets::update),
-        )
-        .route("/v1/secrets/{name}/delete", post(secrets::delete))
-        .route("/v1/secrets/id/{id}", get(secrets::get_by_id))
-        .route("/v1/secrets/id/{id}/update", post(secrets::update_by_id))
-        .route("/v1/secrets/id/{id}/delete", post(secrets::delete_by_id))
-        .route(
-            "/v1/network-policies",
-            post(network_policies::create).get(network_policies::list),
-        )
-        .route(
-            "/v1/network-policies/{id}",
-            get(network_policies::get).post(network_policies::update),
-        )
-        .route(
-            "/v1/network-policies/{id}/delete",
-            post(network_policies::delete),
-        )
-        .route("/v1/keys", post(keys::create).get(keys::list))
-        .route("/v1/keys/{id}/revoke", post(keys::revoke))
-        .route("/openapi.json", get(openapi::document))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_auth,
-        ));
-    Router::new()
-        .route("/health", get(health))
-        .merge(api)
+    let protected = protected_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_auth,
+    ));
+    let (router, _) = public_routes().merge(protected).split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state)
 }
 
-async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Liveness and database check (no key needed).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "server",
+    security(()),
+    responses((status = 200, description = "The server and its database answer", body = Health)),
+)]
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({"status": "ok"})))
+    Ok(Json(Health { status: "ok" }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -173,12 +132,13 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ))
 }
 
-async fn method_not_allowed() -> (axum::http::StatusCode, Json<serde_json::Value>) {
+async fn method_not_allowed() -> (axum::http::StatusCode, Json<ErrorBody>) {
     (
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        Json(
-            json!({"error": {"code": "method_not_allowed", "message": "this endpoint does not take that HTTP method; see /openapi.json"}}),
-        ),
+        Json(ErrorBody::new(
+            "method_not_allowed",
+            "this endpoint does not take that HTTP method; see /openapi.json",
+        )),
     )
 }
 

@@ -14,10 +14,12 @@ use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Deserialize)]
+/// What to deploy.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateDeployment {
     /// A directory on the server or a git URL (`https://`, `file://`, a bare repository path).
     pub source: String,
+    /// A git branch, tag or commit (git sources only).
     #[serde(default, rename = "ref")]
     pub git_ref: Option<String>,
     /// Project name; defaults to the repository's directory or git name.

@@ -17,6 +17,7 @@ use openloop_sandbox::python::{self, PythonSandbox};
 use openloop_store::deployments::Deployment;
 use openloop_store::invocations::{Invocation, InvocationLog};
 use openloop_store::{now_ms, Store, StoreError};
+use openloop_sync::lock;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -127,17 +128,15 @@ impl Invocations {
             dep: dep.clone(),
         });
         if dep.status == "deployed" {
-            self.loaded
-                .lock()
-                .map(|mut m| m.insert(dep.id.clone(), loaded.clone()))
-                .ok();
+            lock(&self.loaded).insert(dep.id.clone(), loaded.clone());
         }
         Ok(loaded)
     }
 
     /// A deployed deployment and its manifest (from memory after the first read).
     async fn deployment(&self, id: &str) -> ApiResult<Arc<Loaded>> {
-        if let Some(l) = self.loaded.lock().ok().and_then(|m| m.get(id).cloned()) {
+        let cached = lock(&self.loaded).get(id).cloned();
+        if let Some(l) = cached {
             return Ok(l);
         }
         self.cache(&self.store.get_deployment(id).await?)
@@ -145,21 +144,14 @@ impl Invocations {
 
     /// The deployment serving a project, if any.
     async fn active_deployment(&self, project: &str) -> ApiResult<Option<Arc<Loaded>>> {
-        let known = self
-            .active
-            .lock()
-            .ok()
-            .and_then(|m| m.get(project).cloned());
+        let known = lock(&self.active).get(project).cloned();
         if let Some(id) = known {
             return self.deployment(&id).await.map(Some);
         }
         let Some(dep) = self.store.active_deployment(project).await? else {
             return Ok(None);
         };
-        self.active
-            .lock()
-            .map(|mut m| m.insert(project.to_string(), dep.id.clone()))
-            .ok();
+        lock(&self.active).insert(project.to_string(), dep.id.clone());
         self.cache(&dep).map(Some)
     }
 
@@ -212,18 +204,14 @@ impl Invocations {
             .await
             .map_err(|e| ApiError::Unavailable(format!("deployment {}: {e}", dep.id)))?;
         tracing::info!(deployment = %dep.id, pid = host.pid(), "warm process ready");
-        self.hosts
-            .lock()
-            .map(|mut m| m.insert(dep.id.clone(), (dep.project_name.clone(), host.clone())))
-            .ok();
+        lock(&self.hosts).insert(dep.id.clone(), (dep.project_name.clone(), host.clone()));
         Ok(host)
     }
 
     fn live_host(&self, deployment_id: &str) -> Option<Arc<WarmHost>> {
-        self.hosts
-            .lock()
-            .ok()
-            .and_then(|m| m.get(deployment_id).map(|(_, h)| h.clone()))
+        lock(&self.hosts)
+            .get(deployment_id)
+            .map(|(_, h)| h.clone())
             .filter(|h| h.is_alive())
     }
 
@@ -231,13 +219,8 @@ impl Invocations {
     /// the table now and stop when their last run ends (runs hold their own reference).
     pub async fn activate(&self, dep: &Deployment) -> ApiResult<()> {
         self.host_for(dep).await?;
-        self.active
-            .lock()
-            .map(|mut m| m.insert(dep.project_name.clone(), dep.id.clone()))
-            .ok();
-        if let Ok(mut m) = self.hosts.lock() {
-            m.retain(|id, (project, _)| id == &dep.id || project != &dep.project_name);
-        }
+        lock(&self.active).insert(dep.project_name.clone(), dep.id.clone());
+        lock(&self.hosts).retain(|id, (project, _)| id == &dep.id || project != &dep.project_name);
         Ok(())
     }
 
@@ -340,11 +323,12 @@ impl Invocations {
             return None;
         }
         let key = format!("{project}/{function}");
-        self.function_slots.lock().ok().map(|mut m| {
-            m.entry(key)
+        Some(
+            lock(&self.function_slots)
+                .entry(key)
                 .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-                .clone()
-        })
+                .clone(),
+        )
     }
 
     async fn execute(&self, id: &str) -> ApiResult<()> {
@@ -386,10 +370,7 @@ impl Invocations {
             ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
         ]);
         let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
-        self.running
-            .lock()
-            .map(|mut m| m.insert(id.to_string(), host.clone()))
-            .ok();
+        lock(&self.running).insert(id.to_string(), host.clone());
         let (log_tx, log_rx) = openloop_runner::run::log_channel();
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
@@ -418,7 +399,7 @@ impl Invocations {
         )
         .await;
         let _ = writer.await;
-        self.running.lock().map(|mut m| m.remove(id)).ok();
+        lock(&self.running).remove(id);
         self.tokens.revoke(&token);
         if let Err(e) = self.devboxes.shutdown_for_invocation(id).await {
             tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
@@ -457,7 +438,7 @@ impl Invocations {
         self.store
             .finish_invocation(id, "canceled", None, Some(&err.to_string()))
             .await?;
-        let host = self.running.lock().ok().and_then(|m| m.get(id).cloned());
+        let host = lock(&self.running).get(id).cloned();
         if let Some(h) = host {
             if let Err(e) = h.kill(id).await {
                 tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
@@ -520,7 +501,7 @@ impl Invocations {
     }
 
     fn run_slots(&self, id: &str) -> Option<Arc<RunSlots>> {
-        self.in_flight.lock().ok().and_then(|m| m.get(id).cloned())
+        lock(&self.in_flight).get(id).cloned()
     }
 
     /// How many calls deep a run in flight is (0: invoked with an API key).
@@ -601,10 +582,7 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn enter(invocations: &'a Invocations, id: &str, run: Arc<RunSlots>) -> Self {
         let table = &invocations.in_flight;
-        table
-            .lock()
-            .map(|mut m| m.insert(id.to_string(), run.clone()))
-            .ok();
+        lock(table).insert(id.to_string(), run.clone());
         InFlight {
             table,
             id: id.to_string(),
@@ -615,7 +593,8 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.table.lock() {
+        {
+            let mut m = lock(self.table);
             m.remove(&self.id);
             if let Some(parent) = self.run.parent.as_deref().and_then(|p| m.get(p)) {
                 parent.remove_child(&self.id);

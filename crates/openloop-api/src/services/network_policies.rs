@@ -12,9 +12,10 @@ use openloop_store::network_policies::NetworkPolicyRecord;
 use openloop_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use utoipa::ToSchema;
 
 /// A port rule as Runloop's client sends it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct PortRuleView {
     pub port: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,7 +24,7 @@ pub struct PortRuleView {
     pub protocol: Option<ProtocolView>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub enum ProtocolView {
     #[serde(rename = "TCP")]
     Tcp,
@@ -32,7 +33,7 @@ pub enum ProtocolView {
 }
 
 /// A CIDR allow rule as Runloop's client sends it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AllowedCidr {
     pub cidr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,7 +41,7 @@ pub struct AllowedCidr {
 }
 
 /// The egress rules of a policy (`NetworkPolicyView.egress`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Egress {
     pub allow_all: bool,
     pub allow_devbox_to_devbox: bool,
@@ -53,7 +54,7 @@ pub struct Egress {
     pub allowed_hostnames: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NetworkPolicyView {
     pub id: String,
     pub name: String,
@@ -63,7 +64,7 @@ pub struct NetworkPolicyView {
     pub egress: Egress,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NetworkPolicyListView {
     pub network_policies: Vec<NetworkPolicyView>,
     pub has_more: bool,
@@ -71,7 +72,7 @@ pub struct NetworkPolicyListView {
 }
 
 /// `POST /v1/network-policies`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CreateNetworkPolicy {
     pub name: String,
     #[serde(default)]
@@ -81,7 +82,7 @@ pub struct CreateNetworkPolicy {
 }
 
 /// `POST /v1/network-policies/{id}`: every field optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct UpdateNetworkPolicy {
     #[serde(default)]
     pub name: Option<String>,
@@ -92,7 +93,7 @@ pub struct UpdateNetworkPolicy {
 }
 
 /// The egress fields of a create or update; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct EgressChange {
     #[serde(default)]
     pub allow_all: Option<bool>,

@@ -246,7 +246,7 @@ pub fn valid_env_name(name: &str) -> bool {
 }
 
 /// Runloop's `SecretView`: never the value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecretView {
     pub id: String,
     pub name: String,
@@ -266,7 +266,7 @@ impl From<SecretRecord> for SecretView {
 }
 
 /// Runloop's `SecretListView`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecretListView {
     pub secrets: Vec<SecretView>,
     pub has_more: bool,

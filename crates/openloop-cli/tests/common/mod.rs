@@ -45,12 +45,20 @@ fn ensure_agent() -> PathBuf {
 }
 
 /// A fresh PostgreSQL database for one server, from `OPENLOOP_TEST_POSTGRES_URL`.
-/// Returns None (the test is skipped) when the variable is unset outside CI.
+/// Returns None (the test is skipped) when the variable is unset or empty, except in CI
+/// (`CI` set) or under `scripts/test.sh` (`OPENLOOP_REQUIRE_POSTGRES` set), where the test
+/// fails instead: every PostgreSQL variant of a test comes through here.
 pub async fn postgres_database() -> Option<String> {
-    let Ok(admin) = std::env::var("OPENLOOP_TEST_POSTGRES_URL") else {
+    let url = std::env::var("OPENLOOP_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let Some(admin) = url else {
+        let required = ["CI", "OPENLOOP_REQUIRE_POSTGRES"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
         assert!(
-            std::env::var("CI").is_err(),
-            "OPENLOOP_TEST_POSTGRES_URL must be set in CI: the PostgreSQL tests may not be skipped there"
+            !required,
+            "OPENLOOP_TEST_POSTGRES_URL must be set in CI and under scripts/test.sh: the PostgreSQL tests may not be skipped there"
         );
         eprintln!("skipping: OPENLOOP_TEST_POSTGRES_URL is not set");
         return None;

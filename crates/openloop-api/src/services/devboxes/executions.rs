@@ -8,9 +8,10 @@
 //! is dropped and the stream marked truncated. Values of the secrets the devbox was given are
 //! redacted before output is written, so every reader (views, streams) sees only the marker.
 
+use crate::model::{ExecutionResult, ExecutionStatus, ExecutionView};
 use crate::services::secrets::{Redactor, StreamRedactor};
 use openloop_sandbox::{Devbox, OutputChunk};
-use serde_json::{json, Value};
+use openloop_sync::lock;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,9 +77,8 @@ struct Kept {
     truncated: bool,
 }
 
-#[derive(Default)]
 struct State {
-    status: &'static str,
+    status: ExecutionStatus,
     stdout: Kept,
     stderr: Kept,
     exit_status: Option<i32>,
@@ -127,8 +127,11 @@ impl Execution {
             devbox_id,
             dir: output.dir.clone(),
             state: Mutex::new(State {
-                status: "running",
-                ..State::default()
+                status: ExecutionStatus::Running,
+                stdout: Kept::default(),
+                stderr: Kept::default(),
+                exit_status: None,
+                error: None,
             }),
             version: watch::channel(0).0,
             task: Mutex::new(None),
@@ -177,9 +180,7 @@ impl Execution {
                 Err(e) => me.finish(-1, Some(e.to_string())),
             }
         });
-        if let Ok(mut t) = exec.task.lock() {
-            *t = Some(handle.abort_handle());
-        }
+        *lock(&exec.task) = Some(handle.abort_handle());
         exec
     }
 
@@ -188,9 +189,7 @@ impl Execution {
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
-        if let Ok(mut s) = self.state.lock() {
-            f(&mut s);
-        }
+        f(&mut lock(&self.state));
         self.version.send_modify(|v| *v += 1);
     }
 
@@ -255,22 +254,18 @@ impl Execution {
     }
 
     fn kept(&self, which: Stream) -> Kept {
-        self.state
-            .lock()
-            .map(|s| {
-                if which == Stream::Stdout {
-                    s.stdout
-                } else {
-                    s.stderr
-                }
-            })
-            .unwrap_or_default()
+        let s = lock(&self.state);
+        if which == Stream::Stdout {
+            s.stdout
+        } else {
+            s.stderr
+        }
     }
 
     fn finish(&self, exit: i32, error: Option<String>) {
         self.update(|s| {
-            if s.status != "completed" {
-                s.status = "completed";
+            if s.status != ExecutionStatus::Completed {
+                s.status = ExecutionStatus::Completed;
                 s.exit_status = Some(exit);
                 s.error = error;
             }
@@ -279,33 +274,26 @@ impl Execution {
 
     /// Kill the command's whole process tree (closing its agent connection does that).
     pub fn kill(&self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
             task.abort();
         }
         self.finish(128 + 9, None);
     }
 
     pub fn is_completed(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.status == "completed")
-            .unwrap_or(true)
+        lock(&self.state).status == ExecutionStatus::Completed
     }
 
     /// The devbox failure that ended this command, if any.
     pub fn error(&self) -> Option<String> {
-        self.state.lock().ok().and_then(|s| s.error.clone())
+        lock(&self.state).error.clone()
     }
 
     /// Wait until the status is one of `statuses`; false when `within` passed first.
-    pub async fn wait_for(&self, statuses: &[String], within: Duration) -> bool {
+    pub async fn wait_for(&self, statuses: &[ExecutionStatus], within: Duration) -> bool {
         let mut rx = self.version.subscribe();
-        let reached = |e: &Execution| {
-            e.state
-                .lock()
-                .map(|s| statuses.iter().any(|w| w == s.status))
-                .unwrap_or(true)
-        };
+        let reached = |e: &Execution| statuses.contains(&lock(&e.state).status);
         let wait = async {
             loop {
                 if reached(self) {
@@ -335,12 +323,9 @@ impl Execution {
     }
 
     /// Runloop's `DevboxAsyncExecutionDetailView`; `last_n` keeps only the last lines of output.
-    pub async fn view(&self, last_n: Option<usize>) -> Value {
+    pub async fn view(&self, last_n: Option<usize>) -> ExecutionView {
         let (status, exit_status, out, err) = {
-            let s = match self.state.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let s = lock(&self.state);
             (s.status, s.exit_status, s.stdout, s.stderr)
         };
         let stdout = self.read_kept(Stream::Stdout, 0, out.len).await;
@@ -354,27 +339,27 @@ impl Execution {
                 Some(_) => tail_lines(&all, last_n),
             }
         };
-        json!({
-            "devbox_id": self.devbox_id,
-            "execution_id": self.id,
-            "status": status,
-            "exit_status": exit_status,
-            "stdout": text(stdout),
-            "stderr": text(stderr),
-            "stdout_truncated": out.truncated,
-            "stderr_truncated": err.truncated,
-        })
+        ExecutionView {
+            devbox_id: self.devbox_id.clone(),
+            execution_id: self.id.clone(),
+            status,
+            exit_status,
+            stdout: text(stdout),
+            stderr: text(stderr),
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+        }
     }
 
     /// Runloop's `DevboxExecutionDetailView` (execute_sync).
-    pub async fn sync_view(&self) -> Value {
+    pub async fn sync_view(&self) -> ExecutionResult {
         let v = self.view(None).await;
-        json!({
-            "devbox_id": v["devbox_id"],
-            "exit_status": v["exit_status"],
-            "stdout": v["stdout"],
-            "stderr": v["stderr"],
-        })
+        ExecutionResult {
+            devbox_id: v.devbox_id,
+            exit_status: v.exit_status,
+            stdout: v.stdout,
+            stderr: v.stderr,
+        }
     }
 
     /// Output of one stream from byte `offset` (at most 1 MiB, cut on a UTF-8 boundary
@@ -382,16 +367,13 @@ impl Execution {
     /// nothing more is kept.
     pub async fn read_from(&self, which: Stream, offset: usize) -> (Vec<u8>, bool) {
         let (kept, completed) = {
-            let s = match self.state.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let s = lock(&self.state);
             let k = if which == Stream::Stdout {
                 s.stdout
             } else {
                 s.stderr
             };
-            (k.len, s.status == "completed")
+            (k.len, s.status == ExecutionStatus::Completed)
         };
         let offset = (offset as u64).min(kept);
         let end = kept.min(offset + MAX_STREAM_CHUNK as u64);

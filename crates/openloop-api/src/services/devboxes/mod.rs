@@ -1,10 +1,10 @@
 //! Devboxes: records in the store, sandboxes in `openloop-sandbox`, executions in memory.
 //!
 //! - [`executions`]: commands running in devboxes.
-//! - [`view`]: Runloop's `DevboxView`.
+//!
+//! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
 pub mod executions;
-pub mod view;
 
 use crate::auth::Principal;
 use crate::config::ServerConfig;
@@ -17,6 +17,7 @@ use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::disk::DiskPool;
 use openloop_sandbox::egress::EgressPolicy;
 use openloop_sandbox::{image, Devbox, DevboxSpec, SandboxConfig};
+use openloop_sync::lock;
 
 /// Disk of a devbox that asks for no particular size, in GiB.
 const DEFAULT_DISK_GB: u64 = 8;
@@ -31,9 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-pub use view::devbox_view;
+use crate::model::{DevboxStatus, DevboxView};
 
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+/// Runloop's launch parameters; Openloop applies these and echoes back any others.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct LaunchParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_commands: Option<Vec<String>>,
@@ -49,10 +51,12 @@ pub struct LaunchParameters {
     pub keep_alive_time_seconds: Option<u64>,
     /// Other Runloop launch parameters are accepted and echoed back.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub other: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+/// Runloop's devbox create request (every field optional; an empty body is all defaults).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CreateDevbox {
     #[serde(default)]
     pub name: Option<String>,
@@ -72,6 +76,7 @@ pub struct CreateDevbox {
     pub file_mounts: Option<BTreeMap<String, String>>,
     /// Openloop extension: `"none"` (default) or `"outbound"` (internet, never the host's loopback).
     #[serde(default)]
+    #[schema(pattern = "^(none|outbound)$")]
     pub network: Option<String>,
 }
 
@@ -214,10 +219,7 @@ impl Devboxes {
                 ),
             ),
         };
-        let mut owners = self
-            .owners
-            .lock()
-            .map_err(|_| ApiError::Internal("devbox quota lock poisoned".into()))?;
+        let mut owners = lock(&self.owners);
         if owners.values().filter(|o| **o == owner).count() >= limit {
             return Err(ApiError::QuotaExceeded(message));
         }
@@ -230,9 +232,7 @@ impl Devboxes {
     }
 
     fn release(&self, id: &str) {
-        if let Ok(mut m) = self.owners.lock() {
-            m.remove(id);
-        }
+        lock(&self.owners).remove(id);
     }
 
     /// The directory of one devbox's execution output files.
@@ -360,7 +360,7 @@ impl Devboxes {
         self: &Arc<Self>,
         req: CreateDevbox,
         principal: &Principal,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<DevboxView> {
         let mut res = self.resources(&req)?;
         let params = req.launch_parameters.clone().unwrap_or_default();
         // A network policy means outbound network under its rules.
@@ -401,7 +401,7 @@ impl Devboxes {
             Err(e) => {
                 // Not this caller's: back to the pool for the next create.
                 if let Some(d) = warm {
-                    self.warm.lock().map(|mut w| w.push_front(d)).ok();
+                    lock(&self.warm).push_front(d);
                 }
                 return Err(e);
             }
@@ -472,10 +472,7 @@ impl Devboxes {
             output,
         });
         self.touch(&live);
-        self.live
-            .lock()
-            .map(|mut m| m.insert(id.clone(), live.clone()))
-            .ok();
+        lock(&self.live).insert(id.clone(), live.clone());
         // From here on, stopping the devbox gives its place back.
         reservation.keep();
         self.watch(id.clone(), live.clone());
@@ -554,7 +551,7 @@ impl Devboxes {
                 let Some(res) = this.default_resources() else {
                     return;
                 };
-                while this.warm.lock().map(|w| w.len()).unwrap_or(want) < want {
+                while lock(&this.warm).len() < want {
                     let spec = DevboxSpec {
                         id: openloop_store::new_id("dbx"),
                         env: BTreeMap::new(),
@@ -565,7 +562,7 @@ impl Devboxes {
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {
-                            this.warm.lock().map(|mut w| w.push_back(d)).ok();
+                            lock(&this.warm).push_back(d);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "could not start a devbox ahead of time");
@@ -590,7 +587,8 @@ impl Devboxes {
             return None;
         }
         let mut taken = None;
-        if let Ok(mut w) = self.warm.lock() {
+        {
+            let mut w = lock(&self.warm);
             while let Some(d) = w.pop_front() {
                 if d.exit_reason().is_none() {
                     taken = Some(d);
@@ -656,17 +654,13 @@ impl Devboxes {
     }
 
     fn is_live(&self, id: &str) -> bool {
-        self.live
-            .lock()
-            .map(|m| m.contains_key(id))
-            .unwrap_or(false)
+        lock(&self.live).contains_key(id)
     }
 
     fn has_running_execution(&self, id: &str) -> bool {
-        self.executions
-            .lock()
-            .map(|m| m.values().any(|e| e.devbox_id == id && !e.is_completed()))
-            .unwrap_or(false)
+        lock(&self.executions)
+            .values()
+            .any(|e| e.devbox_id == id && !e.is_completed())
     }
 
     /// A devbox the caller may see (its own when the caller is a run).
@@ -681,13 +675,28 @@ impl Devboxes {
     }
 
     /// The live sandbox of a devbox the caller may use; counts as activity.
+    /// The error of an operation on a devbox that was running when it started: losing the
+    /// agent because the devbox stopped meanwhile (shut down by another request, idle, its
+    /// sandbox died) is a 409 like any operation on a stopped devbox, not a server failure.
+    pub fn op_error(&self, id: &str, e: openloop_sandbox::SandboxError) -> ApiError {
+        let still_running = lock(&self.live)
+            .get(id)
+            .is_some_and(|l| l.devbox.exit_reason().is_none());
+        match e {
+            openloop_sandbox::SandboxError::Io(_) if !still_running => {
+                ApiError::Conflict(format!("devbox {id} stopped during the request"))
+            }
+            other => other.into(),
+        }
+    }
+
     pub async fn running(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Devbox>> {
         Ok(self.running_live(id, principal).await?.devbox.clone())
     }
 
     async fn running_live(&self, id: &str, principal: &Principal) -> ApiResult<Arc<Live>> {
         let rec = self.authorized(id, principal).await?;
-        let live = self.live.lock().ok().and_then(|m| m.get(id).cloned());
+        let live = lock(&self.live).get(id).cloned();
         match live {
             Some(l) if l.devbox.exit_reason().is_none() && rec.status == "running" => {
                 self.touch(&l);
@@ -707,30 +716,27 @@ impl Devboxes {
         self.running(id, principal).await.map(|_| ())
     }
 
-    pub async fn view(&self, id: &str) -> ApiResult<Value> {
+    pub async fn view(&self, id: &str) -> ApiResult<DevboxView> {
         self.view_of(&self.store.get_devbox(id).await?).await
     }
 
     /// The `DevboxView` of a record, with its status history.
-    pub async fn view_of(&self, rec: &DevboxRecord) -> ApiResult<Value> {
-        Ok(devbox_view(
-            rec,
-            &self.store.devbox_transitions(&rec.id).await?,
-        ))
+    pub async fn view_of(&self, rec: &DevboxRecord) -> ApiResult<DevboxView> {
+        DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)
     }
 
     /// Wait until the devbox's status is one of `statuses`; `None` when `within` passed first.
     pub async fn wait_for_status(
         &self,
         id: &str,
-        statuses: &[String],
+        statuses: &[DevboxStatus],
         within: Duration,
-    ) -> ApiResult<Option<Value>> {
+    ) -> ApiResult<Option<DevboxView>> {
         let mut sub = self.notifier.subscribe(id);
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let rec = self.store.get_devbox(id).await?;
-            if statuses.iter().any(|s| s == &rec.status) {
+            if statuses.iter().any(|s| s.as_str() == rec.status) {
                 return Ok(Some(self.view_of(&rec).await?));
             }
             if tokio::time::timeout_at(deadline, sub.changed())
@@ -743,31 +749,25 @@ impl Devboxes {
     }
 
     async fn stop(&self, id: &str) {
-        let live = self.live.lock().ok().and_then(|mut m| m.remove(id));
+        let live = lock(&self.live).remove(id);
         if let Some(l) = live {
             l.devbox.shutdown().await;
         }
-        let gone: Vec<String> = self
-            .executions
-            .lock()
-            .map(|mut m| {
-                let ids: Vec<String> = m
-                    .values()
-                    .filter(|e| e.devbox_id == id)
-                    .map(|e| e.id.clone())
-                    .collect();
-                for e in &ids {
-                    if let Some(x) = m.remove(e) {
-                        x.kill();
-                    }
-                }
-                ids
-            })
-            .unwrap_or_default();
+        let gone: Vec<Arc<Execution>> = {
+            let mut m = lock(&self.executions);
+            let ids: Vec<String> = m
+                .values()
+                .filter(|e| e.devbox_id == id)
+                .map(|e| e.id.clone())
+                .collect();
+            ids.iter().filter_map(|e| m.remove(e)).collect()
+        };
+        // Killed outside the map's lock (a kill takes the execution's own locks).
+        for x in &gone {
+            x.kill();
+        }
         if !gone.is_empty() {
-            if let Ok(mut m) = self.by_command_id.lock() {
-                m.retain(|(d, _), _| d != id);
-            }
+            lock(&self.by_command_id).retain(|(d, _), _| d != id);
         }
         let dir = self.output_dir(id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
@@ -813,11 +813,9 @@ impl Devboxes {
         command_id: Option<String>,
     ) -> ApiResult<Arc<Execution>> {
         if let Some(cid) = &command_id {
-            let known = self
-                .by_command_id
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&(id.to_string(), cid.clone())).cloned());
+            let known = lock(&self.by_command_id)
+                .get(&(id.to_string(), cid.clone()))
+                .cloned();
             if let Some(eid) = known {
                 self.authorized(id, principal).await?;
                 return self.execution(id, &eid, principal).await;
@@ -833,15 +831,9 @@ impl Devboxes {
             cwd,
             live.output.clone(),
         );
-        self.executions
-            .lock()
-            .map(|mut m| m.insert(exec.id.clone(), exec.clone()))
-            .ok();
+        lock(&self.executions).insert(exec.id.clone(), exec.clone());
         if let Some(cid) = command_id {
-            self.by_command_id
-                .lock()
-                .map(|mut m| m.insert((id.to_string(), cid), exec.id.clone()))
-                .ok();
+            lock(&self.by_command_id).insert((id.to_string(), cid), exec.id.clone());
         }
         Ok(exec)
     }
@@ -853,10 +845,9 @@ impl Devboxes {
         principal: &Principal,
     ) -> ApiResult<Arc<Execution>> {
         self.authorized(devbox_id, principal).await?;
-        self.executions
-            .lock()
-            .ok()
-            .and_then(|m| m.get(execution_id).cloned())
+        lock(&self.executions)
+            .get(execution_id)
+            .cloned()
             .filter(|e| e.devbox_id == devbox_id)
             .ok_or_else(|| {
                 ApiError::NotFound(format!(
@@ -891,19 +882,11 @@ impl Devboxes {
     }
 
     pub async fn shutdown_all(&self) {
-        let warm: Vec<Arc<Devbox>> = self
-            .warm
-            .lock()
-            .map(|mut w| w.drain(..).collect())
-            .unwrap_or_default();
+        let warm: Vec<Arc<Devbox>> = lock(&self.warm).drain(..).collect();
         for d in warm {
             d.shutdown().await;
         }
-        let ids: Vec<String> = self
-            .live
-            .lock()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
             let _ = self
                 .shutdown(&id, "api_shutdown", "the server stopped")
