@@ -647,6 +647,7 @@ fn to_log(l: LogLine, redactor: &Redactor) -> InvocationLog {
         ts_ms: l.ts_ms,
         stream: l.stream.to_string(),
         level: l.level,
-        message: redactor.redact_string(l.message),
+        // PostgreSQL text cannot hold NUL; a run that prints one must not lose its batch.
+        message: redactor.redact_string(l.message).replace('\0', "\u{FFFD}"),
     }
 }
