@@ -4,28 +4,17 @@
 mod common;
 
 use common::{Db, Server};
-use std::path::PathBuf;
 
 #[tokio::test]
 async fn runloop_python_client_works_unchanged() {
     let server = Server::start(Db::Sqlite).await.unwrap();
-    let python = common::runloop_client_venv();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/runloop_client_check.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENLOOP_URL", &server.url)
-        .env("OPENLOOP_API_KEY", &server.key)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the client check failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all devbox calls worked"), "{stdout}");
+    common::run_client_check(
+        &server,
+        "runloop_client_check.py",
+        &[],
+        "all devbox calls worked",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -145,6 +145,17 @@ impl FakeNet {
     }
 }
 
+impl FakeNet {
+    /// A runtime for the test: its threads (and so every process it starts, the server
+    /// included) inherit the calling thread's network namespace.
+    fn runtime(&self) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
 impl Drop for FakeNet {
     fn drop(&mut self) {
         for child in [&mut self.server, &mut self.dns] {
@@ -163,12 +174,7 @@ impl Drop for FakeNet {
 #[test]
 fn egress_defaults_keep_sandboxes_off_private_link_local_and_host_addresses() {
     let net = FakeNet::enter();
-    // Threads (and so every process the runtime starts) inherit this thread's namespace.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    net.runtime().block_on(async {
         let server = Server::start(Db::Sqlite).await.unwrap();
         for target in ["169.254.169.254:80", "192.168.77.2:80", "10.77.0.2:80", "203.0.113.7:80"] {
             assert!(
@@ -223,26 +229,13 @@ async fn function_sandboxes_carry_the_egress_rules() {
 #[tokio::test]
 async fn network_policies_work_with_runloops_client() {
     let server = Server::start(Db::Sqlite).await.unwrap();
-    let python = common::runloop_client_venv();
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients/runloop_network_policy_check.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENLOOP_URL", &server.url)
-        .env("OPENLOOP_API_KEY", &server.key)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the client check failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all network policy calls worked"),
-        "{stdout}"
-    );
+    common::run_client_check(
+        &server,
+        "runloop_network_policy_check.py",
+        &[],
+        "all network policy calls worked",
+    )
+    .await;
 }
 
 async fn create_policy(server: &Server, body: serde_json::Value) -> String {
@@ -263,11 +256,7 @@ async fn create_policy(server: &Server, body: serde_json::Value) -> String {
 #[test]
 fn network_policies_decide_where_devboxes_reach() {
     let net = FakeNet::enter();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    net.runtime().block_on(async {
         let server = Server::start(Db::Sqlite).await.unwrap();
         let lan_web = create_policy(
             &server,
@@ -437,11 +426,7 @@ async fn warm_rules(server: u32) -> String {
 #[test]
 fn allowed_hostnames_resolve_and_nothing_else_does() {
     let net = FakeNet::enter();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    net.runtime().block_on(async {
         let server = Server::start_with(Db::Sqlite, &[("OPENLOOP_DNS_UPSTREAM", "10.77.0.2:53")])
             .await
             .unwrap();

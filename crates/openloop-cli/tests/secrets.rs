@@ -9,7 +9,6 @@ use base64::Engine;
 use common::{fixture, Db, Server};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 
 const MARKER: &str = "[REDACTED:agent_token]";
 
@@ -52,24 +51,13 @@ async fn assert_not_in_invocation(server: &Server, id: &str, value: &str) {
 /// Run Runloop's client through `/v1/secrets` and devbox secrets; it leaves `agent_token`
 /// holding `value`.
 async fn runloop_client_check(server: &Server, value: &str) {
-    let python = common::runloop_client_venv();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/runloop_secrets_check.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENLOOP_URL", &server.url)
-        .env("OPENLOOP_API_KEY", &server.key)
-        .env("SECRET_VALUE", value)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the client check failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all secret calls worked"), "{stdout}");
+    common::run_client_check(
+        server,
+        "runloop_secrets_check.py",
+        &[("SECRET_VALUE", value)],
+        "all secret calls worked",
+    )
+    .await;
 }
 
 /// The database's own bytes (SQLite) or rows (PostgreSQL) hold no value in clear.

@@ -417,3 +417,30 @@ pub fn runloop_client_venv() -> PathBuf {
     std::fs::write(dir.join(".ready"), "").unwrap();
     python
 }
+
+/// Run one of `tests/clients/*.py` with Runloop's real client against `server` (plus `env`),
+/// insist it succeeds and prints `marker`; its output.
+pub async fn run_client_check(
+    server: &Server,
+    script: &str,
+    env: &[(&str, &str)],
+    marker: &str,
+) -> String {
+    let mut cmd = tokio::process::Command::new(runloop_client_venv());
+    cmd.arg(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(script),
+    )
+    .env("OPENLOOP_URL", &server.url)
+    .env("OPENLOOP_API_KEY", &server.key);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(marker), "{stdout}");
+    stdout
+}
