@@ -27,6 +27,10 @@ pub enum Channel {
     Control,
     Stdout,
     Stderr,
+    /// A warm process's next run process, isolated and waiting: it registers ahead of its run
+    /// so that the server can move it into a cgroup off the run's path (any number of times
+    /// per registration, one connection per process).
+    Spare,
 }
 
 impl Channel {
@@ -35,6 +39,7 @@ impl Channel {
             "control" => Some(Channel::Control),
             "stdout" => Some(Channel::Stdout),
             "stderr" => Some(Channel::Stderr),
+            "spare" => Some(Channel::Spare),
             _ => None,
         }
     }
@@ -48,6 +53,7 @@ impl Channel {
             Channel::Control => "control",
             Channel::Stdout => "stdout",
             Channel::Stderr => "stderr",
+            Channel::Spare => "spare",
         }
     }
 }
@@ -357,7 +363,16 @@ impl Channels {
             let mut m = lock(&self.expected);
             match m.get_mut(&header.invocation_id) {
                 Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
-                    if channel != Channel::Control {
+                    if channel == Channel::Spare {
+                        let _ = e.tx.send(Connection {
+                            channel,
+                            stream,
+                            early,
+                            peer_pid,
+                            slot,
+                        });
+                        Next::Done
+                    } else if channel != Channel::Control {
                         Next::WaitControl(stream, early, slot, e.control_pid.subscribe())
                     } else if e.taken[channel.index()] {
                         Next::Refuse(stream, Refusal::Repeated(channel.name()))

@@ -37,7 +37,16 @@ pub struct HostSpec {
     /// The cgroup the process (its import, validators and spare children) runs in.
     pub cgroup_name: String,
     pub limits: Limits,
+    /// Runs' cgroups: names start with this, and the default limits. The process forked for
+    /// the next run registers on the engine socket as soon as it is isolated and is moved
+    /// into a fresh one of these then, off the run's path (moving a process between v1
+    /// cgroups can take milliseconds).
+    pub run_cgroup_prefix: String,
+    pub run_limits: Limits,
 }
+
+/// Processes forked for coming runs, each already in a run cgroup of its own, by host pid.
+type Prepared = Arc<Mutex<HashMap<i32, Cgroup>>>;
 
 /// One schema violation, as pydantic reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,14 +78,21 @@ pub struct WarmHost {
     process: Option<Pidfd>,
     /// The process's own cgroup; removed when the host is dropped.
     cgroup: Mutex<Option<Cgroup>>,
+    /// Spares that registered, each in its cgroup.
+    prepared: Prepared,
+    /// The spares' registration on the engine socket (ends with the host).
+    _spares: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WarmHost {
     /// Start the process and wait until it has imported the module.
-    pub async fn start(spec: HostSpec) -> Result<Arc<WarmHost>, RunnerError> {
+    pub async fn start(
+        spec: HostSpec,
+        channels: &Arc<crate::Channels>,
+    ) -> Result<Arc<WarmHost>, RunnerError> {
         let cgroup = Cgroup::create(&spec.cgroup_name, spec.limits)
             .map_err(|e| RunnerError::Spawn(format!("creating the process's cgroup: {e}")))?;
-        match Self::spawn(spec, &cgroup).await {
+        match Self::spawn(spec, &cgroup, channels).await {
             Ok(host) => {
                 *lock(&host.cgroup) = Some(cgroup);
                 Ok(host)
@@ -88,7 +104,19 @@ impl WarmHost {
         }
     }
 
-    async fn spawn(spec: HostSpec, cgroup: &Cgroup) -> Result<Arc<WarmHost>, RunnerError> {
+    async fn spawn(
+        spec: HostSpec,
+        cgroup: &Cgroup,
+        channels: &Arc<crate::Channels>,
+    ) -> Result<Arc<WarmHost>, RunnerError> {
+        static SPARES: AtomicU64 = AtomicU64::new(0);
+        let registration = channels.register(&format!(
+            "spares-{}-{}",
+            spec.deployment_id,
+            SPARES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let (spare_id, spare_key) = (registration.invocation_id.clone(), registration.key.clone());
+        let prepared: Prepared = Arc::default();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs: OwnedFd = theirs.into();
         let fd = theirs.as_raw_fd();
@@ -115,6 +143,10 @@ impl WarmHost {
             spec.run_tmp_bytes.to_string(),
             "--run-seccomp".into(),
             RUN_SECCOMP.into(),
+            "--spare-id".into(),
+            spare_id,
+            "--spare-key".into(),
+            spare_key,
         ];
         let mut cmd = sandbox
             .command(&spec.python.to_string_lossy(), &args)
@@ -176,6 +208,7 @@ impl WarmHost {
             ));
         }
         let (dead_tx, dead_rx) = watch::channel(None);
+        let (spec_prefix, spec_limits) = (spec.run_cgroup_prefix.clone(), spec.run_limits);
         let host = Arc::new(WarmHost {
             spec,
             writer: tokio::sync::Mutex::new(write),
@@ -186,6 +219,13 @@ impl WarmHost {
             pid,
             process,
             cgroup: Mutex::new(None),
+            _spares: Some(tokio::spawn(prepare_spares(
+                registration,
+                prepared.clone(),
+                spec_prefix,
+                spec_limits,
+            ))),
+            prepared,
         });
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
@@ -322,6 +362,57 @@ impl WarmHost {
     }
 }
 
+/// Put each spare that registers into a fresh run cgroup, and say so (one byte).
+async fn prepare_spares(
+    mut registration: crate::channels::Registration,
+    prepared: Prepared,
+    prefix: String,
+    limits: Limits,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut n = 0u64;
+    while let Some(mut conn) = registration.connections.recv().await {
+        if conn.channel != crate::channels::Channel::Spare || conn.peer_pid <= 0 {
+            continue;
+        }
+        n += 1;
+        let name = format!("{prefix}spare{n}-{}", conn.peer_pid);
+        let pid = conn.peer_pid;
+        let made = tokio::task::spawn_blocking(move || {
+            let cgroup = Cgroup::create(&name, limits)?;
+            match cgroup.attach(pid) {
+                Ok(()) => Ok(cgroup),
+                Err(e) => {
+                    cgroup.destroy();
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        let Ok(Ok(cgroup)) = made else { continue };
+        // A pid seen before belonged to a spare that ended unused: its cgroup goes.
+        let old = lock(&prepared).insert(pid, cgroup);
+        if let Some(old) = old {
+            tokio::task::spawn_blocking(move || old.destroy());
+        }
+        let _ = conn.stream.write_all(b"\x01").await;
+    }
+}
+
+impl WarmHost {
+    /// The cgroup prepared for the process `pid`, if that process registered as a spare and
+    /// is still in it.
+    pub fn take_prepared(&self, pid: i32) -> Option<Cgroup> {
+        let cgroup = lock(&self.prepared).remove(&pid)?;
+        if cgroup.holds(pid) {
+            Some(cgroup)
+        } else {
+            std::thread::spawn(move || cgroup.destroy());
+            None
+        }
+    }
+}
+
 impl Drop for WarmHost {
     fn drop(&mut self) {
         // The last reference is gone (its deployment was replaced and its runs ended).
@@ -331,9 +422,17 @@ impl Drop for WarmHost {
             p.kill();
         }
         // Whatever is left of the process's sandbox dies with its cgroup, off any async thread.
+        if let Some(t) = &self._spares {
+            t.abort();
+        }
         let cgroup = lock(&self.cgroup).take();
-        if let Some(cgroup) = cgroup {
-            std::thread::spawn(move || cgroup.destroy());
+        let spares: Vec<Cgroup> = lock(&self.prepared).drain().map(|(_, c)| c).collect();
+        if cgroup.is_some() || !spares.is_empty() {
+            std::thread::spawn(move || {
+                for c in spares.into_iter().chain(cgroup) {
+                    c.destroy();
+                }
+            });
         }
     }
 }

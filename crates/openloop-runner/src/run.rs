@@ -195,18 +195,11 @@ pub async fn run(
 ) -> RunOutcome {
     let mut reg = channels.register(&req.invocation_id);
     // The run's own cgroup: a memory hog or a fork bomb fails alone, and whatever the run
-    // leaves behind is killed with it.
-    let cgroup = match Cgroup::create(&req.cgroup_name, req.limits) {
-        Ok(c) => c,
-        Err(e) => {
-            return failure(
-                "StartFailed",
-                format!("the run's cgroup could not be created: {e}"),
-            )
-        }
-    };
+    // leaves behind is killed with it. It is known once the run's process connects: usually
+    // that process registered ahead of time and already sits in a cgroup of its own.
     let budget = Arc::new(LogBudget::new(req.log_limits));
-    let outcome = run_in(host, &req, &mut reg, &cgroup, &logs, &budget).await;
+    let mut cgroup: Option<Cgroup> = None;
+    let outcome = run_in(host, &req, &mut reg, &mut cgroup, &logs, &budget).await;
     let (lines, bytes) = budget.dropped();
     if lines > 0 {
         let _ = logs
@@ -216,11 +209,13 @@ pub async fn run(
             )))
             .await;
     }
-    let oom = cgroup.oom_kills() > 0;
+    let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
     // Whatever the run left running dies now, off the run's path: killing the cgroup's
     // processes and waiting until it is empty (a run's pid 1 takes a few milliseconds to tear
     // down its namespaces after its result is in) happen on a blocking thread.
-    tokio::task::spawn_blocking(move || cgroup.destroy());
+    if let Some(cgroup) = cgroup {
+        tokio::task::spawn_blocking(move || cgroup.destroy());
+    }
     match outcome {
         RunOutcome::Failure(mut e) if oom && e["type"] == "ProcessExited" => {
             e["type"] = json!("OutOfMemory");
@@ -238,7 +233,7 @@ async fn run_in(
     host: &WarmHost,
     req: &RunRequest,
     reg: &mut crate::channels::Registration,
-    cgroup: &Cgroup,
+    cgroup: &mut Option<Cgroup>,
     logs: &mpsc::Sender<LogLine>,
     budget: &Arc<LogBudget>,
 ) -> RunOutcome {
@@ -263,14 +258,18 @@ async fn run_in(
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
             Some(conn) = reg.connections.recv() => match conn.channel {
-                Channel::Control => match admit(conn, cgroup).await {
-                    Ok(conn) => control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone()))),
+                Channel::Control => match admit(conn, host, req).await {
+                    Ok((conn, joined)) => {
+                        *cgroup = Some(joined);
+                        control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
+                    }
                     Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
                 },
                 Channel::Stdout | Channel::Stderr => {
                     streams_seen += 1;
                     readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
                 }
+                Channel::Spare => {}
             },
             r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
                 exit = Some(r.unwrap_or_default());
@@ -302,7 +301,7 @@ async fn run_in(
     let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
     while streams_seen < 2 {
         match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
-            Ok(Some(conn)) if conn.channel != Channel::Control => {
+            Ok(Some(conn)) if matches!(conn.channel, Channel::Stdout | Channel::Stderr) => {
                 streams_seen += 1;
                 readers.push(tokio::spawn(read_output(
                     conn,
@@ -327,17 +326,38 @@ async fn run_in(
     }
 }
 
-/// Move the run's process (known from its control connection) into the run's cgroup, then
-/// let it go on: the child waits for this byte before it runs any user code. The engine
-/// socket admits the run's output streams from this same pid only.
-async fn admit(mut conn: Connection, cgroup: &Cgroup) -> std::io::Result<Connection> {
+/// Put the run's process (known from its control connection) in a cgroup of its own: the one
+/// prepared for it when it registered as a spare, or else a new one it is moved into. Then let
+/// it go on: the child waits for this byte before it runs any user code. The engine socket
+/// admits the run's output streams from this same pid only.
+async fn admit(
+    mut conn: Connection,
+    host: &WarmHost,
+    req: &RunRequest,
+) -> std::io::Result<(Connection, Cgroup)> {
     use tokio::io::AsyncWriteExt;
     if conn.peer_pid <= 0 {
         return Err(std::io::Error::other("the run's pid is unknown"));
     }
-    cgroup.attach(conn.peer_pid)?;
+    let prepared = host.take_prepared(conn.peer_pid);
+    let cgroup = match prepared {
+        Some(c) if host.spec.run_limits == req.limits => c,
+        other => {
+            let c = Cgroup::create(&req.cgroup_name, req.limits)?;
+            let attached = c.attach(conn.peer_pid);
+            // A prepared cgroup with other limits is left empty by the move: it goes.
+            if let Some(unused) = other {
+                std::thread::spawn(move || unused.destroy());
+            }
+            if let Err(e) = attached {
+                std::thread::spawn(move || c.destroy());
+                return Err(e);
+            }
+            c
+        }
+    };
     conn.stream.write_all(b"\x01").await?;
-    Ok(conn)
+    Ok((conn, cgroup))
 }
 
 fn describe_exit(exit: Option<ExitInfo>) -> String {

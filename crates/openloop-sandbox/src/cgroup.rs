@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: u64,
     pub pids: u64,
@@ -141,6 +141,17 @@ impl Cgroup {
     }
 
     /// Move process `pid` into these cgroups.
+    /// Whether `pid` is in every one of these cgroups.
+    pub fn holds(&self, pid: i32) -> bool {
+        let want = pid.to_string();
+        !self.dirs.is_empty()
+            && self.dirs.iter().all(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs"))
+                    .map(|t| t.lines().any(|l| l.trim() == want))
+                    .unwrap_or(false)
+            })
+    }
+
     pub fn attach(&self, pid: i32) -> std::io::Result<()> {
         for d in &self.dirs {
             std::fs::write(d.join("cgroup.procs"), pid.to_string())?;

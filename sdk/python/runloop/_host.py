@@ -275,12 +275,19 @@ class Spare:
 
 class Host:
     def __init__(
-        self, control: socket.socket, engine_socket: str, run_tmp_bytes: int, seccomp: bytes
+        self,
+        control: socket.socket,
+        engine_socket: str,
+        run_tmp_bytes: int,
+        seccomp: bytes,
+        spare: tuple[str, str] | None = None,
     ) -> None:
         self.control = control
         self.engine_socket = engine_socket
         self.run_tmp_bytes = run_tmp_bytes
         self.seccomp = seccomp
+        #: (id, key) this host's spares register with on the engine socket.
+        self.spare_registration = spare
         self.buffer = b""
         self.children: dict[int, str] = {}
         self.by_invocation: dict[str, int] = {}
@@ -404,6 +411,7 @@ class Host:
         except BaseException:  # noqa: BLE001 - the host sees the pipe close
             os._exit(71)
         os.close(report_w)
+        self._register_spare()
         chunks = []
         while True:
             chunk = os.read(r, 1 << 16)
@@ -414,6 +422,21 @@ class Host:
             os._exit(0)
         msg = json.loads(b"".join(chunks))
         _run_child(msg, registered_functions()[msg["function"]], self.engine_socket)
+
+    def _register_spare(self) -> None:
+        """Tell the server this process waits for a run, so that it moves it into the run's
+        cgroup now rather than when the run starts. Best effort: without it, the run's start
+        moves the process instead."""
+        if self.spare_registration is None:
+            return
+        spare_id, key = self.spare_registration
+        try:
+            s = _connect(self.engine_socket, spare_id, key, "spare")
+            s.settimeout(10)
+            s.recv(1)
+            s.close()
+        except OSError:
+            pass
 
     def _spare_pid(self, spare: Spare) -> int:
         """The pid of the spare's run process, once it reported it (raises if it failed)."""
@@ -503,6 +526,8 @@ def main() -> None:
     parser.add_argument("--engine-socket", required=True)
     parser.add_argument("--run-tmp-bytes", type=int, required=True)
     parser.add_argument("--run-seccomp", required=True)
+    parser.add_argument("--spare-id")
+    parser.add_argument("--spare-key")
     args = parser.parse_args()
     _non_dumpable()
     with open(args.run_seccomp, "rb") as f:
@@ -527,7 +552,8 @@ def main() -> None:
 
     gc.collect()
     gc.freeze()
-    Host(control, args.engine_socket, args.run_tmp_bytes, seccomp).serve()
+    spare = (args.spare_id, args.spare_key) if args.spare_id and args.spare_key else None
+    Host(control, args.engine_socket, args.run_tmp_bytes, seccomp, spare).serve()
 
 
 if __name__ == "__main__":

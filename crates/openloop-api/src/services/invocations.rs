@@ -155,6 +155,15 @@ impl Invocations {
         self.cache(&dep).map(Some)
     }
 
+    /// The limits of a run's own cgroup.
+    fn run_limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.config.run_memory_mb << 20,
+            pids: self.config.run_pids,
+            cpu_shares: 1024,
+        }
+    }
+
     /// The warm process of a deployment, started if it is not running.
     pub async fn host_for(&self, dep: &Deployment) -> ApiResult<Arc<WarmHost>> {
         if let Some(h) = self.live_host(&dep.id) {
@@ -192,6 +201,8 @@ impl Invocations {
                 dep.id,
                 WARM_STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
+            run_cgroup_prefix: format!("run-{}-", self.config.instance_tag()),
+            run_limits: self.run_limits(),
             limits: Limits {
                 memory_bytes: self.config.warm_memory_mb << 20,
                 // A run's process stays in this cgroup until the server moves it into the
@@ -200,7 +211,7 @@ impl Invocations {
                 cpu_shares: 1024,
             },
         };
-        let host = WarmHost::start(spec)
+        let host = WarmHost::start(spec, &self.channels)
             .await
             .map_err(|e| ApiError::Unavailable(format!("deployment {}: {e}", dep.id)))?;
         tracing::info!(deployment = %dep.id, pid = host.pid(), "warm process ready");
@@ -388,11 +399,7 @@ impl Invocations {
                 request,
                 env,
                 cgroup_name: format!("run-{}-{id}", self.config.instance_tag()),
-                limits: Limits {
-                    memory_bytes: self.config.run_memory_mb << 20,
-                    pids: self.config.run_pids,
-                    cpu_shares: 1024,
-                },
+                limits: self.run_limits(),
                 log_limits: self.config.run_logs,
             },
             log_tx,
