@@ -120,6 +120,13 @@ struct Expected {
     taken: [bool; 3],
 }
 
+impl Expected {
+    /// Hand an admitted connection to its registration (gone if the run already ended).
+    fn deliver(&self, conn: Connection) {
+        let _ = self.tx.send(conn);
+    }
+}
+
 /// Listens on `<run dir>/engine.sock` and hands each connection to the run it belongs to.
 pub struct Channels {
     path: PathBuf,
@@ -363,8 +370,15 @@ impl Channels {
             let mut m = lock(&self.expected);
             match m.get_mut(&header.invocation_id) {
                 Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
-                    if channel == Channel::Spare {
-                        let _ = e.tx.send(Connection {
+                    // Spares, and a run's first control connection, are admitted at once.
+                    let now = channel == Channel::Spare
+                        || (channel == Channel::Control && !e.taken[channel.index()]);
+                    if now {
+                        if channel == Channel::Control {
+                            e.taken[channel.index()] = true;
+                            e.control_pid.send_replace(Some(peer_pid));
+                        }
+                        e.deliver(Connection {
                             channel,
                             stream,
                             early,
@@ -374,19 +388,8 @@ impl Channels {
                         Next::Done
                     } else if channel != Channel::Control {
                         Next::WaitControl(stream, early, slot, e.control_pid.subscribe())
-                    } else if e.taken[channel.index()] {
-                        Next::Refuse(stream, Refusal::Repeated(channel.name()))
                     } else {
-                        e.taken[channel.index()] = true;
-                        e.control_pid.send_replace(Some(peer_pid));
-                        let _ = e.tx.send(Connection {
-                            channel,
-                            stream,
-                            early,
-                            peer_pid,
-                            slot,
-                        });
-                        Next::Done
+                        Next::Refuse(stream, Refusal::Repeated(channel.name()))
                     }
                 }
                 _ => Next::Done,
@@ -429,7 +432,7 @@ impl Channels {
                 Some(e) if e.taken[channel.index()] => Refusal::Repeated(channel.name()),
                 Some(e) => {
                     e.taken[channel.index()] = true;
-                    let _ = e.tx.send(Connection {
+                    e.deliver(Connection {
                         channel,
                         stream,
                         early,
