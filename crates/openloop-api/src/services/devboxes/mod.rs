@@ -1,10 +1,25 @@
 //! Devboxes: records in the store, sandboxes in `openloop-sandbox`, executions in memory.
 //!
-//! - [`executions`]: commands running in devboxes.
+//! - here: the service, creating a devbox, and looking devboxes up for a caller;
+//! - [`executions`]: commands running in devboxes;
+//! - `shape`: what a devbox asks for (Runloop's create body) and the size, limits and network
+//!   it gets;
+//! - `pool`: sandboxes of the default shape started ahead of time;
+//! - `quota`: live devboxes per run and per API key;
+//! - `lifecycle`: the idle timer, waiting for a status, shutdown and recovery.
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
 pub mod executions;
+mod lifecycle;
+mod pool;
+mod quota;
+mod shape;
+
+use shape::Resources;
+pub use shape::{CreateDevbox, LaunchParameters};
+
+use quota::Owner;
 
 use crate::auth::Principal;
 use crate::config::ServerConfig;
@@ -34,62 +49,6 @@ use tokio::sync::OnceCell;
 
 use crate::model::{DevboxStatus, DevboxView};
 
-/// Runloop's launch parameters; Openloop applies these and echoes back any others.
-#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct LaunchParameters {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch_commands: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_size_request: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_gb_memory: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_cpu_cores: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_disk_size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive_time_seconds: Option<u64>,
-    /// Other Runloop launch parameters are accepted and echoed back.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub other: BTreeMap<String, Value>,
-}
-
-/// Runloop's devbox create request (every field optional; an empty body is all defaults).
-#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct CreateDevbox {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub environment_variables: Option<BTreeMap<String, String>>,
-    /// Environment variable name → secret name (`/v1/secrets`), as Runloop's client sends it.
-    #[serde(default)]
-    pub secrets: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub entrypoint: Option<String>,
-    #[serde(default)]
-    pub launch_parameters: Option<LaunchParameters>,
-    #[serde(default)]
-    pub metadata: Option<BTreeMap<String, String>>,
-    /// Path → contents of files written before the launch commands run.
-    #[serde(default)]
-    pub file_mounts: Option<BTreeMap<String, String>>,
-    /// Openloop extension: `"none"` (default) or `"outbound"` (internet, never the host's loopback).
-    #[serde(default)]
-    #[schema(pattern = "^(none|outbound)$")]
-    pub network: Option<String>,
-}
-
-/// Size, limits and network a devbox gets.
-struct Resources {
-    limits: Limits,
-    disk_bytes: u64,
-    network: bool,
-    /// Where outbound traffic may go (`launch_parameters.network_policy_id`).
-    egress: Option<EgressPolicy>,
-    keep_alive: Duration,
-}
-
 /// A running devbox and its idle deadline.
 struct Live {
     devbox: Arc<Devbox>,
@@ -99,44 +58,6 @@ struct Live {
     rearm: tokio::sync::Notify,
     /// Where its executions' output goes, within the devbox's byte cap.
     output: OutputStore,
-}
-
-/// Who a live devbox counts against, for the devbox quotas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owner {
-    Run(String),
-    Key(String),
-}
-
-impl Owner {
-    fn of(principal: &Principal) -> Owner {
-        match principal {
-            Principal::Invocation { invocation_id } => Owner::Run(invocation_id.clone()),
-            Principal::Key { key_id } => Owner::Key(key_id.clone()),
-        }
-    }
-}
-
-/// A devbox's place in its owner's quota; given back on drop unless kept (a live devbox
-/// gives its place back when it stops).
-struct Reservation<'a> {
-    devboxes: &'a Devboxes,
-    id: String,
-    kept: bool,
-}
-
-impl Reservation<'_> {
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.devboxes.release(&self.id);
-        }
-    }
 }
 
 pub struct Devboxes {
@@ -200,41 +121,6 @@ impl Devboxes {
         }
     }
 
-    /// Count a new devbox against its creator's quota, or refuse it with the quota's name.
-    fn reserve(&self, id: &str, principal: &Principal) -> ApiResult<Reservation<'_>> {
-        let owner = Owner::of(principal);
-        let (limit, message) = match &owner {
-            Owner::Run(_) => (
-                self.config.devbox_max_per_run,
-                format!(
-                    "devbox quota exceeded: this run already has {} live devboxes, the most one run may have; shut one down first, or raise the limit with `openloop serve --devbox-max-per-run` (OPENLOOP_DEVBOX_MAX_PER_RUN)",
-                    self.config.devbox_max_per_run
-                ),
-            ),
-            Owner::Key(_) => (
-                self.config.devbox_max_per_key,
-                format!(
-                    "devbox quota exceeded: this API key already has {} live devboxes, the most one key may have; shut one down first, or raise the limit with `openloop serve --devbox-max-per-key` (OPENLOOP_DEVBOX_MAX_PER_KEY)",
-                    self.config.devbox_max_per_key
-                ),
-            ),
-        };
-        let mut owners = lock(&self.owners);
-        if owners.values().filter(|o| **o == owner).count() >= limit {
-            return Err(ApiError::QuotaExceeded(message));
-        }
-        owners.insert(id.to_string(), owner);
-        Ok(Reservation {
-            devboxes: self,
-            id: id.to_string(),
-            kept: false,
-        })
-    }
-
-    fn release(&self, id: &str) {
-        lock(&self.owners).remove(id);
-    }
-
     /// The directory of one devbox's execution output files.
     fn output_dir(&self, id: &str) -> PathBuf {
         self.config.exec_output_dir().join(id)
@@ -262,79 +148,6 @@ impl Devboxes {
             .await
             .cloned()
             .map_err(|e| ApiError::Unavailable(e.to_string()))
-    }
-
-    fn resources(&self, req: &CreateDevbox) -> ApiResult<Resources> {
-        let params = req.launch_parameters.clone().unwrap_or_default();
-        let (mut memory_gb, mut cpus, mut disk_gb) = (
-            self.config.devbox_memory_mb as f64 / 1024.0,
-            1.0,
-            DEFAULT_DISK_GB,
-        );
-        if let Some(size) = &params.resource_size_request {
-            (memory_gb, cpus, disk_gb) = match size.as_str() {
-                "X_SMALL" => (1.0, 0.5, 4),
-                "SMALL" => (2.0, 1.0, 4),
-                "MEDIUM" => (4.0, 2.0, 8),
-                "LARGE" => (8.0, 2.0, 16),
-                "X_LARGE" => (16.0, 4.0, 32),
-                "XX_LARGE" => (32.0, 8.0, 64),
-                "CUSTOM_SIZE" => (memory_gb, cpus, disk_gb),
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "launch_parameters.resource_size_request: unknown size '{other}'; use X_SMALL, SMALL, MEDIUM, LARGE, X_LARGE, XX_LARGE or CUSTOM_SIZE"
-                    )))
-                }
-            };
-        }
-        if let Some(gb) = params.custom_gb_memory {
-            if !(1..=64).contains(&gb) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_gb_memory must be 1 to 64".into(),
-                ));
-            }
-            memory_gb = gb as f64;
-        }
-        if let Some(c) = params.custom_cpu_cores {
-            if !(0.5..=16.0).contains(&c) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_cpu_cores must be 0.5 to 16".into(),
-                ));
-            }
-            cpus = c;
-        }
-        if let Some(d) = params.custom_disk_size {
-            if !(1..=64).contains(&d) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_disk_size must be 1 to 64 (GiB)".into(),
-                ));
-            }
-            disk_gb = d;
-        }
-        let network = match req.network.as_deref() {
-            None | Some("none") => false,
-            Some("outbound") => true,
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "network: '{other}' is not 'none' or 'outbound'"
-                )))
-            }
-        };
-        let keep_alive = params
-            .keep_alive_time_seconds
-            .unwrap_or(self.config.devbox_idle_seconds)
-            .min(172_800);
-        Ok(Resources {
-            limits: Limits {
-                memory_bytes: (memory_gb * 1024.0 * 1024.0 * 1024.0) as u64,
-                pids: self.config.devbox_pids,
-                cpu_shares: ((cpus * 1024.0) as u64).max(2),
-            },
-            disk_bytes: disk_gb << 30,
-            network,
-            egress: None,
-            keep_alive: Duration::from_secs(keep_alive),
-        })
     }
 
     async fn set_status(&self, id: &str, change: StatusChange<'_>) -> ApiResult<()> {
@@ -531,128 +344,6 @@ impl Devboxes {
             .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
     }
 
-    /// The resources of a devbox that asks for nothing in particular.
-    fn default_resources(&self) -> Option<Resources> {
-        self.resources(&CreateDevbox::default()).ok()
-    }
-
-    /// Keep `devbox_warm_pool` sandboxes of the default shape started, so that creating a
-    /// devbox costs a database write instead of a sandbox start.
-    pub fn start_warm_pool(self: &Arc<Self>) {
-        let want = self.config.devbox_warm_pool;
-        if want == 0 {
-            return;
-        }
-        let weak = Arc::downgrade(self);
-        let refill = self.warm_refill.clone();
-        tokio::spawn(async move {
-            loop {
-                let Some(this) = weak.upgrade() else { return };
-                let Some(res) = this.default_resources() else {
-                    return;
-                };
-                while lock(&this.warm).len() < want {
-                    let spec = DevboxSpec {
-                        id: openloop_store::new_id("dbx"),
-                        env: BTreeMap::new(),
-                        limits: res.limits,
-                        disk_bytes: res.disk_bytes,
-                        network: false,
-                        egress: None,
-                    };
-                    match this.start_sandbox(spec).await {
-                        Ok(d) => {
-                            lock(&this.warm).push_back(d);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not start a devbox ahead of time");
-                            break;
-                        }
-                    }
-                }
-                drop(this);
-                refill.notified().await;
-            }
-        });
-    }
-
-    fn take_warm(&self, res: &Resources) -> Option<Arc<Devbox>> {
-        let default = self.default_resources()?;
-        let same = !res.network
-            && res.disk_bytes == default.disk_bytes
-            && res.limits.memory_bytes == default.limits.memory_bytes
-            && res.limits.pids == default.limits.pids
-            && res.limits.cpu_shares == default.limits.cpu_shares;
-        if !same {
-            return None;
-        }
-        let mut taken = None;
-        {
-            let mut w = lock(&self.warm);
-            while let Some(d) = w.pop_front() {
-                if d.exit_reason().is_none() {
-                    taken = Some(d);
-                    break;
-                }
-            }
-        }
-        self.warm_refill.notify_one();
-        taken
-    }
-
-    /// Push the idle deadline of a devbox out by its keep-alive time.
-    fn touch(&self, live: &Live) {
-        if live.keep_alive_ms > 0 {
-            live.idle_deadline_ms
-                .store(now_ms() + live.keep_alive_ms, Ordering::SeqCst);
-            live.rearm.notify_one();
-        }
-    }
-
-    /// Follow a live devbox: shut it down when idle past its deadline, and record a
-    /// failure when its sandbox dies on its own (for example the agent was killed).
-    fn watch(self: &Arc<Self>, id: String, live: Arc<Live>) {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let deadline = live.idle_deadline_ms.load(Ordering::SeqCst);
-                let sleep = async {
-                    if deadline == 0 {
-                        std::future::pending::<()>().await
-                    }
-                    let wait = (deadline - now_ms()).max(0) as u64;
-                    tokio::time::sleep(Duration::from_millis(wait)).await
-                };
-                tokio::select! {
-                    reason = live.devbox.exited() => {
-                        if this.is_live(&id) {
-                            let (code, message) = if live.devbox.oom_killed() {
-                                ("out_of_memory", "the devbox ran out of memory".to_string())
-                            } else {
-                                ("execution_failed", reason)
-                            };
-                            this.stop(&id).await;
-                            let _ = this.fail(&id, code, &message).await;
-                        }
-                        return;
-                    }
-                    _ = live.rearm.notified() => continue,
-                    _ = sleep => {
-                        if now_ms() < live.idle_deadline_ms.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        if this.has_running_execution(&id) {
-                            this.touch(&live);
-                            continue;
-                        }
-                        let _ = this.shutdown(&id, "keep_alive_timeout", "idle past its keep-alive time").await;
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
     fn is_live(&self, id: &str) -> bool {
         lock(&self.live).contains_key(id)
     }
@@ -725,83 +416,6 @@ impl Devboxes {
         DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)
     }
 
-    /// Wait until the devbox's status is one of `statuses`; `None` when `within` passed first.
-    pub async fn wait_for_status(
-        &self,
-        id: &str,
-        statuses: &[DevboxStatus],
-        within: Duration,
-    ) -> ApiResult<Option<DevboxView>> {
-        let mut sub = self.notifier.subscribe(id);
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let rec = self.store.get_devbox(id).await?;
-            if statuses.iter().any(|s| s.as_str() == rec.status) {
-                return Ok(Some(self.view_of(&rec).await?));
-            }
-            if tokio::time::timeout_at(deadline, sub.changed())
-                .await
-                .is_err()
-            {
-                return Ok(None);
-            }
-        }
-    }
-
-    async fn stop(&self, id: &str) {
-        let live = lock(&self.live).remove(id);
-        if let Some(l) = live {
-            l.devbox.shutdown().await;
-        }
-        let gone: Vec<Arc<Execution>> = {
-            let mut m = lock(&self.executions);
-            let ids: Vec<String> = m
-                .values()
-                .filter(|e| e.devbox_id == id)
-                .map(|e| e.id.clone())
-                .collect();
-            ids.iter().filter_map(|e| m.remove(e)).collect()
-        };
-        // Killed outside the map's lock (a kill takes the execution's own locks).
-        for x in &gone {
-            x.kill();
-        }
-        if !gone.is_empty() {
-            lock(&self.by_command_id).retain(|(d, _), _| d != id);
-        }
-        let dir = self.output_dir(id);
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(devbox = %id, error = %e, "could not remove the devbox's execution output");
-            }
-        }
-        self.release(id);
-    }
-
-    /// Shut a devbox down: kill everything in it, remove its layer and cgroups.
-    pub async fn shutdown(&self, id: &str, reason: &str, message: &str) -> ApiResult<()> {
-        self.stop(id).await;
-        self.set_status(
-            id,
-            StatusChange {
-                status: "shutdown",
-                shutdown_reason: Some(reason),
-                message: Some(message),
-                ..Default::default()
-            },
-        )
-        .await
-    }
-
-    /// Shut down every devbox a run created.
-    pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
-        for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
-            self.shutdown(&id, "api_shutdown", "the invocation that created it ended")
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Start a command; returns its execution (already registered).
     pub async fn execute(
         &self,
@@ -854,44 +468,6 @@ impl Devboxes {
                     "execution '{execution_id}' of devbox '{devbox_id}' not found"
                 ))
             })
-    }
-
-    /// After a restart: no sandbox survives, so clean their remains and records.
-    pub async fn recover(&self) -> ApiResult<()> {
-        let dir = self.config.devbox_dir();
-        let ids =
-            tokio::task::spawn_blocking(move || openloop_sandbox::devbox::clean_leftovers(&dir))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !ids.is_empty() {
-            tracing::info!(
-                count = ids.len(),
-                "removed devboxes left by a previous server process"
-            );
-        }
-        self.store
-            .shut_down_live_devboxes("the server restarted; devboxes do not survive a restart")
-            .await?;
-        let outputs = self.config.exec_output_dir();
-        if let Err(e) = tokio::fs::remove_dir_all(&outputs).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, dir = %outputs.display(), "could not remove old execution output");
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn shutdown_all(&self) {
-        let warm: Vec<Arc<Devbox>> = lock(&self.warm).drain(..).collect();
-        for d in warm {
-            d.shutdown().await;
-        }
-        let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
-        for id in ids {
-            let _ = self
-                .shutdown(&id, "api_shutdown", "the server stopped")
-                .await;
-        }
     }
 }
 

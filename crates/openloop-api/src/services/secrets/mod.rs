@@ -7,25 +7,23 @@
 //! - [`Secrets`]: create, read (never the value), update, delete, and [`Secrets::resolve`],
 //!   which opens the secrets a devbox or a run is given.
 //! - [`Redactor`]: replaces every value a run or devbox was given by `[REDACTED:<name>]`.
+//!
+//! Files: [`key`] (the key and sealing), [`redact`] (redaction); the service is here.
+
+mod key;
+mod redact;
+
+pub use key::*;
+pub use redact::*;
 
 use crate::auth::Principal;
-use crate::config::SecretsKeySource;
 use crate::error::{ApiError, ApiResult};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use openloop_store::secrets::{Sealed, SecretRecord};
+use openloop_store::secrets::SecretRecord;
 use openloop_store::Store;
 use serde::Serialize;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::path::Path;
 
-/// Length of the key, in bytes.
-pub const KEY_LEN: usize = 32;
+use std::collections::BTreeMap;
+
 /// Longest secret value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Longest secret name accepted.
@@ -33,201 +31,6 @@ pub const MAX_NAME_LEN: usize = 128;
 /// `limit` of a list when none is given, and the most one page may hold (Runloop's figures).
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 5000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecretKeyError {
-    #[error("cannot read the secrets key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot create the secrets key file {path}: {source}")]
-    Create {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the secrets key {origin} is not {KEY_LEN} bytes (raw, or base64 of {KEY_LEN} bytes)")]
-    Malformed { origin: String },
-}
-
-/// The key that seals secrets. Its `Debug` never shows the key.
-#[derive(Clone)]
-pub struct SecretKey {
-    cipher: ChaCha20Poly1305,
-    /// A hash of the key, stored beside each sealed value to tell keys apart.
-    id: String,
-    /// Where it came from, for error messages.
-    origin: String,
-}
-
-impl std::fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretKey")
-            .field("id", &self.id)
-            .field("origin", &self.origin)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SecretKey {
-    pub fn from_bytes(bytes: &[u8], origin: String) -> Result<SecretKey, SecretKeyError> {
-        if bytes.len() != KEY_LEN {
-            return Err(SecretKeyError::Malformed { origin });
-        }
-        let mut h = Sha256::new();
-        h.update(b"openloop secrets key id\0");
-        h.update(bytes);
-        let id = hex::encode(&h.finalize()[..8]);
-        Ok(SecretKey {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(bytes)),
-            id,
-            origin,
-        })
-    }
-
-    /// Load the key from where the configuration says; a missing key file is created with 32
-    /// random bytes and mode 0600.
-    pub fn load(source: &SecretsKeySource) -> Result<SecretKey, SecretKeyError> {
-        match source {
-            SecretsKeySource::Base64(text) => {
-                let origin = "from OPENLOOP_SECRETS_KEY".to_string();
-                let bytes = B64
-                    .decode(text.trim())
-                    .map_err(|_| SecretKeyError::Malformed {
-                        origin: origin.clone(),
-                    })?;
-                SecretKey::from_bytes(&bytes, origin)
-            }
-            SecretsKeySource::File(path) => Self::load_file(path),
-        }
-    }
-
-    fn load_file(path: &Path) -> Result<SecretKey, SecretKeyError> {
-        let origin = format!("in {}", path.display());
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                warn_if_shared(path);
-                if bytes.len() == KEY_LEN {
-                    return SecretKey::from_bytes(&bytes, origin);
-                }
-                // Also accept the base64 form (as OPENLOOP_SECRETS_KEY takes it).
-                let text = String::from_utf8_lossy(&bytes);
-                let decoded = B64
-                    .decode(text.trim())
-                    .map_err(|_| SecretKeyError::Malformed {
-                        origin: origin.clone(),
-                    })?;
-                SecretKey::from_bytes(&decoded, origin)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; KEY_LEN];
-                rand::RngCore::fill_bytes(&mut OsRng, &mut bytes);
-                create_private(path, &bytes).map_err(|source| SecretKeyError::Create {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                tracing::info!(path = %path.display(), "created a new secrets key");
-                SecretKey::from_bytes(&bytes, origin)
-            }
-            Err(source) => Err(SecretKeyError::Read {
-                path: path.display().to_string(),
-                source,
-            }),
-        }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// Seal `value` for the secret `name`.
-    pub fn seal(&self, name: &str, value: &str) -> ApiResult<Sealed> {
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: value.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| ApiError::Internal(format!("sealing secret '{name}' failed")))?;
-        Ok(Sealed {
-            key_id: self.id.clone(),
-            nonce: B64.encode(nonce),
-            ciphertext: B64.encode(ciphertext),
-        })
-    }
-
-    /// Open a stored secret; a clear error, never garbage, when the key is not the one that
-    /// sealed it or the record was altered.
-    pub fn open(&self, rec: &SecretRecord) -> ApiResult<String> {
-        let unreadable = |reason: String| ApiError::SecretUnreadable {
-            name: rec.name.clone(),
-            reason,
-        };
-        if rec.key_id != self.id {
-            return Err(unreadable(format!(
-                "it was sealed with another secrets key (key id {}); this server's key {} has id {}. Start the server with the key the secret was created with (--secrets-key-file or OPENLOOP_SECRETS_KEY), or set the secret again",
-                rec.key_id, self.origin, self.id
-            )));
-        }
-        let nonce = B64
-            .decode(&rec.nonce)
-            .ok()
-            .filter(|n| n.len() == 12)
-            .ok_or_else(|| unreadable("its stored nonce is corrupt".into()))?;
-        let ciphertext = B64
-            .decode(&rec.ciphertext)
-            .map_err(|_| unreadable("its stored ciphertext is corrupt".into()))?;
-        let plain = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: rec.name.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                unreadable(format!(
-                    "authentication failed with this server's secrets key ({}): the key is not the one that sealed it, or the stored record was altered",
-                    self.origin
-                ))
-            })?;
-        String::from_utf8(plain).map_err(|_| unreadable("its value is not UTF-8".into()))
-    }
-}
-
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the secrets key file is readable by others than its owner; chmod 600 it");
-        }
-    }
-}
-
-fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
 
 /// A secret's name: letters, digits and underscores (Runloop's rule), at most 128.
 pub fn valid_secret_name(name: &str) -> bool {
@@ -476,160 +279,13 @@ impl Secrets {
     }
 }
 
-/// Replaces secret values by `[REDACTED:<name>]` in text, bytes and JSON.
-#[derive(Clone, Default)]
-pub struct Redactor {
-    /// Longest first, so a value containing another is replaced whole.
-    patterns: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Bytes some pattern starts with.
-    first: Vec<bool>,
-}
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} patterns)", self.patterns.len())
-    }
-}
-
-/// Lines of a multi-line value at least this long are redacted on their own too (output is
-/// recorded line by line, so a multi-line value never appears whole in one record).
-const MIN_LINE_PATTERN: usize = 8;
-
-impl Redactor {
-    /// From `(name, value)` pairs.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut patterns: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for (name, value) in secrets {
-            let marker = format!("[REDACTED:{name}]").into_bytes();
-            let mut add = |needle: &str| {
-                if !needle.is_empty() && !patterns.iter().any(|(n, _)| n == needle.as_bytes()) {
-                    patterns.push((needle.as_bytes().to_vec(), marker.clone()));
-                }
-            };
-            add(value);
-            if value.contains('\n') {
-                for line in value.lines() {
-                    let line = line.trim_end_matches('\r');
-                    if line.trim().len() >= MIN_LINE_PATTERN {
-                        add(line);
-                    }
-                }
-            }
-        }
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        let mut first = vec![false; 256];
-        for (p, _) in &patterns {
-            first[p[0] as usize] = true;
-        }
-        Redactor { patterns, first }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    /// Redact `data`. With `more`, more data follows: a tail that could be the start of a
-    /// value is held back. Returns the output and how many input bytes it consumed.
-    pub fn redact_partial(&self, data: &[u8], more: bool) -> (Vec<u8>, usize) {
-        if self.patterns.is_empty() {
-            return (data.to_vec(), data.len());
-        }
-        let mut out = Vec::with_capacity(data.len());
-        let mut i = 0;
-        'scan: while i < data.len() {
-            let b = data[i];
-            if self.first[b as usize] {
-                let rest = &data[i..];
-                if more
-                    && self
-                        .patterns
-                        .iter()
-                        .any(|(p, _)| rest.len() < p.len() && p.starts_with(rest))
-                {
-                    return (out, i);
-                }
-                for (p, marker) in &self.patterns {
-                    if rest.starts_with(p) {
-                        out.extend_from_slice(marker);
-                        i += p.len();
-                        continue 'scan;
-                    }
-                }
-            }
-            out.push(b);
-            i += 1;
-        }
-        (out, data.len())
-    }
-
-    pub fn redact_bytes(&self, data: &[u8]) -> Vec<u8> {
-        self.redact_partial(data, false).0
-    }
-
-    pub fn redact_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if self.patterns.is_empty() || !text.bytes().any(|b| self.first[b as usize]) {
-            return Cow::Borrowed(text);
-        }
-        // Whole UTF-8 values replaced by ASCII in UTF-8 text leave it UTF-8.
-        match String::from_utf8(self.redact_bytes(text.as_bytes())) {
-            Ok(s) if s != text => Cow::Owned(s),
-            Ok(_) => Cow::Borrowed(text),
-            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        }
-    }
-
-    pub fn redact_string(&self, text: String) -> String {
-        match self.redact_str(&text) {
-            Cow::Borrowed(_) => text,
-            Cow::Owned(s) => s,
-        }
-    }
-
-    /// Every string in `v`, object keys included.
-    pub fn redact_json(&self, v: Value) -> Value {
-        if self.patterns.is_empty() {
-            return v;
-        }
-        match v {
-            Value::String(s) => Value::String(self.redact_string(s)),
-            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.redact_json(x)).collect()),
-            Value::Object(o) => Value::Object(
-                o.into_iter()
-                    .map(|(k, x)| (self.redact_string(k), self.redact_json(x)))
-                    .collect(),
-            ),
-            other => other,
-        }
-    }
-}
-
-/// Redacts one stream that arrives in pieces: what could be the start of a value waits for
-/// the next piece.
-#[derive(Default)]
-pub struct StreamRedactor {
-    carry: Vec<u8>,
-}
-
-impl StreamRedactor {
-    pub fn push(&mut self, redactor: &Redactor, data: &[u8]) -> Vec<u8> {
-        if redactor.is_empty() {
-            return data.to_vec();
-        }
-        self.carry.extend_from_slice(data);
-        let (out, used) = redactor.redact_partial(&self.carry, true);
-        self.carry.drain(..used);
-        out
-    }
-
-    pub fn finish(&mut self, redactor: &Redactor) -> Vec<u8> {
-        let rest = std::mem::take(&mut self.carry);
-        redactor.redact_bytes(&rest)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretsKeySource;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use openloop_store::secrets::Sealed;
 
     fn key() -> SecretKey {
         SecretKey::from_bytes(&[7u8; 32], "test".into()).unwrap()

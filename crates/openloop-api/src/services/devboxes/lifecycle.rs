@@ -1,0 +1,174 @@
+//! A devbox's life after it starts: activity and the idle timer, waiting for a status,
+//! shutdown (one, a run's, all), and recovery after a restart.
+
+use super::*;
+
+impl Devboxes {
+    /// Push the idle deadline of a devbox out by its keep-alive time.
+    pub(super) fn touch(&self, live: &Live) {
+        if live.keep_alive_ms > 0 {
+            live.idle_deadline_ms
+                .store(now_ms() + live.keep_alive_ms, Ordering::SeqCst);
+            live.rearm.notify_one();
+        }
+    }
+
+    /// Follow a live devbox: shut it down when idle past its deadline, and record a
+    /// failure when its sandbox dies on its own (for example the agent was killed).
+    pub(super) fn watch(self: &Arc<Self>, id: String, live: Arc<Live>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let deadline = live.idle_deadline_ms.load(Ordering::SeqCst);
+                let sleep = async {
+                    if deadline == 0 {
+                        std::future::pending::<()>().await
+                    }
+                    let wait = (deadline - now_ms()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(wait)).await
+                };
+                tokio::select! {
+                    reason = live.devbox.exited() => {
+                        if this.is_live(&id) {
+                            let (code, message) = if live.devbox.oom_killed() {
+                                ("out_of_memory", "the devbox ran out of memory".to_string())
+                            } else {
+                                ("execution_failed", reason)
+                            };
+                            this.stop(&id).await;
+                            let _ = this.fail(&id, code, &message).await;
+                        }
+                        return;
+                    }
+                    _ = live.rearm.notified() => continue,
+                    _ = sleep => {
+                        if now_ms() < live.idle_deadline_ms.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if this.has_running_execution(&id) {
+                            this.touch(&live);
+                            continue;
+                        }
+                        let _ = this.shutdown(&id, "keep_alive_timeout", "idle past its keep-alive time").await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Wait until the devbox's status is one of `statuses`; `None` when `within` passed first.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        statuses: &[DevboxStatus],
+        within: Duration,
+    ) -> ApiResult<Option<DevboxView>> {
+        let mut sub = self.notifier.subscribe(id);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rec = self.store.get_devbox(id).await?;
+            if statuses.iter().any(|s| s.as_str() == rec.status) {
+                return Ok(Some(self.view_of(&rec).await?));
+            }
+            if tokio::time::timeout_at(deadline, sub.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub(super) async fn stop(&self, id: &str) {
+        let live = lock(&self.live).remove(id);
+        if let Some(l) = live {
+            l.devbox.shutdown().await;
+        }
+        let gone: Vec<Arc<Execution>> = {
+            let mut m = lock(&self.executions);
+            let ids: Vec<String> = m
+                .values()
+                .filter(|e| e.devbox_id == id)
+                .map(|e| e.id.clone())
+                .collect();
+            ids.iter().filter_map(|e| m.remove(e)).collect()
+        };
+        // Killed outside the map's lock (a kill takes the execution's own locks).
+        for x in &gone {
+            x.kill();
+        }
+        if !gone.is_empty() {
+            lock(&self.by_command_id).retain(|(d, _), _| d != id);
+        }
+        let dir = self.output_dir(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(devbox = %id, error = %e, "could not remove the devbox's execution output");
+            }
+        }
+        self.release(id);
+    }
+
+    /// Shut a devbox down: kill everything in it, remove its layer and cgroups.
+    pub async fn shutdown(&self, id: &str, reason: &str, message: &str) -> ApiResult<()> {
+        self.stop(id).await;
+        self.set_status(
+            id,
+            StatusChange {
+                status: "shutdown",
+                shutdown_reason: Some(reason),
+                message: Some(message),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Shut down every devbox a run created.
+    pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
+        for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
+            self.shutdown(&id, "api_shutdown", "the invocation that created it ended")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a restart: no sandbox survives, so clean their remains and records.
+    pub async fn recover(&self) -> ApiResult<()> {
+        let dir = self.config.devbox_dir();
+        let ids =
+            tokio::task::spawn_blocking(move || openloop_sandbox::devbox::clean_leftovers(&dir))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !ids.is_empty() {
+            tracing::info!(
+                count = ids.len(),
+                "removed devboxes left by a previous server process"
+            );
+        }
+        self.store
+            .shut_down_live_devboxes("the server restarted; devboxes do not survive a restart")
+            .await?;
+        let outputs = self.config.exec_output_dir();
+        if let Err(e) = tokio::fs::remove_dir_all(&outputs).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, dir = %outputs.display(), "could not remove old execution output");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown_all(&self) {
+        let warm: Vec<Arc<Devbox>> = lock(&self.warm).drain(..).collect();
+        for d in warm {
+            d.shutdown().await;
+        }
+        let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
+        for id in ids {
+            let _ = self
+                .shutdown(&id, "api_shutdown", "the server stopped")
+                .await;
+        }
+    }
+}
