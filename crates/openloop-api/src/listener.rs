@@ -5,7 +5,8 @@
 //!   Once a request is read, nothing times it out: an `invoke_sync` may wait for hours.
 //! - At most `http_max_connections` connections are open. At the cap the connection idle
 //!   the longest (no request in flight, a streamed response counting as in flight) is closed
-//!   to make room; when every connection is busy the new one is answered 503 and closed.
+//!   to make room, and the new one waits until its descriptor is closed, so descriptors stay
+//!   within the cap; when every connection is busy the new one is answered 503 and closed.
 //! - Accept errors that retrying cannot fix at once (out of file descriptors) back off.
 //! - TCP keepalive and `TCP_NODELAY` on every connection; a stop lets open requests finish
 //!   within the caller's grace period.
@@ -20,7 +21,7 @@ use openloop_runner::channels::AcceptBackoff;
 use openloop_sync::lock;
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub struct HttpLimits {
 /// One open connection: how many of its requests are in flight, and a way to close it.
 struct Conn {
     in_flight: AtomicUsize,
+    /// Asked to close; it keeps its place until its descriptor is closed.
+    closing: AtomicBool,
     close: tokio::sync::Notify,
 }
 
@@ -81,33 +84,71 @@ struct Conn {
 struct Tracker {
     conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
     next: AtomicU64,
+    /// Signalled when a connection's descriptor has been closed.
+    freed: tokio::sync::Notify,
+}
+
+/// What [`Tracker::admit`] decided for a new connection.
+enum Admission {
+    Admitted(u64, Arc<Conn>),
+    /// At the cap, an idle connection is closing to make room: wait for `freed`, then ask again.
+    MakingRoom,
+    /// At the cap and every connection is busy.
+    Full,
 }
 
 impl Tracker {
-    /// Register a new connection; at `max`, first close the oldest idle one. `None` when
-    /// every open connection is busy.
-    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
+    /// Register a new connection below `max`. At `max`, ask the oldest idle connection to
+    /// close; it counts until its task has closed it, so open descriptors never pass `max`.
+    fn admit(&self, max: usize) -> Admission {
         let mut conns = lock(&self.conns);
         if conns.len() >= max.max(1) {
-            let idle = conns
-                .iter()
-                .find(|(_, c)| c.in_flight.load(Ordering::SeqCst) == 0)
-                .map(|(id, _)| *id)?;
-            if let Some(c) = conns.remove(&idle) {
-                c.close.notify_one();
+            if conns.values().any(|c| c.closing.load(Ordering::SeqCst)) {
+                return Admission::MakingRoom;
             }
+            let Some(idle) = conns
+                .values()
+                .find(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+            else {
+                return Admission::Full;
+            };
+            idle.closing.store(true, Ordering::SeqCst);
+            idle.close.notify_one();
+            return Admission::MakingRoom;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             in_flight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
         });
         conns.insert(id, conn.clone());
-        Some((id, conn))
+        Admission::Admitted(id, conn)
     }
 
+    /// Admit, waiting (up to `patience`) while an idle connection closes to make room.
+    async fn admit_waiting(&self, max: usize, patience: Duration) -> Option<(u64, Arc<Conn>)> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.admit(max) {
+                Admission::Admitted(id, conn) => return Some((id, conn)),
+                Admission::Full => return None,
+                Admission::MakingRoom => {
+                    if tokio::time::timeout_at(deadline, self.freed.notified())
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection's descriptor is closed.
     fn remove(&self, id: u64) {
         lock(&self.conns).remove(&id);
+        self.freed.notify_one();
     }
 }
 
@@ -205,7 +246,10 @@ pub async fn serve<L: Listen>(
                 }
             },
         };
-        let Some((id, conn)) = tracker.admit(limits.max_connections) else {
+        let admitted = tracker
+            .admit_waiting(limits.max_connections, Duration::from_secs(1))
+            .await;
+        let Some((id, conn)) = admitted else {
             // Every connection is busy with a request: say so and close.
             L::try_write(
                 &tcp,
@@ -263,22 +307,54 @@ pub async fn serve<L: Listen>(
 mod tests {
     use super::*;
 
+    fn admitted(a: Admission) -> (u64, Arc<Conn>) {
+        match a {
+            Admission::Admitted(id, conn) => (id, conn),
+            _ => panic!("expected the connection to be admitted"),
+        }
+    }
+
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let t = Tracker::default();
-        let (a, ca) = t.admit(2).unwrap();
-        let (_b, cb) = t.admit(2).unwrap();
+        let (a, ca) = admitted(t.admit(2));
+        let (b, cb) = admitted(t.admit(2));
         let busy_a = InFlight::new(&ca);
-        // a is busy, b idle: b is closed for c.
-        let (_c, cc) = t.admit(2).unwrap();
+        // a is busy, b idle: b is asked to close, and counts until its descriptor is closed.
+        assert!(matches!(t.admit(2), Admission::MakingRoom));
+        assert!(cb.closing.load(Ordering::SeqCst));
+        assert!(!ca.closing.load(Ordering::SeqCst));
+        assert!(matches!(t.admit(2), Admission::MakingRoom));
+        assert_eq!(t.conns.lock().unwrap().len(), 2);
+        t.remove(b);
+        let (_c, cc) = admitted(t.admit(2));
         assert!(t.conns.lock().unwrap().contains_key(&a));
         assert_eq!(t.conns.lock().unwrap().len(), 2);
         let _busy_c = InFlight::new(&cc);
         // All busy: refused.
-        assert!(t.admit(2).is_none());
+        assert!(matches!(t.admit(2), Admission::Full));
         drop(busy_a);
-        assert!(t.admit(2).is_some());
+        assert!(matches!(t.admit(2), Admission::MakingRoom));
+        assert!(ca.closing.load(Ordering::SeqCst));
+        t.remove(a);
+        admitted(t.admit(2));
         assert!(!t.conns.lock().unwrap().contains_key(&a));
-        drop(cb);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_waits_for_the_closing_one() {
+        let t = Arc::new(Tracker::default());
+        let (a, _ca) = admitted(t.admit(1));
+        let closer = t.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            closer.remove(a);
+        });
+        let (b, _) = t
+            .admit_waiting(1, Duration::from_secs(5))
+            .await
+            .expect("room made once the idle connection closed");
+        assert_ne!(a, b);
+        task.await.unwrap();
     }
 }
