@@ -23,17 +23,6 @@ async fn wait_status(server: &Server, id: &str, status: &str) {
     }
 }
 
-async fn log_lines(server: &Server, id: &str) -> Vec<String> {
-    server
-        .get_json(&format!("/v1/functions/invocations/{id}/logs?limit=10000"))
-        .await["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn crashes_hogs_and_bombs_fail_alone() {
     let server = Server::start_with(
@@ -136,7 +125,8 @@ async fn cancel_kills_the_run_and_its_devboxes() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let devbox = loop {
-        if let Some(d) = log_lines(&server, &id)
+        if let Some(d) = server
+            .log_messages(&id)
             .await
             .iter()
             .find_map(|l| l.strip_prefix("DEVBOX=").map(str::to_string))

@@ -132,6 +132,21 @@ async fn update_secret(server: &Server, name: &str, value: &str) {
     assert!(!text.contains(value), "{text}");
 }
 
+/// A `fingerprint` run fails, and its error message contains `text`.
+async fn fingerprint_fails_naming(server: &Server, text: &str) {
+    let (_, inv) = server
+        .invoke_sync("secrets_agent", "fingerprint", json!({}))
+        .await;
+    assert_eq!(inv["status"], "failure", "{inv}");
+    assert!(
+        inv["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(text),
+        "{inv}"
+    );
+}
+
 async fn secrets(db: Db) {
     // On PostgreSQL the key comes from the environment, as for servers sharing one database.
     let env_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
@@ -219,15 +234,7 @@ async fn secrets(db: Db) {
         json!({"value": MARKER, "nested": [MARKER, {"k": format!("<{MARKER}>")}], MARKER: "as a key"}),
     );
     let id = inv["id"].as_str().unwrap().to_string();
-    let logs = server
-        .get_json(&format!("/v1/functions/invocations/{id}/logs"))
-        .await;
-    let messages: Vec<&str> = logs["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap())
-        .collect();
+    let messages = server.log_messages(&id).await;
     for expect in [
         format!("printed {MARKER}"),
         format!("on stderr {MARKER}"),
@@ -337,17 +344,7 @@ async fn secrets(db: Db) {
             && message.contains("another secrets key"),
         "{body}"
     );
-    let (_, inv) = server
-        .invoke_sync("secrets_agent", "fingerprint", json!({}))
-        .await;
-    assert_eq!(inv["status"], "failure", "{inv}");
-    assert!(
-        inv["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("secret 'agent_token' cannot be decrypted"),
-        "{inv}"
-    );
+    fingerprint_fails_naming(&server, "secret 'agent_token' cannot be decrypted").await;
     // Set again under the new key, it works again.
     update_secret(&server, "agent_token", &value).await;
     let (_, inv) = server
@@ -362,17 +359,11 @@ async fn secrets(db: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (_, inv) = server
-        .invoke_sync("secrets_agent", "fingerprint", json!({}))
-        .await;
-    assert_eq!(inv["status"], "failure", "{inv}");
-    assert!(
-        inv["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("secret 'agent_token' (for environment variable AGENT_TOKEN) not found"),
-        "{inv}"
-    );
+    fingerprint_fails_naming(
+        &server,
+        "secret 'agent_token' (for environment variable AGENT_TOKEN) not found",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -256,6 +256,19 @@ impl Server {
         r.json().await.unwrap()
     }
 
+    /// The messages of a run's log lines, oldest first (up to 10,000).
+    pub async fn log_messages(&self, invocation: &str) -> Vec<String> {
+        self.get_json(&format!(
+            "/v1/functions/invocations/{invocation}/logs?limit=10000"
+        ))
+        .await["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Deploy with the `openloop deploy` command; returns (success, stdout, stderr).
     pub fn deploy_cli(&self, source: &Path, extra: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin())
