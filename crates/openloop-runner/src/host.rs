@@ -98,7 +98,7 @@ impl WarmHost {
                 Ok(host)
             }
             Err(e) => {
-                tokio::task::spawn_blocking(move || cgroup.destroy());
+                destroy_later([cgroup]);
                 Err(e)
             }
         }
@@ -392,9 +392,7 @@ async fn prepare_spares(
         let Ok(Ok(cgroup)) = made else { continue };
         // A pid seen before belonged to a spare that ended unused: its cgroup goes.
         let old = lock(&prepared).insert(pid, cgroup);
-        if let Some(old) = old {
-            tokio::task::spawn_blocking(move || old.destroy());
-        }
+        destroy_later(old);
         let _ = conn.stream.write_all(b"\x01").await;
     }
 }
@@ -407,7 +405,7 @@ impl WarmHost {
         if cgroup.holds(pid) {
             Some(cgroup)
         } else {
-            std::thread::spawn(move || cgroup.destroy());
+            destroy_later([cgroup]);
             None
         }
     }
@@ -428,12 +426,19 @@ impl Drop for WarmHost {
         let cgroup = lock(&self.cgroup).take();
         let spares: Vec<Cgroup> = lock(&self.prepared).drain().map(|(_, c)| c).collect();
         if cgroup.is_some() || !spares.is_empty() {
-            std::thread::spawn(move || {
-                for c in spares.into_iter().chain(cgroup) {
-                    c.destroy();
-                }
-            });
+            destroy_later(spares.into_iter().chain(cgroup));
         }
+    }
+}
+
+/// Destroy cgroups off the async threads: emptying one kills its processes and waits until
+/// they are gone (a run's pid 1 takes a few milliseconds to tear down its namespaces).
+pub(crate) fn destroy_later(cgroups: impl IntoIterator<Item = Cgroup> + Send + 'static) {
+    let destroy = move || cgroups.into_iter().for_each(|c| c.destroy());
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(destroy)),
+        // Dropped outside the runtime (at shutdown): a thread of its own.
+        Err(_) => drop(std::thread::spawn(destroy)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Following one invocation from fork to outcome.
 
 use crate::channels::{Channel, Channels, Connection};
-use crate::host::{ExitInfo, WarmHost};
+use crate::host::{destroy_later, ExitInfo, WarmHost};
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sync::lock;
 use serde::Serialize;
@@ -210,11 +210,16 @@ pub async fn run(
             .await;
     }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
-    // Whatever the run left running dies now, off the run's path: killing the cgroup's
-    // processes and waiting until it is empty (a run's pid 1 takes a few milliseconds to tear
-    // down its namespaces after its result is in) happen on a blocking thread.
+    // Whatever the run left running dies with it. When only the run's own process is left
+    // (it takes a few milliseconds to tear down its namespaces after its result is in), that
+    // happens off the run's path; processes it left behind are gone before the run is
+    // reported finished.
     if let Some(cgroup) = cgroup {
-        tokio::task::spawn_blocking(move || cgroup.destroy());
+        if cgroup.process_count() > 1 {
+            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+        } else {
+            destroy_later([cgroup]);
+        }
     }
     match outcome {
         RunOutcome::Failure(mut e) if oom && e["type"] == "ProcessExited" => {
@@ -346,11 +351,9 @@ async fn admit(
             let c = Cgroup::create(&req.cgroup_name, req.limits)?;
             let attached = c.attach(conn.peer_pid);
             // A prepared cgroup with other limits is left empty by the move: it goes.
-            if let Some(unused) = other {
-                std::thread::spawn(move || unused.destroy());
-            }
+            destroy_later(other);
             if let Err(e) = attached {
-                std::thread::spawn(move || c.destroy());
+                destroy_later([c]);
                 return Err(e);
             }
             c

@@ -140,7 +140,15 @@ impl Cgroup {
         total
     }
 
-    /// Move process `pid` into these cgroups.
+    /// How many processes are in the cgroup (the most any of its hierarchies holds).
+    pub fn process_count(&self) -> usize {
+        self.dirs
+            .iter()
+            .map(|d| read_procs(d).len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether `pid` is in every one of these cgroups.
     pub fn holds(&self, pid: i32) -> bool {
         let want = pid.to_string();
@@ -152,6 +160,7 @@ impl Cgroup {
             })
     }
 
+    /// Move process `pid` into these cgroups.
     pub fn attach(&self, pid: i32) -> std::io::Result<()> {
         for d in &self.dirs {
             std::fs::write(d.join("cgroup.procs"), pid.to_string())?;
