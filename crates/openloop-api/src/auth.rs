@@ -27,6 +27,14 @@ impl Principal {
         }
     }
 
+    /// The API key's id, when the caller holds one.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Principal::Key { key_id } => Some(key_id),
+            Principal::Invocation { .. } => None,
+        }
+    }
+
     pub fn require_key(&self) -> Result<(), ApiError> {
         match self {
             Principal::Key { .. } => Ok(()),

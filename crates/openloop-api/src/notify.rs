@@ -4,6 +4,13 @@
 
 use tokio::sync::broadcast;
 
+/// The key notified whenever any invocation is created or changes status (the dashboard's
+/// live list listens to it; log lines do not notify it).
+pub const ANY_INVOCATION: &str = "invocations";
+
+/// The key notified whenever any deployment is created or changes status.
+pub const ANY_DEPLOYMENT: &str = "deployments";
+
 #[derive(Clone)]
 pub struct Notifier {
     tx: broadcast::Sender<String>,
@@ -25,6 +32,18 @@ pub struct Subscription {
 impl Notifier {
     pub fn notify(&self, key: &str) {
         let _ = self.tx.send(key.to_string());
+    }
+
+    /// An invocation was created or changed status: its waiters and the live lists.
+    pub fn invocation_changed(&self, id: &str) {
+        self.notify(id);
+        self.notify(ANY_INVOCATION);
+    }
+
+    /// A deployment was created or changed status: its followers and the live lists.
+    pub fn deployment_changed(&self, id: &str) {
+        self.notify(id);
+        self.notify(ANY_DEPLOYMENT);
     }
 
     pub fn subscribe(&self, key: &str) -> Subscription {

@@ -68,10 +68,15 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 /// How long open requests may take to finish once the server is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Routes served beside the API on the TCP listener only (the dashboard): made from the
+/// server's state. Function code, on the Unix socket, never reaches them.
+pub type ExtraRoutes = fn(AppState) -> axum::Router;
+
 /// Run the server until `shutdown` resolves.
 pub async fn serve(
     config: ServerConfig,
     store: Store,
+    extra: Option<ExtraRoutes>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
@@ -169,10 +174,14 @@ pub async fn serve(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let app = router(state);
+    let app = router(state.clone());
+    let tcp_app = match extra {
+        Some(make) => make(state).merge(app.clone()),
+        None => app.clone(),
+    };
     let unix_server = tokio::spawn(crate::listener::serve(
         unix,
-        app.clone(),
+        app,
         limits,
         stopped(),
         SHUTDOWN_GRACE,
@@ -182,7 +191,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    crate::listener::serve(listener, app, limits, tcp_stop, SHUTDOWN_GRACE).await;
+    crate::listener::serve(listener, tcp_app, limits, tcp_stop, SHUTDOWN_GRACE).await;
     let _ = unix_server.await;
     devboxes.shutdown_all().await;
     Ok(())

@@ -274,6 +274,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("{secret}");
     }
     println!("Openloop listening on http://{}", config.listen);
+    println!(
+        "Dashboard: http://{}/ui/ (sign in with an API key)",
+        config.listen
+    );
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -282,6 +286,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    openloop_api::serve(config, store, shutdown).await?;
+    openloop_api::serve(config, store, Some(openloop_dashboard::router), shutdown).await?;
     Ok(())
 }

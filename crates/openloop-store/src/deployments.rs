@@ -85,6 +85,21 @@ impl Store {
         .await?)
     }
 
+    /// One page of every deployment, newest first, before the id `before` (keyset paging).
+    pub async fn page_deployments(
+        &self,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>> {
+        Ok(sqlx::query_as::<_, Deployment>(
+            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms FROM deployments WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn mark_deployment_building(&self, id: &str) -> Result<()> {
         sqlx::query("UPDATE deployments SET status = 'building', started_at_ms = $1 WHERE id = $2")
             .bind(now_ms())

@@ -11,6 +11,8 @@ pub struct DevboxRecord {
     pub status: String,
     /// The invocation that created it, if any; it is shut down when that run ends.
     pub invocation_id: Option<String>,
+    /// The API key that created it, when a key holder did (not a run).
+    pub key_id: Option<String>,
     /// Runloop's failure code: `out_of_memory`, `out_of_disk`, `execution_failed`, `health_check_failed`.
     pub failure_reason: Option<String>,
     /// `api_shutdown`, `keep_alive_timeout`, `entrypoint_exit`, `idle` or `ttl_expired`.
@@ -23,7 +25,7 @@ pub struct DevboxRecord {
     pub ended_at_ms: Option<i64>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms FROM devboxes";
 
 /// One entry of a devbox's status history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -45,12 +47,13 @@ pub struct StatusChange<'a> {
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&d.id)
         .bind(&d.name)
         .bind(&d.status)
         .bind(&d.invocation_id)
+        .bind(&d.key_id)
         .bind(&d.spec)
         .bind(d.created_at_ms)
         .execute(&self.pool)
@@ -81,6 +84,16 @@ impl Store {
         .bind(status)
         .bind(starting_after)
         .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every devbox a run created, oldest first.
+    pub async fn devboxes_of_invocation(&self, invocation_id: &str) -> Result<Vec<DevboxRecord>> {
+        Ok(sqlx::query_as::<_, DevboxRecord>(&format!(
+            "{SELECT} WHERE invocation_id = $1 ORDER BY id"
+        ))
+        .bind(invocation_id)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -78,15 +78,64 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("invocation '{id}'")))
     }
 
+    /// One page, newest first, under the filter's conditions. Each combination of filters
+    /// has its own static statement whose conditions match an index (`0006_dashboard.sql`),
+    /// and the cursor is always a bound value (`id < $n`), so a page is one index range scan
+    /// however large the history is.
     pub async fn list_invocations(&self, f: &InvocationFilter) -> Result<Vec<Invocation>> {
+        macro_rules! page {
+            ($cond:literal) => {
+                concat!(
+                    "SELECT id, project_name, function_name, deployment_id, status, request, result, error, parent_invocation_id, created_at_ms, started_at_ms, ended_at_ms FROM invocations WHERE ",
+                    $cond,
+                    " ORDER BY id DESC LIMIT $1"
+                )
+            };
+        }
+        // The first page: greater than every id (`inv_` then lowercase hex digits), in byte
+        // order and in any locale's collation (letters after digits, `g` after `f`).
+        let before = f.before_id.as_deref().unwrap_or("inv_g");
+        let (status, project, function) = (
+            f.status.as_deref(),
+            f.project_name.as_deref(),
+            f.function_name.as_deref(),
+        );
+        let (sql, values): (&str, Vec<&str>) = match (status, project, function) {
+            (None, None, None) => (page!("id < $2"), vec![before]),
+            (Some(s), None, None) => (page!("status = $2 AND id < $3"), vec![s, before]),
+            (None, Some(p), None) => (page!("project_name = $2 AND id < $3"), vec![p, before]),
+            (Some(s), Some(p), None) => (
+                page!("project_name = $2 AND status = $3 AND id < $4"),
+                vec![p, s, before],
+            ),
+            (None, Some(p), Some(n)) => (
+                page!("project_name = $2 AND function_name = $3 AND id < $4"),
+                vec![p, n, before],
+            ),
+            (Some(s), Some(p), Some(n)) => (
+                page!("project_name = $2 AND function_name = $3 AND status = $4 AND id < $5"),
+                vec![p, n, s, before],
+            ),
+            (None, None, Some(n)) => (page!("function_name = $2 AND id < $3"), vec![n, before]),
+            (Some(s), None, Some(n)) => (
+                page!("function_name = $2 AND status = $3 AND id < $4"),
+                vec![n, s, before],
+            ),
+        };
+        let mut q = sqlx::query_as::<_, Invocation>(sql).bind(f.limit);
+        for v in values {
+            q = q.bind(v);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    /// The invocations a run started, oldest first (at most `limit`).
+    pub async fn child_invocations(&self, parent_id: &str, limit: i64) -> Result<Vec<Invocation>> {
         Ok(sqlx::query_as::<_, Invocation>(&format!(
-            "{SELECT} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR project_name = $2) AND ($3 IS NULL OR function_name = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+            "{SELECT} WHERE parent_invocation_id = $1 ORDER BY id LIMIT $2"
         ))
-        .bind(&f.status)
-        .bind(&f.project_name)
-        .bind(&f.function_name)
-        .bind(&f.before_id)
-        .bind(f.limit)
+        .bind(parent_id)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }

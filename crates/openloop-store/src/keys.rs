@@ -92,6 +92,13 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("live API key '{id_or_name}'")));
         }
+        // Its dashboard sessions end with it (they are also checked against the key on use).
+        sqlx::query(
+            "DELETE FROM ui_sessions WHERE key_id IN (SELECT id FROM api_keys WHERE id = $1 OR name = $1)",
+        )
+        .bind(id_or_name)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

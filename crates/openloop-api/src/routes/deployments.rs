@@ -1,6 +1,5 @@
 //! `/v1/deployments`: build a repository into a project's new deployment.
 
-use super::functions::{follow, Page, PAGE};
 use super::page_limit;
 use crate::auth::Principal;
 use crate::error::ApiResult;
@@ -141,32 +140,6 @@ pub async fn stream_logs(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require_key()?;
     state.store.get_deployment(&id).await?;
-    let notifier = state.notifier.clone();
-    let key = id.clone();
-    let stream = follow(notifier, key, 0, move |after| {
-        let (state, id) = (state.clone(), id.clone());
-        async move {
-            let d = state.store.get_deployment(&id).await.ok()?;
-            let lines = state.store.deployment_logs(&id, after, PAGE).await.ok()?;
-            let events = lines
-                .iter()
-                .map(|l| {
-                    (
-                        l.seq,
-                        Ok(Event::default().event("log").data(l.line.clone())),
-                    )
-                })
-                .collect();
-            let end = match matches!(d.status.as_str(), "deployed" | "failed") {
-                true => Some(
-                    Event::default()
-                        .event("end")
-                        .json_data(DeploymentView::of(&d).ok()?),
-                ),
-                false => None,
-            };
-            Some(Page { events, end })
-        }
-    });
+    let stream = crate::streams::deployment_logs(state, id, 0);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

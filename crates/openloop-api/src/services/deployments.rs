@@ -81,6 +81,7 @@ impl Deployments {
             .store
             .create_deployment(&name, src, req.git_ref.as_deref())
             .await?;
+        self.notifier.notify(crate::notify::ANY_DEPLOYMENT);
         let this = Arc::clone(self);
         let id = dep.id.clone();
         tokio::spawn(async move { this.build(id).await });
@@ -118,7 +119,7 @@ impl Deployments {
             tracing::error!(deployment = %id, error = %e, "could not record the build's outcome");
             let _ = self.store.mark_deployment_failed(&id, &e.to_string()).await;
         }
-        self.notifier.notify(&id);
+        self.notifier.deployment_changed(&id);
     }
 
     async fn go_live(&self, ready: &Deployment) -> ApiResult<()> {
@@ -136,7 +137,7 @@ impl Deployments {
         log: &mpsc::UnboundedSender<String>,
     ) -> ApiResult<Deployment> {
         self.store.mark_deployment_building(id).await?;
-        self.notifier.notify(id);
+        self.notifier.deployment_changed(id);
         let dep = self.store.get_deployment(id).await?;
         let settings = BuildSettings {
             venv: VenvSettings {

@@ -251,7 +251,7 @@ async fn stream_output(
             ApiError::BadRequest(format!("offset must be a byte offset, not {o:?}"))
         })?,
     };
-    let stream = crate::routes::functions::async_stream(move |tx| async move {
+    let stream = crate::streams::async_stream(move |tx| async move {
         let mut changes = exec.changes();
         loop {
             let (data, done) = exec.read_from(which, offset).await;

@@ -89,6 +89,9 @@ struct State {
 pub struct Execution {
     pub id: String,
     pub devbox_id: String,
+    /// The command line as given (shown in the dashboard).
+    pub command: String,
+    pub started_at_ms: i64,
     dir: PathBuf,
     state: Mutex<State>,
     version: watch::Sender<u64>,
@@ -125,6 +128,8 @@ impl Execution {
         let exec = Arc::new(Execution {
             id,
             devbox_id,
+            command: command.clone(),
+            started_at_ms: openloop_store::now_ms(),
             dir: output.dir.clone(),
             state: Mutex::new(State {
                 status: ExecutionStatus::Running,

@@ -230,6 +230,7 @@ impl Devboxes {
             name: req.name.clone(),
             status: "provisioning".into(),
             invocation_id: principal.invocation_id().map(str::to_string),
+            key_id: principal.key_id().map(str::to_string),
             failure_reason: None,
             shutdown_reason: None,
             status_message: None,
@@ -450,6 +451,17 @@ impl Devboxes {
             lock(&self.by_command_id).insert((id.to_string(), cid), exec.id.clone());
         }
         Ok(exec)
+    }
+
+    /// The executions of a devbox still held (they go with the devbox), oldest first.
+    pub fn executions_of(&self, devbox_id: &str) -> Vec<Arc<Execution>> {
+        let mut all: Vec<Arc<Execution>> = lock(&self.executions)
+            .values()
+            .filter(|e| e.devbox_id == devbox_id)
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     pub async fn execution(

@@ -230,6 +230,7 @@ impl Invocations {
             ended_at_ms: None,
         };
         self.store.insert_invocation(&inv).await?;
+        self.notifier.notify(crate::notify::ANY_INVOCATION);
         if let Some(caller) = inv
             .parent_invocation_id
             .as_deref()
@@ -252,7 +253,7 @@ impl Invocations {
                     .store
                     .finish_invocation(&id, "failure", None, Some(&err.to_string()))
                     .await;
-                this.notifier.notify(&id);
+                this.notifier.invocation_changed(&id);
             }
         });
     }
@@ -294,7 +295,7 @@ impl Invocations {
                 permits,
             ),
         );
-        self.notifier.notify(id);
+        self.notifier.invocation_changed(id);
         let inv = queued;
         let dep = self.deployment(&inv.deployment_id).await?;
         let host = self.host_for(&dep.dep).await?;
@@ -354,7 +355,7 @@ impl Invocations {
                     .await?
             }
         };
-        self.notifier.notify(id);
+        self.notifier.invocation_changed(id);
         Ok(())
     }
 
@@ -381,7 +382,7 @@ impl Invocations {
             }
         }
         self.devboxes.shutdown_for_invocation(id).await?;
-        self.notifier.notify(id);
+        self.notifier.invocation_changed(id);
         self.cancel_children(id, children).await;
         Ok(self.store.get_invocation(id).await?)
     }

@@ -1,0 +1,1 @@
+//! `/ui/repositories`: connected repositories (push-to-deploy).
