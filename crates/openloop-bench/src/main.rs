@@ -3,6 +3,8 @@
 //!
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
+mod dashboard;
+
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::StreamExt;
@@ -31,6 +33,9 @@ struct Args {
     /// Skip the devbox figures.
     #[arg(long)]
     no_devboxes: bool,
+    /// Invocations recorded before the dashboard's pages are timed (0 skips them).
+    #[arg(long, default_value_t = 100_000)]
+    dashboard_invocations: usize,
 }
 
 struct Server {
@@ -60,7 +65,11 @@ fn bin_dir() -> Result<PathBuf> {
 }
 
 async fn start_server(sleepers: usize) -> Result<Server> {
-    let data = tempfile::tempdir()?;
+    start_server_in(tempfile::tempdir()?, sleepers).await
+}
+
+/// Start a server on a data directory prepared by the caller.
+async fn start_server_in(data: tempfile::TempDir, sleepers: usize) -> Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -414,6 +423,27 @@ async fn main() -> Result<()> {
         put(
             "devbox_10mb_write_then_read_p50_ms",
             percentile(&files, 0.5),
+            "ms",
+        );
+    }
+
+    if args.dashboard_invocations > 0 {
+        drop(b);
+        let data = tempfile::tempdir()?;
+        let (detail, middle) = dashboard::seed(data.path(), args.dashboard_invocations).await?;
+        let s = start_server_in(data, 16).await?;
+        let cookie = dashboard::sign_in(&s.url, &s.key).await?;
+        let mut worst: f64 = 0.0;
+        for (page, p50, p95) in dashboard::time_pages(&s.url, &cookie, &detail, &middle).await? {
+            put(&format!("dashboard_{page}_p50_ms"), p50, "ms");
+            worst = worst.max(p95);
+        }
+        put(
+            &format!(
+                "dashboard_slowest_page_p95_ms_{}k_invocations",
+                args.dashboard_invocations / 1000
+            ),
+            worst,
             "ms",
         );
     }

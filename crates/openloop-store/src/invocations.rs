@@ -70,6 +70,32 @@ impl Store {
         Ok(())
     }
 
+    /// Insert many invocations in one transaction (imports, and the benchmark's history).
+    pub async fn insert_invocations(&self, all: &[Invocation]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for inv in all {
+            sqlx::query(
+                "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, result, error, parent_invocation_id, created_at_ms, started_at_ms, ended_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(&inv.id)
+            .bind(&inv.project_name)
+            .bind(&inv.function_name)
+            .bind(&inv.deployment_id)
+            .bind(&inv.status)
+            .bind(&inv.request)
+            .bind(&inv.result)
+            .bind(&inv.error)
+            .bind(&inv.parent_invocation_id)
+            .bind(inv.created_at_ms)
+            .bind(inv.started_at_ms)
+            .bind(inv.ended_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn get_invocation(&self, id: &str) -> Result<Invocation> {
         sqlx::query_as::<_, Invocation>(&format!("{SELECT} WHERE id = $1"))
             .bind(id)
