@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, starts PostgreSQL,
 # builds the workspace, builds the devbox base image once, then runs the Rust tests
-# (SQLite and PostgreSQL), schemathesis against a live server, and the Python SDK tests
-# (ruff + pytest).
+# (SQLite and PostgreSQL), schemathesis against a live server, the Python SDK tests
+# (ruff + pytest) and the dashboard's browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +26,5 @@ cargo test --workspace
 scripts/schemathesis.sh
 
 scripts/test-sdk.sh
+# The dashboard in a real browser (Debian's Chromium through Playwright).
+OPENLOOP_UI_BUILD=0 scripts/test-ui.sh
