@@ -133,8 +133,9 @@ pub struct RepositoryView {
     pub created_at_ms: i64,
 }
 
-/// A new connection: `webhook_secret` is shown this once and never again.
-#[derive(Debug, Serialize, ToSchema)]
+/// A new connection: `webhook_secret` is shown this once and never again. (No `Debug`: it
+/// holds the secret.)
+#[derive(Serialize, ToSchema)]
 pub struct CreatedRepository {
     #[serde(flatten)]
     pub repository: RepositoryView,
