@@ -462,7 +462,7 @@ async fn push_to_deploy_postgres() {
 }
 
 async fn polling(db: Db) {
-    let Some(server) = Server::start_with(db, TEST_ENV).await else {
+    let Some(mut server) = Server::start_with(db, TEST_ENV).await else {
         return;
     };
     let repo = Repo::new();
@@ -509,6 +509,19 @@ async fn polling(db: Db) {
     // A push to another branch is not the connection's.
     repo.commit_on_branch("feature");
 
+    // After a restart the poller runs again, and the sealed webhook secret still opens.
+    server.kill9();
+    server.spawn().await;
+    let v3 = repo.commit_version("v3");
+    let dep3 = wait_deployment_of(&server, "polled", &v3).await;
+    wait_deployed(&server, &dep3).await;
+    let hook = created["webhook_url"].as_str().unwrap();
+    let secret = created["webhook_secret"].as_str().unwrap();
+    let ping = "{}".to_string();
+    let (code, v) = deliver(&server, hook, &github(secret, "ping", &ping), ping).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(deployments_of(&server, "polled").await.len(), 3);
+
     // Removed: the connection is gone and polling stops.
     let r = server
         .http
@@ -524,19 +537,13 @@ async fn polling(db: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let (code, _) = deliver(
-        &server,
-        created["webhook_url"].as_str().unwrap(),
-        &[],
-        "{}".into(),
-    )
-    .await;
+    let (code, _) = deliver(&server, hook, &[], "{}".into()).await;
     assert_eq!(code, 404);
-    let v3 = repo.commit_version("v3");
+    let v4 = repo.commit_version("v4");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let deps = deployments_of(&server, "polled").await;
-    assert_eq!(deps.len(), 2, "{deps:#?}");
-    assert!(deps.iter().all(|d| d["ref"] != v3.as_str()));
+    assert_eq!(deps.len(), 3, "{deps:#?}");
+    assert!(deps.iter().all(|d| d["ref"] != v4.as_str()));
 }
 
 #[tokio::test]
