@@ -12,6 +12,10 @@
 #   POST /v1/deployments: `source` is a directory on the server or a git URL; fuzzed values
 #     would have the server copy arbitrary host directories (`/`) or clone arbitrary URLs.
 #     Its errors are covered by the Rust tests (crates/openloop-cli/tests/errors.rs).
+#   POST /v1/repositories: for the same reason (a connection with poll_seconds runs
+#     git ls-remote on its URL, and deploys it). A connection is made below instead, and the
+#     public webhook is fuzzed like everything else (crates/openloop-cli/tests/repositories.rs
+#     covers creation's errors).
 # Everything else is fuzzed, devbox creation included (bounded: a few examples, and the
 # server's own per-key quota). Streams (SSE) are fuzzed too: with ids that do not exist they
 # answer at once; they are not followed.
@@ -62,6 +66,12 @@ curl -fsS -X POST "$URL/v1/functions/test_agent/echo/invoke_sync" -H "$AUTH" \
     -H 'Content-Type: application/json' --data '{"request": {"text": "hi"}}' >/dev/null
 curl -fsS -X POST "$URL/v1/devboxes" -H "$AUTH" -H 'Content-Type: application/json' \
     --data '{"name": "schemathesis"}' >/dev/null
+# A connected repository (webhooks only: its URL is never fetched) with one recorded delivery.
+REPO=$(curl -fsS -X POST "$URL/v1/repositories" -H "$AUTH" -H 'Content-Type: application/json' \
+    --data "{\"url\": \"$WORK/never-fetched.git\", \"name\": \"schemathesis\"}" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+curl -sS -o /dev/null -X POST "$URL/v1/repositories/$REPO/webhook" -H 'X-GitHub-Event: push' \
+    -H 'Content-Type: application/json' --data '{}'
 
 cat >"$WORK/schemathesis.toml" <<'EOF'
 # Devbox creation starts real sandboxes: a few examples are enough.
@@ -70,6 +80,13 @@ include-path-regex = "^/v1/devboxes(/create_and_await_running)?$"
 include-method = "POST"
 generation.max-examples = 4
 EOF
+cat >>"$WORK/schemathesis.toml" <<EOF
+# The connected repository's reads and its public webhook, by its real id (random ids only
+# reach the 404): anything fuzzed into the webhook's headers and body must be refused cleanly.
+[[operations]]
+include-operation-id-regex = "^repositories_(get|deliveries|webhook)\$"
+parameters = { "path.id" = "$REPO" }
+EOF
 
 set +e
 # Run from the temporary directory: schemathesis keeps a cache (`.schemathesis/`) in its cwd.
@@ -77,6 +94,7 @@ set +e
     --header "$AUTH" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --exclude-operation-id deployments_create \
+    --exclude-operation-id repositories_create \
     --max-examples "$MAX_EXAMPLES" \
     --phases examples,coverage,fuzzing,stateful \
     --workers 2 \

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub agent_bin: PathBuf,
     /// Where sandboxes' allowed hostnames are resolved (`None`: the host's first resolver).
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Shortest `poll_seconds` a repository connection may ask for (push-to-deploy polling).
+    pub repo_min_poll_seconds: u64,
     /// The `openloop` binary itself, which launches the jails Python code runs in
     /// (`openloop __jail`).
     pub launcher: PathBuf,

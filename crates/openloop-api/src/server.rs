@@ -5,6 +5,7 @@ use crate::config::ServerConfig;
 use crate::notify::Notifier;
 use crate::routes::router;
 use crate::services::network_policies::NetworkPolicies;
+use crate::services::repositories::Repositories;
 use crate::services::secrets::{SecretKey, SecretKeyError, Secrets};
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use crate::state::AppState;
@@ -120,6 +121,13 @@ pub async fn serve(
         secrets.clone(),
     ));
     deployments.recover().await?;
+    let repositories = Arc::new(Repositories::new(
+        store.clone(),
+        config.clone(),
+        deployments.clone(),
+        secrets.clone(),
+    ));
+    repositories.start_pollers().await?;
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
@@ -130,6 +138,7 @@ pub async fn serve(
         deployments,
         secrets,
         network_policies,
+        repositories,
     };
     // Warm processes for every live deployment, then the queue left by a previous process.
     let warm = invocations.clone();

@@ -4,6 +4,7 @@ use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::notify::Notifier;
 use crate::services::network_policies::NetworkPolicies;
+use crate::services::repositories::Repositories;
 use crate::services::secrets::Secrets;
 use crate::services::{deployments::Deployments, devboxes::Devboxes, invocations::Invocations};
 use openloop_store::Store;
@@ -20,4 +21,5 @@ pub struct AppState {
     pub deployments: Arc<Deployments>,
     pub secrets: Arc<Secrets>,
     pub network_policies: Arc<NetworkPolicies>,
+    pub repositories: Arc<Repositories>,
 }

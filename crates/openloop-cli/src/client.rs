@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub struct ServerArgs {
     /// Server URL (default: $OPENLOOP_URL, then the local default).
     #[arg(long, env = "OPENLOOP_URL", default_value = "http://127.0.0.1:8700")]
-    server: String,
+    pub(crate) server: String,
     /// API key (default: $OPENLOOP_API_KEY, then the local data directory's admin key).
     #[arg(long, env = "OPENLOOP_API_KEY")]
     api_key: Option<String>,
@@ -20,7 +20,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn key(&self) -> anyhow::Result<String> {
+    pub(crate) fn key(&self) -> anyhow::Result<String> {
         if let Some(k) = &self.api_key {
             return Ok(k.clone());
         }
@@ -34,16 +34,16 @@ impl ServerArgs {
         Ok(text.trim().to_string())
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.server.trim_end_matches('/'), path)
     }
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().build().expect("HTTP client")
 }
 
-async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     if resp.status().is_success() {
         return Ok(resp);
     }

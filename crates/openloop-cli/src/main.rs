@@ -3,12 +3,14 @@
 //! - `serve`: run the server ([`serve`]).
 //! - `deploy`, `logs`: talk to a server over HTTP ([`client`]).
 //! - `keys`: manage API keys directly in the database ([`keys`]).
+//! - `repos`: connect git repositories for push-to-deploy, over HTTP ([`repos`]).
 //! - `image build`: build the devbox base image ahead of time.
 //! - `__jail SPEC` (internal): the launcher of the sandboxes Python code runs in
 //!   ([`openloop_sandbox::jail`]); handled before anything else starts, since it forks.
 
 mod client;
 mod keys;
+mod repos;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,8 @@ enum Command {
     Logs(client::LogsArgs),
     /// Manage API keys (works on the database directly; the server need not run).
     Keys(keys::KeysArgs),
+    /// Push-to-deploy: connect git repositories whose pushes deploy a project.
+    Repos(repos::ReposArgs),
     /// Devbox base image.
     Image {
         #[command(subcommand)]
@@ -88,6 +92,7 @@ async fn run() {
         Command::Deploy(args) => client::deploy(args).await,
         Command::Logs(args) => client::logs(args).await,
         Command::Keys(args) => keys::run(args).await,
+        Command::Repos(args) => repos::run(args).await,
         Command::Image {
             command:
                 ImageCommand::Build {

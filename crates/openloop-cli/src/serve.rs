@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// first nameserver in /etc/resolv.conf), as ADDRESS:PORT.
     #[arg(long, env = "OPENLOOP_DNS_UPSTREAM")]
     dns_upstream: Option<std::net::SocketAddr>,
+    /// Shortest polling interval a connected repository may ask for (`poll_seconds`), in
+    /// seconds. Lower it only for tests: each poll runs `git ls-remote`.
+    #[arg(long, env = "OPENLOOP_REPO_MIN_POLL_SECONDS", default_value_t = 10)]
+    repo_min_poll_seconds: u64,
     /// Size of each function run's own /tmp (a tmpfs counted in the run's memory), in MiB.
     #[arg(long, env = "OPENLOOP_RUN_TMP_MB", default_value_t = 512)]
     run_tmp_mb: u64,
@@ -234,6 +238,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         agent_bin,
         launcher: std::env::current_exe().context("locating the openloop binary")?,
         dns_upstream: args.dns_upstream,
+        repo_min_poll_seconds: args.repo_min_poll_seconds.max(1),
         warm_memory_mb: args.warm_memory_mb,
         run_tmp_mb: args.run_tmp_mb,
         build_memory_mb: args.build_memory_mb,

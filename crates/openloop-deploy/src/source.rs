@@ -69,6 +69,57 @@ pub async fn fetch(
     Ok(())
 }
 
+/// The commit at the head of `branch` in the repository at `url`, read with
+/// `git ls-remote` (nothing is cloned); `None` when the repository has no such branch.
+///
+/// git never prompts (`GIT_TERMINAL_PROMPT=0`, ssh in batch mode unless the operator set
+/// `GIT_SSH_COMMAND`), and is killed when `timeout` passes.
+pub async fn ls_remote(
+    url: &str,
+    branch: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<String>, DeployError> {
+    let wanted = format!("refs/heads/{branch}");
+    let mut cmd = Command::new("git");
+    // `--` ends the options: a URL can never be taken for one.
+    cmd.args(["ls-remote", "--", url, &wanted])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| {
+            DeployError::Source(format!(
+                "git ls-remote {url} did not answer within {} s",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| DeployError::Source(format!("could not run git: {e}")))?;
+    if !out.status.success() {
+        return Err(DeployError::Source(format!(
+            "git ls-remote {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(parse_ls_remote(
+        &String::from_utf8_lossy(&out.stdout),
+        &wanted,
+    ))
+}
+
+/// The commit of exactly `wanted` in `git ls-remote` output (its patterns also match refs
+/// that merely end with them, such as `refs/heads/x/refs/heads/main`).
+fn parse_ls_remote(output: &str, wanted: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let (sha, name) = line.split_once('\t')?;
+        (name.trim_end() == wanted && !sha.is_empty() && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| sha.to_ascii_lowercase())
+    })
+}
+
 async fn run_git(args: &[&str], cwd: Option<&Path>, log: &LogSink) -> Result<(), DeployError> {
     let mut cmd = Command::new("git");
     cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
@@ -121,6 +172,60 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ls_remote_output() {
+        let out = "1111111111111111111111111111111111111111\trefs/heads/feature/refs/heads/main\n\
+                   2222222222222222222222222222222222222222\trefs/heads/main\n";
+        assert_eq!(
+            parse_ls_remote(out, "refs/heads/main").as_deref(),
+            Some("2222222222222222222222222222222222222222")
+        );
+        assert_eq!(parse_ls_remote(out, "refs/heads/other"), None);
+        assert_eq!(parse_ls_remote("", "refs/heads/main"), None);
+    }
+
+    /// A local bare repository: its branch head, a missing branch, a missing repository, and
+    /// a URL that looks like an option.
+    #[tokio::test]
+    async fn ls_remote_reads_a_branch_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str], cwd: &Path| {
+            let ok = std::process::Command::new("git")
+                .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+                .args(args)
+                .current_dir(cwd)
+                .output()
+                .unwrap();
+            assert!(ok.status.success(), "git {args:?}: {ok:?}");
+            String::from_utf8_lossy(&ok.stdout).trim().to_string()
+        };
+        git(
+            &["init", "--quiet", "--bare", "-b", "main", "o.git"],
+            dir.path(),
+        );
+        git(&["init", "--quiet", "-b", "main", "w"], dir.path());
+        let work = dir.path().join("w");
+        git(&["commit", "--quiet", "--allow-empty", "-m", "one"], &work);
+        let origin = dir.path().join("o.git");
+        git(
+            &["push", "--quiet", origin.to_str().unwrap(), "main"],
+            &work,
+        );
+        let head = git(&["rev-parse", "HEAD"], &work);
+        let t = std::time::Duration::from_secs(20);
+        let url = origin.to_str().unwrap();
+        assert_eq!(ls_remote(url, "main", t).await.unwrap(), Some(head));
+        assert_eq!(ls_remote(url, "other", t).await.unwrap(), None);
+        let missing = dir.path().join("missing.git");
+        assert!(ls_remote(missing.to_str().unwrap(), "main", t)
+            .await
+            .is_err());
+        let marker = dir.path().join("ran");
+        let hostile = format!("--upload-pack=touch {}", marker.display());
+        assert!(ls_remote(&hostile, "main", t).await.is_err());
+        assert!(!marker.exists());
+    }
 
     #[test]
     fn names_and_kinds() {

@@ -8,6 +8,7 @@
 //! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
+//! - [`repositories`]: connected git repositories (push-to-deploy) and their deliveries.
 //!
 //! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
 //! databases; no SQL is built by string formatting.
@@ -18,6 +19,7 @@ pub mod devboxes;
 pub mod invocations;
 pub mod keys;
 pub mod network_policies;
+pub mod repositories;
 pub mod secrets;
 pub mod sessions;
 

@@ -11,6 +11,7 @@ mod functions;
 mod keys;
 mod network_policies;
 pub mod openapi;
+mod repositories;
 mod secrets;
 
 use crate::auth::require_auth;
@@ -27,11 +28,13 @@ const FILE_LIMIT: usize = 64 << 20;
 /// Largest file `upload_file` takes.
 const UPLOAD_LIMIT: usize = 4 << 30;
 
-/// The routes anyone may call: `/health` and `/openapi.json`.
+/// The routes anyone may call: `/health`, `/openapi.json`, and repositories' webhooks (a
+/// forge holds no API key; each delivery is authenticated by its signature).
 fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(openapi::document))
+        .routes(routes!(repositories::webhook))
 }
 
 /// The routes that need an API key or a run's token.
@@ -92,6 +95,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(network_policies::create, network_policies::list))
         .routes(routes!(network_policies::get, network_policies::update))
         .routes(routes!(network_policies::delete))
+        .routes(routes!(repositories::create, repositories::list))
+        .routes(routes!(repositories::get, repositories::delete))
+        .routes(routes!(repositories::deliveries))
 }
 
 /// Every route with its documentation, before any layer (what `/openapi.json` is made of).

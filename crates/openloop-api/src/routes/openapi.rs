@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         (name = "deployments", description = "Building repositories into deployments"),
         (name = "devboxes", description = "Runloop's devbox API"),
         (name = "keys", description = "API keys"),
+        (name = "repositories", description = "Push-to-deploy: connected git repositories and their webhooks"),
     ),
 )]
 struct ApiDoc;
@@ -210,6 +211,10 @@ mod tests {
         found
     }
 
+    /// The one route besides `/health` and `/openapi.json` that needs no key: a forge
+    /// holds none, and each delivery is authenticated by its signature.
+    const WEBHOOK: &str = "/v1/repositories/{id}/webhook";
+
     #[test]
     fn every_route_is_in_the_document() {
         let doc = spec();
@@ -234,7 +239,18 @@ mod tests {
                 op["responses"]["200"].is_object() || op["responses"]["201"].is_object(),
                 "{method} {path} documents no success response"
             );
-            if !matches!(path.as_str(), "/health" | "/openapi.json") {
+            if path == WEBHOOK {
+                // Public, authenticated by the delivery's signature: says so, and documents
+                // its refusals.
+                assert_eq!(op["security"], serde_json::json!([{}]), "{path}");
+                for status in ["400", "401", "404", "413", "500"] {
+                    assert_eq!(
+                        op["responses"][status]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} lacks the {status} error shape"
+                    );
+                }
+            } else if !matches!(path.as_str(), "/health" | "/openapi.json") {
                 assert_eq!(
                     op["security"],
                     serde_json::json!([{"bearer": []}]),

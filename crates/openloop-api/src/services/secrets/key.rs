@@ -147,8 +147,22 @@ impl SecretKey {
     /// Open a stored secret; a clear error, never garbage, when the key is not the one that
     /// sealed it or the record was altered.
     pub fn open(&self, rec: &SecretRecord) -> ApiResult<String> {
+        self.open_sealed(
+            &rec.name,
+            &Sealed {
+                key_id: rec.key_id.clone(),
+                nonce: rec.nonce.clone(),
+                ciphertext: rec.ciphertext.clone(),
+            },
+        )
+    }
+
+    /// Open a value sealed with [`SecretKey::seal`] under `name` (the associated data). Other
+    /// services keep values this way under names no secret can have (a secret's name holds
+    /// only letters, digits and `_`), e.g. a repository's webhook secret as `webhook:<id>`.
+    pub fn open_sealed(&self, name: &str, rec: &Sealed) -> ApiResult<String> {
         let unreadable = |reason: String| ApiError::SecretUnreadable {
-            name: rec.name.clone(),
+            name: name.to_string(),
             reason,
         };
         if rec.key_id != self.id {
@@ -171,7 +185,7 @@ impl SecretKey {
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: &ciphertext,
-                    aad: rec.name.as_bytes(),
+                    aad: name.as_bytes(),
                 },
             )
             .map_err(|_| {

@@ -101,6 +101,12 @@ impl Secrets {
         Secrets { store, key }
     }
 
+    /// The server's secrets key, for services that seal values of their own with it
+    /// ([`SecretKey::seal`] / [`SecretKey::open_sealed`] under a name no secret can have).
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
     /// At start-up: say so when stored secrets were sealed with another key (they stay
     /// listed, and using one fails with `secret_unreadable` naming it).
     pub async fn check_key(&self) -> ApiResult<()> {
