@@ -25,6 +25,7 @@ from urllib.parse import quote
 import pytest
 from conftest import EXAMPLE_AGENT, Api, ApiError, Server
 from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 PROJECT = "ui_journey"
 BROKEN = "ui_broken"
@@ -145,12 +146,9 @@ def invocations(api: Api, **filters: str) -> list[dict[str, Any]]:
     return api.get(f"/v1/functions/invocations?{q}")["invocations"]
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting until {what}")
-        time.sleep(0.5)
+def wait(api: Api, inv_id: str) -> dict[str, Any]:
+    """The invocation once it has finished."""
+    return api.post(f"/v1/functions/invocations/{inv_id}/wait", timeout=RUN_TIMEOUT_MS / 1000)
 
 
 def row_ids(page: Page) -> list[str]:
@@ -159,6 +157,34 @@ def row_ids(page: Page) -> list[str]:
         "links => links.map(a => a.getAttribute('href'))"
     )
     return [h.rsplit("/", 1)[-1] for h in hrefs]
+
+
+def watch(
+    page: Page, script: str, timeout: float, each: Callable[[list[Any]], None] | None = None
+) -> list[list[Any]]:
+    """Marks the page's document, then evaluates `script` (a function returning a list) about
+    five times a second until the document is replaced (the page reloaded itself) or `timeout`
+    seconds pass. Returns what it saw in the first document, in order."""
+    page.evaluate("window.__sameDocument = true")
+    seen: list[list[Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            same, snapshot = page.evaluate(f"() => [window.__sameDocument === true, ({script})()]")
+        except PlaywrightError:  # the document went away while evaluating
+            break
+        if not same:
+            break
+        seen.append(snapshot)
+        if each is not None:
+            each(snapshot)
+        time.sleep(0.2)
+    return seen
+
+
+def reloaded(page: Page) -> bool:
+    """Whether the document `watch` marked has been replaced."""
+    return page.evaluate("window.__sameDocument !== true")
 
 
 def fact(page: Page, term: str) -> Locator:
@@ -226,17 +252,21 @@ def test_deploy_through_the_form(
     sign_in(page, server, path="/ui/deployments")
     deploy_through_form(page, server, sources.good)
     dep_id = page.url.rsplit("/", 1)[-1]
-    loads: list[str] = []
-    page.on("load", lambda: loads.append(page.url))
 
-    initial = badge(page).inner_text()
+    # Still building when the form answers: the log grows on the open page, which reloads
+    # itself when the build ends.
+    expect(badge(page)).to_have_text(re.compile(r"^(queued|building)$"))
+    seen = watch(
+        page,
+        """() => [document.querySelectorAll('#build-log .log').length,
+                  document.querySelector('h1 [data-status]').textContent]""",
+        timeout=BUILD_TIMEOUT_MS / 1000,
+    )
+    counts = [count for count, _ in seen]
+    assert counts and max(counts) > counts[0], f"the build log did not grow live: {seen}"
+    assert reloaded(page), "the page did not reload itself when the build ended"
+    expect(badge(page)).to_have_text("deployed")
     log_lines = page.locator("#build-log .log")
-    if initial not in ("deployed", "failed"):
-        # Still building: the log grows on the open page, and the page reloads itself at the end.
-        expect(log_lines.first).to_be_visible(timeout=BUILD_TIMEOUT_MS)
-    expect(badge(page)).to_have_text("deployed", timeout=BUILD_TIMEOUT_MS)
-    if initial not in ("deployed", "failed"):
-        assert loads, "the page did not reload itself when the build ended"
     assert log_lines.count() > 0
     expect(page.locator("#build-log")).to_contain_text("runloop.toml: module 'agent'")
     for fn in ("example_agent", "printer", "sleeper", "typed"):
@@ -251,6 +281,16 @@ def test_deploy_through_the_form(
     expect(row.locator(".badge", has_text="live")).to_be_visible()
     expect(row.locator("[data-status]")).to_have_text("deployed")
     shot(page, "deployments-list")
+
+
+def test_deployments_table_shows_new_deployments_live(
+    server: Server, api: Api, project: str, sources: Sources, page: Page
+) -> None:
+    sign_in(page, server, path="/ui/deployments")
+    dep = api.deploy(sources.good)
+    row = page.locator("#rows tr", has=page.locator(f"a[href='/ui/deployments/{dep['id']}']"))
+    expect(row).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(row.locator("[data-status]")).to_have_text("deployed")
 
 
 def test_a_broken_deployment_shows_why(
@@ -310,7 +350,7 @@ def test_project_page_invokes_the_example_agent(
 
     # The page follows the run and reloads itself when it ends.
     expect(badge(page)).to_have_text("success", timeout=RUN_TIMEOUT_MS + DEVBOX_TIMEOUT_MS)
-    response = page.locator("h2:text-is('Response') + pre.json")
+    response = page.locator("h2:text-is('Response') + pre")
     expect(response).to_contain_text("executed hello from devbox")
     expect(response).to_contain_text("User: Bob")
     expect(page.locator("h2:text-is('Request') + pre.json")).to_contain_text('"Bob"')
@@ -332,6 +372,12 @@ def test_project_page_invokes_the_example_agent(
     shot(page, "devbox-from-run")
 
 
+def submit(page: Page, function: str) -> None:
+    """Submits a function's form and waits for the page that answers it."""
+    with page.expect_navigation():
+        page.get_by_role("button", name=f"Invoke {function}").click()
+
+
 # The rejected forms are answered 400 (with the form again): Chromium logs the status.
 @pytest.mark.allow_console_errors(r"status of 400 \(Bad Request\) \(\S+/functions/typed/invoke:")
 def test_typed_form_invokes_and_rejects_bad_input(
@@ -347,7 +393,7 @@ def test_typed_form_invokes_and_rejects_bad_input(
     card.locator("[name='arg.count']").fill("seven")
     card.locator("[name='arg.ratio']").fill("2.5")
     card.locator("[name='arg.items']").fill("[1, 2, 3]")
-    page.get_by_role("button", name="Invoke typed").click()
+    submit(page, "typed")
     card = page.locator("section#fn-typed")
     expect(card.get_by_role("alert")).to_contain_text("count")
     expect(card.get_by_role("alert")).to_contain_text("whole number")
@@ -359,13 +405,13 @@ def test_typed_form_invokes_and_rejects_bad_input(
     # Well-formed JSON of the wrong type: the function's own schema (pydantic) rejects it.
     card.locator("[name='arg.count']").fill("7")
     card.locator("[name='arg.items']").fill('["x"]')
-    page.get_by_role("button", name="Invoke typed").click()
+    submit(page, "typed")
     card = page.locator("section#fn-typed")
     expect(card.get_by_role("alert")).to_contain_text("items")
 
     # Not JSON at all.
     card.locator("[name='arg.items']").fill("[1, 2")
-    page.get_by_role("button", name="Invoke typed").click()
+    submit(page, "typed")
     expect(page.locator("section#fn-typed").get_by_role("alert")).to_contain_text("JSON")
     assert len(invocations(api, project=project, function="typed")) == before, (
         "a rejected form created an invocation"
@@ -380,7 +426,7 @@ def test_typed_form_invokes_and_rejects_bad_input(
     page.get_by_role("button", name="Invoke typed").click()
     expect(page).to_have_url(re.compile(r"/ui/invocations/[^/]+$"))
     expect(badge(page)).to_have_text("success", timeout=RUN_TIMEOUT_MS)
-    response = page.locator("h2:text-is('Response') + pre.json")
+    response = page.locator("h2:text-is('Response') + pre")
     expect(response).to_contain_text('"total": 6')
     expect(response).to_contain_text('"loud": true')
     expect(response).to_contain_text('"ratio": 2.5')
@@ -410,7 +456,7 @@ def test_invocations_table_filters_by_status_and_function(
     done = invoke_async(api, "typed", {"count": 2, "ratio": 1.0, "loud": False, "items": [2]})
     canceled = invoke_async(api, "sleeper")
     api.post(f"/v1/functions/invocations/{canceled}/cancel")
-    api.post(f"/v1/functions/invocations/{done}/wait", timeout=RUN_TIMEOUT_MS / 1000)
+    assert wait(api, done)["status"] == "success"
     done_row = page.locator(f"#rows a[href='/ui/invocations/{done}']")
     canceled_row = page.locator(f"#rows a[href='/ui/invocations/{canceled}']")
 
@@ -456,13 +502,8 @@ def test_invocations_table_pages_by_keyset(
         invoke_async(api, "typed", {"count": i, "ratio": 0.5, "loud": True, "items": [i]})
         for i in range(max(0, 60 - have))
     ]
-    wait_until(
-        f"the {len(made)} quick runs ended",
-        lambda: not any(
-            invocations(api, project=project, function="typed", status=s)
-            for s in ("queued", "running")
-        ),
-    )
+    for inv_id in made:
+        assert wait(api, inv_id)["status"] == "success"
     newest = [i["id"] for i in invocations(api)][:100]
     assert len(newest) > 50
 
@@ -494,29 +535,23 @@ def test_running_invocation_shows_its_log_live(
     sign_in(page, server)
     inv_id = invoke_async(api, "printer")
     page.goto(server.url(f"/ui/invocations/{inv_id}"))
-    # Marks this document: a reload would drop the mark.
-    page.evaluate("window.__sameDocument = true")
 
-    snapshots: list[tuple[int, str, str | None]] = []
-    shot_taken = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        same, count, status, first_step = page.evaluate(
-            """() => [
-                window.__sameDocument === true,
-                document.querySelectorAll('#logs .log').length,
-                document.querySelector('h1 [data-status]').textContent,
-                document.querySelector('table.timeline tbody tr [data-status]')?.textContent,
-            ]"""
-        )
-        if not same or status in ("success", "failure", "canceled"):
-            break
-        snapshots.append((count, status, first_step))
-        if status == "running" and count >= 5 and not shot_taken:
-            shot(page, "invocation-running-logs")
-            shot_taken = True
-        time.sleep(0.25)
+    shots: list[Path] = []
 
+    def screenshot_once(snapshot: list[Any]) -> None:
+        count, status, _ = snapshot
+        if status == "running" and count >= 5 and not shots:
+            shots.append(shot(page, "invocation-running-logs"))
+
+    snapshots = watch(
+        page,
+        """() => [document.querySelectorAll('#logs .log').length,
+                  document.querySelector('h1 [data-status]').textContent,
+                  document.querySelector('table.timeline tbody tr [data-status]')?.textContent]""",
+        timeout=60,
+        each=screenshot_once,
+    )
+    assert reloaded(page), "the page did not reload itself when the run ended"
     running = [s for s in snapshots if s[1] == "running"]
     counts = [c for c, _, _ in running]
     assert len(set(counts)) >= 4, f"the log did not grow on the open page: {snapshots}"
@@ -530,7 +565,7 @@ def test_running_invocation_shows_its_log_live(
     texts = lines.all_inner_texts()
     for i, text in enumerate(texts, start=1):
         assert text.endswith(f"stdout line {i} of {PRINTER_LINES}"), (i, text)
-    expect(page.locator("h2:text-is('Response') + pre.json")).to_contain_text("printed 20 lines")
+    expect(page.locator("h2:text-is('Response') + pre")).to_contain_text("printed 20 lines")
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
     shot(page, "invocation-finished-logs")
 
@@ -649,6 +684,32 @@ def test_api_key_lifecycle(server: Server, api: Api, browser: Browser, page: Pag
         other.close()
 
 
+def test_reloading_the_new_key_page_creates_no_second_key(
+    server: Server, api: Api, page: Page
+) -> None:
+    name = f"reload-key-{int(time.time())}"
+    sign_in(page, server, path="/ui/keys")
+    page.locator("input[name=name]").fill(name)
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-key-secret").inner_text().strip()
+
+    # A visitor reloads the page that shows the secret (a browser asks to resubmit the form;
+    # headless Chromium resubmits without asking).
+    page.reload()
+    try:
+        assert secret not in page.content()
+        named = [k for k in api.get("/v1/keys")["keys"] if k["name"] == name]
+        assert len(named) == 1, (
+            f"reloading the page that showed the new key's secret created another key named "
+            f"{name!r}: {named}; the page now shows another secret: "
+            f"{page.locator('#new-key-secret').all_inner_texts()}"
+        )
+    finally:
+        for k in api.get("/v1/keys")["keys"]:
+            if k["name"] == name and k["revoked_at_ms"] is None:
+                api.post(f"/v1/keys/{k['id']}/revoke")
+
+
 # --- 9. CSRF and signing out --------------------------------------------------------------
 
 
@@ -674,7 +735,9 @@ def test_csrf_is_required_and_sign_out_works(server: Server, api: Api, page: Pag
     ok = page.request.post(
         server.url("/ui/keys"), form={"name": probe, "csrf": token or ""}, max_redirects=0
     )
-    assert ok.status == 200, ok.status
+    # The answer is a redirect to the page that shows the secret once.
+    assert ok.status == 303, ok.status
+    assert ok.headers["location"].startswith("/ui/keys?created="), ok.headers
     created = [k for k in api.get("/v1/keys")["keys"] if k["name"] == probe]
     assert len(created) == 1
     api.post(f"/v1/keys/{created[0]['id']}/revoke")

@@ -3,111 +3,11 @@
 
 mod common;
 
+use common::ui::{client, form_value, redirected_to_login, set_cookie, Ui};
 use common::{Db, Server};
 use openloop_store::invocations::Invocation;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
+use reqwest::header::{COOKIE, LOCATION};
 use std::collections::HashSet;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// `name=value` of a cookie the response sets, with its attributes.
-fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
-    r.headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| {
-            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
-            (pair.to_string(), attrs.to_string())
-        })
-}
-
-fn form_value(html: &str, name: &str) -> String {
-    html.split(&format!("name=\"{name}\" value=\""))
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_else(|| panic!("no {name} field in {html}"))
-        .to_string()
-}
-
-struct Ui {
-    url: String,
-    http: reqwest::Client,
-    cookie: String,
-}
-
-impl Ui {
-    /// Sign in with `key` through the form, as a browser does.
-    async fn sign_in(server: &Server, key: &str) -> Result<Ui, (u16, String)> {
-        let http = client();
-        let page = http
-            .get(format!("{}/ui/login", server.url))
-            .send()
-            .await
-            .unwrap();
-        let (login, _) = set_cookie(&page, "openloop_login").expect("sign-in cookie");
-        let token = form_value(&page.text().await.unwrap(), "login_token");
-        let r = http
-            .post(format!("{}/ui/login", server.url))
-            .header(COOKIE, &login)
-            .form(&[("key", key), ("login_token", &token), ("next", "/ui/keys")])
-            .send()
-            .await
-            .unwrap();
-        match set_cookie(&r, "openloop_session") {
-            Some((pair, attrs)) if r.status() == 303 => {
-                assert_eq!(r.headers()[LOCATION], "/ui/keys");
-                for a in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
-                    assert!(attrs.contains(a), "session cookie lacks {a}: {attrs}");
-                }
-                Ok(Ui {
-                    url: server.url.clone(),
-                    http,
-                    cookie: pair,
-                })
-            }
-            _ => Err((r.status().as_u16(), r.text().await.unwrap())),
-        }
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.url))
-            .header(COOKIE, &self.cookie)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.url))
-            .header(COOKIE, &self.cookie)
-            .form(form)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn csrf(&self) -> String {
-        form_value(&self.get("/ui/keys").await.text().await.unwrap(), "csrf")
-    }
-}
-
-fn redirected_to_login(r: &reqwest::Response) -> bool {
-    r.status() == 303
-        && r.headers()[LOCATION]
-            .to_str()
-            .unwrap()
-            .starts_with("/ui/login")
-}
 
 async fn sessions_keys_and_csrf(db: Db) {
     let Some(server) = Server::start(db).await else {
@@ -206,11 +106,16 @@ async fn sessions_keys_and_csrf(db: Db) {
     assert_eq!(keys.len(), keys_before);
     assert!(!keys.contains(&"forged".to_string()));
 
-    // With the token: the key is made, its secret shown once on the answer.
+    // With the token: the key is made, its secret shown once on the page the form leads to
+    // (a reload shows it no more and makes no second key), never in a URL.
     let csrf = admin.csrf().await;
     let r = admin
         .post("/ui/keys", &[("name", "second"), ("csrf", &csrf)])
         .await;
+    assert_eq!(r.status(), 303);
+    let shown_at = r.headers()[LOCATION].to_str().unwrap().to_string();
+    assert!(shown_at.starts_with("/ui/keys?created="), "{shown_at}");
+    let r = admin.get(&shown_at).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let html = r.text().await.unwrap();
@@ -221,6 +126,16 @@ async fn sessions_keys_and_csrf(db: Db) {
         .expect("the new secret is shown")
         .to_string();
     assert!(secret.starts_with("ol_"), "{secret}");
+    assert!(!shown_at.contains(&secret));
+    let reload = admin.get(&shown_at).await.text().await.unwrap();
+    assert!(!reload.contains(&secret) && reload.contains("already been shown"));
+    let named_second = server.get_json("/v1/keys").await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"] == "second")
+        .count();
+    assert_eq!(named_second, 1);
     assert!(!admin
         .get("/ui/keys")
         .await
@@ -257,6 +172,24 @@ async fn sessions_keys_and_csrf(db: Db) {
     assert!(r.status().is_success(), "{}", r.status());
     assert!(redirected_to_login(&second.get("/ui/keys").await));
     assert!(Ui::sign_in(&server, &secret).await.is_err());
+
+    // The session's own key cannot revoke itself (as in the API); unknown pages are pages.
+    let admin_id = server.get_json("/v1/keys").await["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let csrf = admin.csrf().await;
+    let r = admin
+        .post(&format!("/ui/keys/{admin_id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(admin.get("/ui/keys").await.status(), 200);
+    let r = admin.get("/ui/no/such/page").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
 
     // Sign-out ends the session: the old cookie is worth nothing afterwards.
     let csrf = admin.csrf().await;
@@ -396,4 +329,82 @@ async fn invocation_pages_sqlite() {
 #[tokio::test]
 async fn invocation_pages_postgres() {
     invocation_pages(Db::Postgres).await;
+}
+
+/// Connecting a repository from the dashboard shows its webhook and secret once; removing it
+/// disconnects it.
+#[tokio::test]
+async fn repositories_page_connects_and_removes() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("origin.git");
+    let ok = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(&origin)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ui = Ui::sign_in(&server, &server.key).await.unwrap();
+    let csrf = ui.csrf().await;
+    let url = origin.to_str().unwrap();
+    // Without the CSRF token nothing is connected.
+    let r = ui
+        .post("/ui/repositories", &[("url", url), ("name", "agent")])
+        .await;
+    assert_eq!(r.status(), 403);
+    // A bad project name: the form again with the reason.
+    let r = ui
+        .post(
+            "/ui/repositories",
+            &[("url", url), ("name", "no spaces"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("may only hold letters"));
+    assert!(server.get_json("/v1/repositories").await["repositories"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let r = ui
+        .post(
+            "/ui/repositories",
+            &[
+                ("url", url),
+                ("name", "agent"),
+                ("branch", "trunk"),
+                ("poll_seconds", ""),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let shown_at = r.headers()[LOCATION].to_str().unwrap().to_string();
+    let r = ui.get(&shown_at).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let html = r.text().await.unwrap();
+    let secret = html
+        .split("id=\"new-webhook-secret\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("the secret is shown")
+        .to_string();
+    let repos = server.get_json("/v1/repositories").await;
+    let repo = &repos["repositories"][0];
+    assert_eq!(repo["branch"], "trunk");
+    assert_eq!(repo["name"], "agent");
+    let id = repo["id"].as_str().unwrap().to_string();
+    assert!(html.contains(&format!("/v1/repositories/{id}/webhook")));
+    let again = ui.get("/ui/repositories").await.text().await.unwrap();
+    assert!(again.contains(&id) && !again.contains(&secret));
+
+    let r = ui
+        .post(&format!("/ui/repositories/{id}/remove"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(server.get_json("/v1/repositories").await["repositories"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::ui::Ui;
 use common::{bin, copy_dir, example, Db, Server};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -342,6 +343,28 @@ async fn push_to_deploy(db: Db) {
     assert_eq!(d["project_name"], "pushed");
     let answer = invoke(&server, "pushed").await;
     assert!(answer.contains("User: Bob (v1)"), "{answer}");
+
+    // The dashboard shows the new deployment of that commit, and the delivery that made it.
+    let ui = Ui::sign_in(&server, &server.key).await.unwrap();
+    let page = ui.get("/ui/deployments").await.text().await.unwrap();
+    let row = page
+        .split("<tr>")
+        .skip(1)
+        .find(|r| r.contains(&dep1))
+        .expect("the pushed deployment is listed");
+    assert!(row.contains(&v1) && row.contains("deployed"), "{row}");
+    let page = ui.get("/ui/repositories").await.text().await.unwrap();
+    assert!(page.contains(&hook), "the webhook URL is shown");
+    assert!(!page.contains(&secret), "the secret is never shown again");
+    let delivery = page
+        .split("<tr>")
+        .skip(1)
+        .find(|r| r.contains(&format!("/ui/deployments/{dep1}")))
+        .expect("the delivery links its deployment");
+    assert!(
+        delivery.contains("github") && delivery.contains("deployed"),
+        "{delivery}"
+    );
 
     // Pushes to another branch, and a branch deleted: acknowledged, nothing deployed.
     let feature = repo.commit_on_branch("feature");

@@ -3,7 +3,7 @@
 // - `data-live-events` + `data-live-src` (a table body): when the event stream says
 //   `changed`, fetch the rows again and swap them in (at most every 300 ms).
 // - `data-log-events` (a <pre>): append each `log` event as a line; a `status` event updates
-//   the page's `[data-status]` badge; `end` reloads the page to show the outcome.
+//   the page's own status badge (`[data-live-status]`); `end` reloads the page to show the outcome.
 // - `form[data-confirm]`: asks before submitting (cancel, shutdown, revoke).
 "use strict";
 
@@ -30,7 +30,7 @@ function logLine(data, format) {
   if (format === "json") {
     const entry = JSON.parse(data);
     line.className = "log " + entry.stream;
-    const when = new Date(entry.ts_ms).toISOString().slice(11, 23);
+    const when = new Date(entry.ts_ms).toISOString().slice(11, 19);
     const level = entry.level ? entry.level + " " : "";
     line.textContent = when + " " + entry.stream + " " + level + entry.message;
   } else {
@@ -51,7 +51,7 @@ function logTail(el) {
   });
   events.addEventListener("status", (e) => {
     const view = JSON.parse(e.data);
-    document.querySelectorAll("[data-status]").forEach((b) => {
+    document.querySelectorAll("[data-live-status]").forEach((b) => {
       b.textContent = view.status;
       b.className = "badge " + view.status;
     });

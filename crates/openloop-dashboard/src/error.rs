@@ -62,3 +62,11 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     };
     (status, Html(layout::bare(title, body).into_string())).into_response()
 }
+
+/// Any other path under `/ui/`: a page, not the API's JSON.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    error_page(
+        StatusCode::NOT_FOUND,
+        &format!("there is no dashboard page at {}", uri.path()),
+    )
+}

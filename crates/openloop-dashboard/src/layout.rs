@@ -27,7 +27,6 @@ const NAV: [(Nav, &str, &str); 6] = [
 
 fn head(title: &str) -> Markup {
     html! {
-        (DOCTYPE)
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
@@ -42,6 +41,7 @@ fn head(title: &str) -> Markup {
 /// A page of a signed-in visitor: navigation bar, title, body.
 pub fn page(session: &Session, nav: Nav, title: &str, body: Markup) -> Html<String> {
     let markup = html! {
+        (DOCTYPE)
         html lang="en" {
             (head(title))
             body {
@@ -68,6 +68,7 @@ pub fn page(session: &Session, nav: Nav, title: &str, body: Markup) -> Html<Stri
 /// A page without navigation (sign-in, errors).
 pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
+        (DOCTYPE)
         html lang="en" {
             (head(title))
             body { (body) }
@@ -80,9 +81,14 @@ pub fn csrf(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf); }
 }
 
-/// A status as a colored badge; `data-status` lets the script update it live.
+/// A status as a colored badge (`data-status` marks every status on a page).
 pub fn status(s: &str) -> Markup {
     html! { span class={ "badge " (s) } data-status { (s) } }
+}
+
+/// The status of the thing a page is about: the script updates it live (`data-live-status`).
+pub fn live_status(s: &str) -> Markup {
+    html! { span class={ "badge " (s) } data-status data-live-status { (s) } }
 }
 
 /// A time (ms since the epoch) in UTC, with a machine-readable `datetime`.

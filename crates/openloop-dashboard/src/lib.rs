@@ -12,6 +12,7 @@
 //!   keys, repositories); handlers read through `openloop-api`'s services and store.
 //! - [`live`]: the event streams pages follow (log tails, live tables).
 //! - [`schema_form`]: a form generated from a function's request schema, and back to JSON.
+//! - [`flash`]: one-time messages across a redirect (a new secret, shown once).
 //! - [`assets`]: the stylesheet and the script.
 //!
 //! The dashboard holds no state of its own beyond sessions (in the store): it is a view of the
@@ -19,6 +20,7 @@
 
 pub mod assets;
 pub mod error;
+pub mod flash;
 pub mod layout;
 pub mod live;
 pub mod pages;
@@ -32,7 +34,7 @@ use openloop_api::state::AppState;
 
 /// Every dashboard route, with the state applied; merged into the server's router.
 pub fn router(state: AppState) -> Router {
-    use pages::{deployments, devboxes, functions, invocations, keys};
+    use pages::{deployments, devboxes, functions, invocations, keys, repositories};
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/invocations") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/invocations") }))
@@ -65,5 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/devboxes/{id}/shutdown", post(devboxes::shutdown))
         .route("/ui/keys", get(keys::list).post(keys::create))
         .route("/ui/keys/{id}/revoke", post(keys::revoke))
+        .route(
+            "/ui/repositories",
+            get(repositories::list).post(repositories::create),
+        )
+        .route("/ui/repositories/{id}/remove", post(repositories::remove))
+        .route("/ui/{*rest}", get(error::not_found).post(error::not_found))
         .with_state(state)
 }

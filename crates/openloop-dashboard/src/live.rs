@@ -1,5 +1,5 @@
 //! The event streams pages follow. The log tails are the API's own streams
-//! (`openloop_api::streams`); the tables get a bare `changed` event and fetch their rows again,
+//! (`openloop_api::streams`); the tables get a `changed` event and fetch their rows again,
 //! so the rows are always rendered by the same code as the page.
 
 use crate::error::UiResult;
@@ -31,7 +31,8 @@ fn changes(state: &AppState, key: &'static str) -> Events {
                 _ = tx.closed() => return,
             }
             if tx
-                .send(Event::default().event("changed").data(""))
+                // Browsers drop events without data: the data names what changed.
+                .send(Event::default().event("changed").data(key))
                 .await
                 .is_err()
             {

@@ -2,6 +2,8 @@
 //! on SQLite or on a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod ui;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

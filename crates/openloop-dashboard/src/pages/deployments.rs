@@ -36,7 +36,11 @@ fn rows_markup(rows: &[Deployment], active: &[Deployment]) -> Markup {
             tr {
                 td { a href={ "/ui/deployments/" (d.id) } { (layout::short_id(&d.id)) } }
                 td {
-                    a href={ "/ui/projects/" (d.project_name) } { (d.project_name) }
+                    @if active.iter().any(|a| a.project_name == d.project_name) {
+                        a href={ "/ui/projects/" (d.project_name) } { (d.project_name) }
+                    } @else {
+                        (d.project_name)
+                    }
                     @if active.iter().any(|a| a.id == d.id) { " " span.badge.success { "live" } }
                 }
                 td { code { (d.source) } }
@@ -167,14 +171,22 @@ pub async fn detail(
         .functions
         .unwrap_or_default();
     let done = finished(&d);
+    let live_project = state
+        .store
+        .active_deployment(&d.project_name)
+        .await?
+        .is_some();
     let body = html! {
-        h1 { "Deployment " code { (d.id) } " " (layout::status(&d.status)) }
+        h1 { "Deployment " code { (d.id) } " " (layout::live_status(&d.status)) }
         @if let Some(reason) = &d.failure_reason {
             div.notice.bad role="alert" { strong { "Build failed: " } (reason) }
         }
         div.card {
             dl.facts {
-                dt { "Project" } dd { a href={ "/ui/projects/" (d.project_name) } { (d.project_name) } }
+                dt { "Project" } dd {
+                    @if live_project { a href={ "/ui/projects/" (d.project_name) } { (d.project_name) } }
+                    @else { (d.project_name) " " span.muted { "(no live deployment)" } }
+                }
                 dt { "Source" } dd { code { (d.source) } }
                 dt { "Ref" } dd { @match &d.git_ref { Some(r) => code { (r) }, None => span.muted { "—" } } }
                 dt { "Created" } dd { (layout::time(d.created_at_ms)) }

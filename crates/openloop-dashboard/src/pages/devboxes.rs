@@ -134,7 +134,7 @@ async fn render_detail(
     let running = view.status == DevboxStatus::Running;
     let lp = &view.launch_parameters;
     let body = html! {
-        h1 { "Devbox " code { (view.id) } " " (layout::status(view.status.as_str())) }
+        h1 { "Devbox " code { (view.id) } " " (layout::live_status(view.status.as_str())) }
         @if let Some(n) = notice { p.notice.bad role="alert" { (n) } }
         div.card {
             dl.facts {

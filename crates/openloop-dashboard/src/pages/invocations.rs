@@ -188,7 +188,7 @@ pub async fn detail(
     let finished = inv.is_finished();
     let error = parse(&inv.error);
     let body = html! {
-        h1 { "Invocation " code { (inv.id) } " " (layout::status(&inv.status)) }
+        h1 { "Invocation " code { (inv.id) } " " (layout::live_status(&inv.status)) }
         @if !finished {
             form.inline method="post" action={ "/ui/invocations/" (inv.id) "/cancel" } data-confirm="Cancel this run?" {
                 (layout::csrf(&session))
@@ -228,7 +228,12 @@ pub async fn detail(
             div {
                 @if let Some(r) = parse(&inv.result) {
                     h2 { "Response" }
-                    (layout::json(&r))
+                    @if let Value::String(text) = &r {
+                        // A string result reads as text (its line breaks kept).
+                        pre.output.result { (text) }
+                    } @else {
+                        (layout::json(&r))
+                    }
                 } @else if let Some(e) = &error {
                     h2 { "Error" }
                     div.card.error-box {

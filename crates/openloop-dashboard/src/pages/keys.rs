@@ -1,10 +1,12 @@
-//! `/ui/keys`: create (the secret is shown once, on the answer to the form), list and revoke
-//! API keys. Revoking a key ends its dashboard sessions, this one included.
+//! `/ui/keys`: create (the secret is shown once, after the form's redirect), list and revoke
+//! API keys. Revoking a key ends its dashboard sessions; a session's own key cannot revoke itself
+//! (as in the API).
 
 use crate::error::UiResult;
+use crate::flash;
 use crate::layout::{self, Nav};
 use crate::session::{CsrfForm, Session};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -52,7 +54,7 @@ async fn render(
                             }
                         }
                         td {
-                            @if k.revoked_at_ms.is_none() {
+                            @if k.revoked_at_ms.is_none() && k.id != session.key_id {
                                 form.inline method="post" action={ "/ui/keys/" (k.id) "/revoke" }
                                     data-confirm={ "Revoke key " (k.name) "? Everything using it stops working." } {
                                     (layout::csrf(session))
@@ -68,8 +70,43 @@ async fn render(
     Ok(layout::page(session, Nav::Keys, "API keys", body))
 }
 
-pub async fn list(State(state): State<AppState>, session: Session) -> UiResult<Html<String>> {
-    render(&state, &session, None, None).await
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// The one-time message holding a key just created.
+    created: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<ListQuery>,
+) -> UiResult<Response> {
+    let created = q
+        .created
+        .as_deref()
+        .and_then(|id| flash::take(&session.key_id, id));
+    let shown = created.as_ref().and_then(|v| {
+        Some((
+            v["name"].as_str()?.to_string(),
+            v["secret"].as_str()?.to_string(),
+        ))
+    });
+    let gone = q.created.is_some() && shown.is_none();
+    let error = gone.then_some("That key's secret has already been shown; it is not kept. Revoke the key and create another if it was not copied.");
+    let mut resp = render(
+        &state,
+        &session,
+        shown.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
+        error,
+    )
+    .await?
+    .into_response();
+    // The secret must not linger in caches or the back button's history.
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -98,15 +135,11 @@ pub async fn create(
         return Ok((StatusCode::BAD_REQUEST, page).into_response());
     }
     let (key, secret) = state.store.create_key(name).await?;
-    let mut resp = render(&state, &session, Some((&key.name, &secret)), None)
-        .await?
-        .into_response();
-    // The secret must not linger in caches or the back button's history.
-    resp.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
+    let id = flash::put(
+        &session.key_id,
+        serde_json::json!({"name": key.name, "secret": secret}),
     );
-    Ok(resp)
+    Ok(Redirect::to(&format!("/ui/keys?created={id}")).into_response())
 }
 
 pub async fn revoke(
@@ -116,7 +149,17 @@ pub async fn revoke(
     Form(form): Form<CsrfForm>,
 ) -> UiResult<Response> {
     session.check_csrf(&form.csrf)?;
+    if id == session.key_id {
+        // As the API: a key does not revoke itself (sign in with another key to do it).
+        let page = render(
+            &state,
+            &session,
+            None,
+            Some("This session's own key cannot revoke itself; sign in with another key to revoke it."),
+        )
+        .await?;
+        return Ok((StatusCode::CONFLICT, page).into_response());
+    }
     state.store.revoke_key(&id).await?;
-    // Revoking the key of this session signs it out (its session is gone).
     Ok(Redirect::to("/ui/keys").into_response())
 }
