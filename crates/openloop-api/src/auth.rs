@@ -95,9 +95,11 @@ pub async fn require_auth(
             .lookup(secret)
             .map(|invocation_id| Principal::Invocation { invocation_id })
     } else {
+        use tracing::Instrument;
         state
             .store
             .verify_key(secret)
+            .instrument(crate::stages::span("auth"))
             .await?
             .map(|k| Principal::Key { key_id: k.id })
     };

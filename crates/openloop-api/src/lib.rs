@@ -8,6 +8,7 @@
 //! - [`services`]: the work behind them: deployments, invocations, devboxes.
 //! - [`auth`]: API keys and per-invocation tokens.
 //! - [`notify`]: change notifications that waiting requests and streams listen to.
+//! - [`stages`]: wall time per stage of an invocation's path, from tracing spans.
 //! - [`streams`]: Server-Sent Events that follow logs in the store (API and dashboard).
 //! - [`error`] / [`extract`]: errors as `{"error": {"code", "message"}}` with the right status.
 
@@ -21,6 +22,7 @@ pub mod notify;
 pub mod routes;
 pub mod server;
 pub mod services;
+pub mod stages;
 pub mod state;
 pub mod streams;
 

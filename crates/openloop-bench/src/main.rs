@@ -4,6 +4,7 @@
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
 mod dashboard;
+mod stages;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -272,9 +273,13 @@ async fn main() -> Result<()> {
     put("deploy_first_s", first_deploy.as_secs_f64(), "s");
     put("cold_first_call_ms", ms(b.echo().await?), "ms");
 
+    stages::reset(&b).await?;
     let mut lat = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         lat.push(ms(b.echo().await?));
+    }
+    for (stage, p50, _) in stages::report(&b).await? {
+        put(&format!("stage_{stage}_p50_us"), p50, "us");
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     put("invoke_sync_warm_p50_ms", percentile(&lat, 0.5), "ms");

@@ -80,13 +80,24 @@ fn main() {
 
 async fn run() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OPENLOOP_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let logs = tracing_subscriber::EnvFilter::try_from_env("OPENLOOP_LOG")
+            .unwrap_or_else(|_| "info,sqlx=warn".into());
+        // The log output follows OPENLOOP_LOG; stage timing sees its spans whatever the level.
+        let stages = tracing_subscriber::filter::Targets::new()
+            .with_target(openloop_api::stages::TARGET, tracing::Level::TRACE);
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(logs),
+            )
+            .with(openloop_api::stages::StageLayer.with_filter(stages))
+            .init();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Deploy(args) => client::deploy(args).await,

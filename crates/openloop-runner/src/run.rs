@@ -12,6 +12,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// The target of stage spans (`openloop_api::stages` times them).
+const STAGE: &str = "openloop::stage";
 
 /// Longest log line kept as one line; longer output is split.
 const MAX_LINE: usize = 16 * 1024;
@@ -200,6 +204,19 @@ pub async fn run(
     let budget = Arc::new(LogBudget::new(req.log_limits));
     let mut cgroup: Option<Cgroup> = None;
     let outcome = run_in(host, &req, &mut reg, &mut cgroup, &logs, &budget).await;
+    finish(outcome, cgroup, &budget, &logs, &req)
+        .instrument(tracing::info_span!(target: STAGE, "teardown"))
+        .await
+}
+
+/// After the run: note dropped log lines, empty the run's cgroup, name an out-of-memory kill.
+async fn finish(
+    outcome: RunOutcome,
+    cgroup: Option<Cgroup>,
+    budget: &LogBudget,
+    logs: &mpsc::Sender<LogLine>,
+    req: &RunRequest,
+) -> RunOutcome {
     let (lines, bytes) = budget.dropped();
     if lines > 0 {
         let _ = logs
@@ -250,10 +267,17 @@ async fn run_in(
         "key": reg.key,
         "env": req.env,
     });
-    let mut exit_rx = match host.fork(msg, &req.invocation_id).await {
+    let forked = host
+        .fork(msg, &req.invocation_id)
+        .instrument(tracing::info_span!(target: STAGE, "fork"))
+        .await;
+    let mut exit_rx = match forked {
         Ok(rx) => Some(rx),
         Err(e) => return failure("StartFailed", format!("the run could not start: {e}")),
     };
+    // Stage spans (see `openloop_api::stages`): until the run's process connects, then its code.
+    let mut connecting = Some(tracing::info_span!(target: STAGE, "connect"));
+    let mut user_code: Option<tracing::Span> = None;
     let mut dead = host.dead_signal();
     let mut exit: Option<ExitInfo> = None;
     let mut control: Option<JoinHandle<Option<Value>>> = None;
@@ -263,13 +287,20 @@ async fn run_in(
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
             Some(conn) = reg.connections.recv() => match conn.channel {
-                Channel::Control => match admit(conn, host, req).await {
-                    Ok((conn, joined)) => {
-                        *cgroup = Some(joined);
-                        control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
+                Channel::Control => {
+                    drop(connecting.take());
+                    let admitted = admit(conn, host, req)
+                        .instrument(tracing::info_span!(target: STAGE, "admit"))
+                        .await;
+                    match admitted {
+                        Ok((conn, joined)) => {
+                            user_code = Some(tracing::info_span!(target: STAGE, "user_code"));
+                            *cgroup = Some(joined);
+                            control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
+                        }
+                        Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
                     }
-                    Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
-                },
+                }
                 Channel::Stdout | Channel::Stderr => {
                     streams_seen += 1;
                     readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
@@ -286,6 +317,7 @@ async fn run_in(
                 deadline = Some(tokio::time::Instant::now() + GRACE);
             }
             r = async { control.as_mut().expect("guarded").await }, if control.is_some() => {
+                drop(user_code.take());
                 break r.ok().flatten();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && control.is_none() => {

@@ -74,11 +74,21 @@ pub async fn invoke_sync(
     ApiPath((project, function)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<InvokeBody>,
 ) -> ApiResult<Json<InvocationView>> {
-    let inv = submit(&state, &principal, &project, &function, body).await?;
-    // The run goes on in its own task even if this caller disconnects. A calling run lends
-    // its slots to the new run while it waits.
-    let done = state.invocations.wait_for(&principal, &inv.id).await?;
-    Ok(Json(invocation_view(&done)?))
+    use tracing::Instrument;
+    async {
+        let inv = submit(&state, &principal, &project, &function, body).await?;
+        // The run goes on in its own task even if this caller disconnects. A calling run lends
+        // its slots to the new run while it waits.
+        let done = state
+            .invocations
+            .wait_for(&principal, &inv.id)
+            .instrument(crate::stages::span("wait"))
+            .await?;
+        let _respond = crate::stages::span("respond").entered();
+        Ok(Json(invocation_view(&done)?))
+    }
+    .instrument(crate::stages::span("invoke_sync"))
+    .await
 }
 
 /// Queue a run and answer at once with its id.

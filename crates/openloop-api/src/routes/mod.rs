@@ -9,6 +9,7 @@ mod deployments;
 mod devboxes;
 mod functions;
 mod keys;
+mod metrics;
 mod network_policies;
 pub mod openapi;
 mod repositories;
@@ -84,6 +85,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devboxes::download_file))
         .routes(routes!(devboxes::keep_alive))
         .routes(routes!(devboxes::shutdown))
+        .routes(routes!(metrics::stages))
+        .routes(routes!(metrics::reset_stages))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(secrets::create, secrets::list))

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
 
 pub struct Invocations {
     store: Store,
@@ -203,6 +204,7 @@ impl Invocations {
         let host = self.host_for(dep).await?;
         let errors = host
             .validate(function, &request)
+            .instrument(stage("validate"))
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         if !errors.is_empty() {
@@ -229,7 +231,10 @@ impl Invocations {
             started_at_ms: None,
             ended_at_ms: None,
         };
-        self.store.insert_invocation(&inv).await?;
+        self.store
+            .insert_invocation(&inv)
+            .instrument(stage("insert"))
+            .await?;
         self.notifier.notify(crate::notify::ANY_INVOCATION);
         if let Some(caller) = inv
             .parent_invocation_id
@@ -245,7 +250,9 @@ impl Invocations {
     /// Run a queued invocation in the background; it outlives the request that made it.
     pub fn spawn(self: &Arc<Self>, id: String) {
         let this = Arc::clone(self);
+        let queued = stage("queue");
         tokio::spawn(async move {
+            drop(queued);
             if let Err(e) = this.execute(&id).await {
                 tracing::error!(invocation = %id, error = %e, "invocation could not be run");
                 let err = serde_json::json!({"type": "PlatformError", "message": e.to_string(), "traceback": null});
@@ -274,13 +281,24 @@ impl Invocations {
 
     async fn execute(&self, id: &str) -> ApiResult<()> {
         let stopping = |_| ApiError::Unavailable("the server is stopping".into());
-        let queued = self.store.get_invocation(id).await?;
-        let depth = self.depth_of(&queued).await?;
+        let (queued, depth) = async {
+            let queued = self.store.get_invocation(id).await?;
+            let depth = self.depth_of(&queued).await?;
+            ApiResult::Ok((queued, depth))
+        }
+        .instrument(stage("read"))
+        .await?;
         let function_slots = self.function_slots(&queued.project_name, &queued.function_name);
         let permits = Permits::take(&self.slots, function_slots.as_ref())
+            .instrument(stage("slots"))
             .await
             .map_err(stopping)?;
-        if !self.store.mark_invocation_running(id).await? {
+        if !self
+            .store
+            .mark_invocation_running(id)
+            .instrument(stage("mark_running"))
+            .await?
+        {
             return Ok(());
         }
         // Held until this returns, however it returns; lent to children while the run waits.
@@ -297,11 +315,19 @@ impl Invocations {
         );
         self.notifier.invocation_changed(id);
         let inv = queued;
-        let dep = self.deployment(&inv.deployment_id).await?;
-        let host = self.host_for(&dep.dep).await?;
+        let prepare = stage("prepare");
+        let dep = self
+            .deployment(&inv.deployment_id)
+            .instrument(prepare.clone())
+            .await?;
+        let host = self.host_for(&dep.dep).instrument(prepare.clone()).await?;
         // The deployment's secrets, read now: an update applies from the next run on. What the
         // run produces is stored with their values redacted.
-        let given = self.secrets.resolve(&dep.manifest.secrets).await?;
+        let given = self
+            .secrets
+            .resolve(&dep.manifest.secrets)
+            .instrument(prepare.clone())
+            .await?;
         let redactor = Arc::new(given.redactor);
         let token = self.tokens.issue(id);
         let mut env: BTreeMap<String, String> = given.env;
@@ -320,6 +346,7 @@ impl Invocations {
             log_rx,
             redactor.clone(),
         ));
+        drop(prepare);
         let outcome = openloop_runner::run::run(
             &host,
             &self.channels,
@@ -334,24 +361,33 @@ impl Invocations {
             },
             log_tx,
         )
+        .instrument(stage("run"))
         .await;
-        let _ = writer.await;
+        let _ = writer.instrument(stage("logs_flush")).await;
         lock(&self.running).remove(id);
         self.tokens.revoke(&token);
-        if let Err(e) = self.devboxes.shutdown_for_invocation(id).await {
+        if let Err(e) = self
+            .devboxes
+            .shutdown_for_invocation(id)
+            .instrument(stage("devboxes"))
+            .await
+        {
             tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
         }
+        let finish = stage("finish");
         match outcome {
             RunOutcome::Success(v) => {
                 let v = redactor.redact_json(v);
                 self.store
                     .finish_invocation(id, "success", Some(&v.to_string()), None)
+                    .instrument(finish)
                     .await?
             }
             RunOutcome::Failure(e) => {
                 let e = redactor.redact_json(e);
                 self.store
                     .finish_invocation(id, "failure", None, Some(&e.to_string()))
+                    .instrument(finish)
                     .await?
             }
         };
@@ -539,4 +575,9 @@ impl Drop for InFlight<'_> {
         }
         self.run.end();
     }
+}
+
+/// A span of one stage of the invocation path (timed by `crate::stages`).
+fn stage(name: &'static str) -> tracing::Span {
+    crate::stages::span(name)
 }

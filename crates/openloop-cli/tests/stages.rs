@@ -1,0 +1,90 @@
+//! The per-stage timing of the invocation path (`GET /v1/metrics/stages`): every stage of a
+//! warm `invoke_sync` is recorded, nested stages fit inside their parents, and a reset
+//! clears the figures.
+
+mod common;
+
+use common::{fixture, Db, Server};
+use serde_json::{json, Value};
+
+fn stage<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {stats:#}"))
+}
+
+#[tokio::test]
+async fn every_stage_of_a_warm_invocation_is_timed() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("test_agent"));
+    // A key is needed, as everywhere.
+    let r = server
+        .http
+        .get(format!("{}/v1/metrics/stages", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (code, _) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "warm"}))
+        .await;
+    assert_eq!(code, 200);
+    let r = server
+        .post("/v1/metrics/stages/reset")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        let (code, v) = server
+            .invoke_sync("test_agent", "echo", json!({"text": "hi"}))
+            .await;
+        assert_eq!((code, v["status"].as_str()), (200, Some("success")), "{v}");
+    }
+    let stats = server.get_json("/v1/metrics/stages").await;
+    for name in [
+        "auth",
+        "validate",
+        "insert",
+        "queue",
+        "read",
+        "slots",
+        "mark_running",
+        "prepare",
+        "fork",
+        "connect",
+        "admit",
+        "user_code",
+        "teardown",
+        "run",
+        "logs_flush",
+        "devboxes",
+        "finish",
+        "wait",
+        "respond",
+        "invoke_sync",
+    ] {
+        let s = stage(&stats, name);
+        assert!(s["count"].as_u64().unwrap() >= 3, "{name}: {s}");
+    }
+    // Nested stages fit inside the stages that hold them.
+    let mean = |n: &str| stage(&stats, n)["mean_us"].as_f64().unwrap();
+    assert!(mean("invoke_sync") >= mean("wait"), "{stats:#}");
+    assert!(mean("wait") >= mean("run"), "{stats:#}");
+    assert!(
+        mean("run") >= mean("user_code") + mean("fork") + mean("admit"),
+        "{stats:#}"
+    );
+
+    let r = server
+        .post("/v1/metrics/stages/reset")
+        .send()
+        .await
+        .unwrap();
+    let cleared: Value = r.json().await.unwrap();
+    assert_eq!(cleared["stages"], json!([]));
+}
