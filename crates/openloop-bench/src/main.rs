@@ -5,6 +5,7 @@
 
 mod dashboard;
 mod peers;
+mod postgres;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -41,6 +42,10 @@ struct Args {
     /// Skip the peer columns (Celery on Redis, FastAPI under uvicorn).
     #[arg(long)]
     no_peers: bool,
+    /// Also measure warm p50 and throughput on a server using a fresh database made in this
+    /// PostgreSQL (dropped afterwards), and print PostgreSQL's cost over SQLite.
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 struct Server {
@@ -377,6 +382,40 @@ async fn run(args: Args) -> Result<()> {
         None => None,
     };
 
+    // The same warm figures on PostgreSQL, while the SQLite server idles.
+    let pg_figures = match &args.postgres_url {
+        Some(admin) => {
+            eprintln!("  postgres: a fresh database, a second server, the same calls");
+            let db = postgres::Database::create(admin).await?;
+            let pb = Bench {
+                s: start_server_in(tempfile::tempdir()?, args.sleepers, Some(&db.url)).await?,
+                http: http_client()?,
+            };
+            pb.deploy(&agent).await?;
+            pb.echo().await?;
+            let lat = latencies(args.calls, || pb.echo()).await?;
+            let per_s = throughput(args.clients, args.throughput_seconds, || pb.echo()).await?;
+            // The server goes before its database.
+            drop(pb);
+            drop(db);
+            put(
+                "postgres_invoke_sync_warm_p50_ms",
+                percentile(&lat, 0.5),
+                "ms",
+            );
+            put(
+                &format!(
+                    "postgres_invoke_sync_throughput_{}_clients_per_s",
+                    args.clients
+                ),
+                per_s,
+                "runs/s",
+            );
+            Some((percentile(&lat, 0.5), per_s))
+        }
+        None => None,
+    };
+
     let mut async_lat = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
@@ -531,6 +570,14 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some((celery, fastapi)) = peer_figures {
         peers::report(openloop, celery, fastapi, args.clients, &mut figures);
+    }
+    if let Some(pg) = pg_figures {
+        postgres::report(
+            (openloop.p50_ms, openloop.per_s),
+            pg,
+            args.clients,
+            &mut figures,
+        );
     }
     println!("{}", Value::Object(figures));
     Ok(())
