@@ -316,7 +316,17 @@ fn tree_pss_kb(root: u32) -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    run(args).await
+    // On SIGINT or SIGTERM the run is dropped, so every guard stops what it started: the
+    // servers, the peers (which are in process groups of their own and would not see a
+    // terminal's Ctrl-C) and the PostgreSQL database.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = run(args) => r,
+        _ = int.recv() => bail!("interrupted; everything the benchmark started is stopped"),
+        _ = term.recv() => bail!("terminated; everything the benchmark started is stopped"),
+    }
 }
 
 async fn run(args: Args) -> Result<()> {
