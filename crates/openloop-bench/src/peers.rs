@@ -562,10 +562,7 @@ pub fn report(
         },
     ];
     println!();
-    println!(
-        "{:<28} {:>12} {:>12}",
-        "target (Openloop vs peer)", "ratio", ""
-    );
+    println!("{:<28} {:>12}", "target (Openloop vs peer)", "ratio");
     for t in &targets {
         let met = if t.met() { "met" } else { "not met" };
         println!("{:<28} {:>12.2} {:>12}", t.name, t.ratio, met);

@@ -93,8 +93,8 @@ pub fn report(
     let tput = sqlite.1 / postgres.1;
     println!();
     println!(
-        "{:<28} {:>12} {:>12} {:>16} {:>12}",
-        "same run", "SQLite", "PostgreSQL", "PG cost (<= 1.3)", ""
+        "{:<28} {:>12} {:>12} {:>16}",
+        "same run", "SQLite", "PostgreSQL", "PG cost (<= 1.3)"
     );
     for (label, s, p, cost, unit) in [
         (
