@@ -55,9 +55,8 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Check `redis-server`, and make (or reuse) the peers' venv under `cache_dir`.
 pub fn prepare(cache_dir: &Path) -> Result<Env> {
-    let redis = [PathBuf::from("/usr/bin/redis-server")]
-        .into_iter()
-        .find(|p| p.is_file())
+    let redis = Some(PathBuf::from("/usr/bin/redis-server"))
+        .filter(|p| p.is_file())
         .or_else(|| which("redis-server"))
         .context(
             "redis-server not found (the Celery peer's broker): `apt-get install -y \
