@@ -4,12 +4,15 @@
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
 mod dashboard;
+mod peers;
+mod postgres;
 mod stages;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +40,13 @@ struct Args {
     /// Invocations recorded before the dashboard's pages are timed (0 skips them).
     #[arg(long, default_value_t = 100_000)]
     dashboard_invocations: usize,
+    /// Skip the peer columns (Celery on Redis, FastAPI under uvicorn).
+    #[arg(long)]
+    no_peers: bool,
+    /// Also measure warm p50 and throughput on a server using a fresh database made in this
+    /// PostgreSQL (dropped afterwards), and print PostgreSQL's cost over SQLite.
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 struct Server {
@@ -66,11 +76,16 @@ fn bin_dir() -> Result<PathBuf> {
 }
 
 async fn start_server(sleepers: usize) -> Result<Server> {
-    start_server_in(tempfile::tempdir()?, sleepers).await
+    start_server_in(tempfile::tempdir()?, sleepers, None).await
 }
 
-/// Start a server on a data directory prepared by the caller.
-async fn start_server_in(data: tempfile::TempDir, sleepers: usize) -> Result<Server> {
+/// Start a server on a data directory prepared by the caller (and a database URL: SQLite in
+/// the data directory when `None`).
+async fn start_server_in(
+    data: tempfile::TempDir,
+    sleepers: usize,
+    database_url: Option<&str>,
+) -> Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -81,10 +96,14 @@ async fn start_server_in(data: tempfile::TempDir, sleepers: usize) -> Result<Ser
             openloop.display()
         );
     }
-    let child = Command::new(&openloop)
-        .args(["serve", "--port", &port.to_string(), "--data-dir"])
+    let mut cmd = Command::new(&openloop);
+    cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(data.path())
-        .args(["--max-concurrent-runs", &(sleepers + 64).to_string()])
+        .args(["--max-concurrent-runs", &(sleepers + 64).to_string()]);
+    if let Some(url) = database_url {
+        cmd.args(["--database-url", url]);
+    }
+    let child = cmd
         .env("OPENLOOP_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -124,6 +143,51 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The HTTP client of every figure (Openloop's and FastAPI's): keep-alive, a large pool.
+fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?)
+}
+
+/// `calls` calls one after another; their latencies in ms, sorted.
+async fn latencies<F, Fut>(calls: usize, mut call: F) -> Result<Vec<f64>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Duration>>,
+{
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        lat.push(ms(call().await?));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(lat)
+}
+
+/// `clients` concurrent loops of `call` for `seconds`: calls started before the end count, and
+/// the time runs to the last one's end. Calls per second.
+async fn throughput<F, Fut>(clients: usize, seconds: u64, call: F) -> Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Duration>>,
+{
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers = (0..clients).map(|_| async {
+        let mut n = 0u64;
+        while Instant::now() < stop {
+            call().await?;
+            n += 1;
+        }
+        anyhow::Ok(n)
+    });
+    let done: u64 = futures::future::try_join_all(workers)
+        .await?
+        .into_iter()
+        .sum();
+    Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
 struct Bench {
@@ -253,13 +317,32 @@ fn tree_pss_kb(root: u32) -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // On SIGINT or SIGTERM the run is dropped, so every guard stops what it started: the
+    // servers, the peers (which are in process groups of their own and would not see a
+    // terminal's Ctrl-C) and the PostgreSQL database.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = run(args) => r,
+        _ = int.recv() => bail!("interrupted; everything the benchmark started is stopped"),
+        _ = term.recv() => bail!("terminated; everything the benchmark started is stopped"),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent");
+    // Made first, so a machine that cannot run the peers fails before the long part.
+    let peer_env = if args.no_peers {
+        None
+    } else {
+        let cache = bin_dir()?.parent().context("no target dir")?.to_path_buf();
+        Some(peers::prepare(&cache)?)
+    };
     let server = start_server(args.sleepers).await?;
     let b = Bench {
         s: server,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()?,
+        http: http_client()?,
     };
     let mut figures = serde_json::Map::new();
     let mut table: Vec<(String, String)> = Vec::new();
@@ -274,36 +357,79 @@ async fn main() -> Result<()> {
     put("cold_first_call_ms", ms(b.echo().await?), "ms");
 
     stages::reset(&b).await?;
-    let mut lat = Vec::with_capacity(args.calls);
-    for _ in 0..args.calls {
-        lat.push(ms(b.echo().await?));
-    }
+    let lat = latencies(args.calls, || b.echo()).await?;
     for (stage, p50, _) in stages::report(&b).await? {
         put(&format!("stage_{stage}_p50_us"), p50, "us");
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    put("invoke_sync_warm_p50_ms", percentile(&lat, 0.5), "ms");
-    put("invoke_sync_warm_p99_ms", percentile(&lat, 0.99), "ms");
-
-    let stop = Instant::now() + Duration::from_secs(args.throughput_seconds);
-    let started = Instant::now();
-    let workers = (0..args.clients).map(|_| async {
-        let mut n = 0u64;
-        while Instant::now() < stop {
-            b.echo().await?;
-            n += 1;
-        }
-        anyhow::Ok(n)
-    });
-    let done: u64 = futures::future::try_join_all(workers)
-        .await?
-        .into_iter()
-        .sum();
+    let openloop = peers::CallFigures {
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        per_s: throughput(args.clients, args.throughput_seconds, || b.echo()).await?,
+    };
+    put("invoke_sync_warm_p50_ms", openloop.p50_ms, "ms");
+    put("invoke_sync_warm_p99_ms", openloop.p99_ms, "ms");
     put(
         &format!("invoke_sync_throughput_{}_clients_per_s", args.clients),
-        done as f64 / started.elapsed().as_secs_f64(),
+        openloop.per_s,
         "runs/s",
     );
+
+    // The peers run now, one at a time, while this server idles: the same calls and clients,
+    // on the same machine, minutes apart at most.
+    let peer_figures = match &peer_env {
+        Some(env) => {
+            eprintln!("  peers: Celery (Redis broker and backend, prefork worker of 2)");
+            let celery =
+                peers::celery(env, args.calls, args.clients, args.throughput_seconds).await?;
+            eprintln!(
+                "  celery: p50 {:.2} ms, p99 {:.2} ms, {:.2} calls/s",
+                celery.p50_ms, celery.p99_ms, celery.per_s
+            );
+            eprintln!("  peers: FastAPI under uvicorn (one worker)");
+            let fastapi =
+                peers::fastapi(env, args.calls, args.clients, args.throughput_seconds).await?;
+            eprintln!(
+                "  fastapi: p50 {:.2} ms, p99 {:.2} ms, {:.2} requests/s",
+                fastapi.p50_ms, fastapi.p99_ms, fastapi.per_s
+            );
+            Some((celery, fastapi))
+        }
+        None => None,
+    };
+
+    // The same warm figures on PostgreSQL, while the SQLite server idles.
+    let pg_figures = match &args.postgres_url {
+        Some(admin) => {
+            eprintln!("  postgres: a fresh database, a second server, the same calls");
+            let db = postgres::Database::create(admin).await?;
+            let pb = Bench {
+                s: start_server_in(tempfile::tempdir()?, args.sleepers, Some(&db.url)).await?,
+                http: http_client()?,
+            };
+            pb.deploy(&agent).await?;
+            pb.echo().await?;
+            let lat = latencies(args.calls, || pb.echo()).await?;
+            let per_s = throughput(args.clients, args.throughput_seconds, || pb.echo()).await?;
+            // The server goes before its database.
+            drop(pb);
+            drop(db);
+            put(
+                "postgres_invoke_sync_warm_p50_ms",
+                percentile(&lat, 0.5),
+                "ms",
+            );
+            put(
+                &format!(
+                    "postgres_invoke_sync_throughput_{}_clients_per_s",
+                    args.clients
+                ),
+                per_s,
+                "runs/s",
+            );
+            Some((percentile(&lat, 0.5), per_s))
+        }
+        None => None,
+    };
 
     let mut async_lat = Vec::new();
     for _ in 0..200 {
@@ -436,7 +562,7 @@ async fn main() -> Result<()> {
         drop(b);
         let data = tempfile::tempdir()?;
         let (detail, middle) = dashboard::seed(data.path(), args.dashboard_invocations).await?;
-        let s = start_server_in(data, 16).await?;
+        let s = start_server_in(data, 16, None).await?;
         let cookie = dashboard::sign_in(&s.url, &s.key).await?;
         let mut worst: f64 = 0.0;
         for (page, p50, p95) in dashboard::time_pages(&s.url, &cookie, &detail, &middle).await? {
@@ -456,6 +582,17 @@ async fn main() -> Result<()> {
     println!("{:<48} {:>14}", "figure", "value");
     for (name, value) in &table {
         println!("{name:<48} {value:>14}");
+    }
+    if let Some((celery, fastapi)) = peer_figures {
+        peers::report(openloop, celery, fastapi, args.clients, &mut figures);
+    }
+    if let Some(pg) = pg_figures {
+        postgres::report(
+            (openloop.p50_ms, openloop.per_s),
+            pg,
+            args.clients,
+            &mut figures,
+        );
     }
     println!("{}", Value::Object(figures));
     Ok(())
