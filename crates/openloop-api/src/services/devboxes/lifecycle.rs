@@ -127,6 +127,12 @@ impl Devboxes {
 
     /// Shut down every devbox a run created.
     pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
+        // Every devbox being created or live is in `owners` (none outlives this process): a
+        // run that holds none, the common case, costs no database round trip at its end.
+        let run = Owner::Run(invocation_id.to_string());
+        if !lock(&self.owners).values().any(|o| *o == run) {
+            return Ok(());
+        }
         for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
             self.shutdown(&id, "api_shutdown", "the invocation that created it ended")
                 .await?;

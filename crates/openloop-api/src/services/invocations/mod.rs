@@ -243,17 +243,27 @@ impl Invocations {
         {
             caller.add_child(&inv.id);
         }
-        self.spawn(inv.id.clone());
+        self.spawn_recorded(inv.clone());
         Ok(inv)
     }
 
     /// Run a queued invocation in the background; it outlives the request that made it.
     pub fn spawn(self: &Arc<Self>, id: String) {
+        self.spawn_run(id, None)
+    }
+
+    /// [`spawn`](Self::spawn) for an invocation just recorded by this process: its record is
+    /// handed over rather than read back (its status is still checked when it starts).
+    fn spawn_recorded(self: &Arc<Self>, inv: Invocation) {
+        self.spawn_run(inv.id.clone(), Some(inv))
+    }
+
+    fn spawn_run(self: &Arc<Self>, id: String, recorded: Option<Invocation>) {
         let this = Arc::clone(self);
         let queued = stage("queue");
         tokio::spawn(async move {
             drop(queued);
-            if let Err(e) = this.execute(&id).await {
+            if let Err(e) = this.execute(&id, recorded).await {
                 tracing::error!(invocation = %id, error = %e, "invocation could not be run");
                 let err = serde_json::json!({"type": "PlatformError", "message": e.to_string(), "traceback": null});
                 let _ = this
@@ -279,10 +289,13 @@ impl Invocations {
         )
     }
 
-    async fn execute(&self, id: &str) -> ApiResult<()> {
+    async fn execute(&self, id: &str, recorded: Option<Invocation>) -> ApiResult<()> {
         let stopping = |_| ApiError::Unavailable("the server is stopping".into());
         let (queued, depth) = async {
-            let queued = self.store.get_invocation(id).await?;
+            let queued = match recorded {
+                Some(inv) => inv,
+                None => self.store.get_invocation(id).await?,
+            };
             let depth = self.depth_of(&queued).await?;
             ApiResult::Ok((queued, depth))
         }
