@@ -9,6 +9,7 @@ import os
 import time
 
 from runloop_api_client import Runloop
+from runloop_api_client.lib.polling import PollingConfig
 
 client = Runloop(bearer_token=os.environ["OPENLOOP_API_KEY"], base_url=os.environ["OPENLOOP_URL"])
 
@@ -71,6 +72,29 @@ r = client.devboxes.execute_sync(devbox.id, command="pgrep -c sleep || true")
 assert r.stdout.strip() == "0", f"the killed command's process is gone: {r}"
 
 client.devboxes.keep_alive(devbox.id)
+
+# The client's own long-poll helpers, with their default (float) timeouts: `await_running`
+# and `executions.await_completed` send `"timeout_seconds": 30.0` / `25.0` (or what remains
+# of their overall timeout, fractions and all).
+second = client.devboxes.create(
+    name="client-check-await",
+    # Numbers the client types as int, sent as floats: integral ones are taken as whole.
+    launch_parameters={"keep_alive_time_seconds": 600.0, "custom_cpu_cores": 1.5},
+)
+running = client.devboxes.await_running(second.id)
+assert running.id == second.id and running.status == "running", running
+assert running.launch_parameters.keep_alive_time_seconds == 600, running.launch_parameters
+slow = client.devboxes.execute_async(second.id, command="sleep 1; echo slow done")
+completed = client.devboxes.executions.await_completed(slow.execution_id, devbox_id=second.id)
+assert completed.status == "completed" and completed.exit_status == 0, completed
+assert completed.stdout == "slow done\n", completed
+# Already completed: answered at once.
+again = client.devboxes.executions.await_completed(slow.execution_id, devbox_id=second.id)
+assert again.status == "completed", again
+# An overall timeout with a fraction reaches the server as one.
+quick = client.devboxes.await_running(second.id, polling_config=PollingConfig(timeout_seconds=2.5))
+assert quick.status == "running", quick
+client.devboxes.shutdown(second.id)
 
 # shutdown, then list
 client.devboxes.shutdown(devbox.id)
