@@ -101,8 +101,10 @@ client.devboxes.shutdown(devbox.id)
 after = client.devboxes.retrieve(devbox.id)
 assert after.status == "shutdown" and after.shutdown_reason == "api_shutdown", after
 assert after.end_time_ms is not None
-ids = [d.id for d in client.devboxes.list(limit=1)]
-assert len(ids) == 1
+first_page = client.devboxes.list(limit=1)
+assert len(first_page.devboxes) == 1 and first_page.has_more, first_page
+# A limit sent as a float (the query reads `limit=1.0`) is the whole number it is.
+assert len(client.devboxes.list(limit=1.0).devboxes) == 1
 listed = [d.id for d in client.devboxes.list(status="shutdown")]
 assert devbox.id in listed, listed
 all_ids = [d.id for d in client.devboxes.list(limit=1)]  # auto-pagination over pages of one
