@@ -30,7 +30,7 @@ pub struct ExecBody {
 #[into_params(parameter_in = Query)]
 pub struct LastN {
     /// Keep only the last N lines of each stream's output; a whole number (`5.0` is 5).
-    #[param(value_type = Option<f64>, minimum = 0, multiple_of = 1)]
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 9007199254740992_f64, multiple_of = 1)]
     last_n: Option<Number>,
 }
 
@@ -222,7 +222,7 @@ pub async fn kill_execution(
 #[into_params(parameter_in = Query)]
 pub struct OffsetQuery {
     /// Start at this byte of the stream's output (default 0); a whole number (`10.0` is 10).
-    #[param(value_type = Option<f64>, minimum = 0, multiple_of = 1)]
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 9007199254740992_f64, multiple_of = 1)]
     offset: Option<Number>,
 }
 
