@@ -10,6 +10,7 @@
 //! - [`notify`]: change notifications that waiting requests and streams listen to.
 //! - [`stages`]: wall time per stage of an invocation's path, from tracing spans.
 //! - [`streams`]: Server-Sent Events that follow logs in the store (API and dashboard).
+//! - [`numbers`]: numbers in requests as clients send them (floats, text), checked per field.
 //! - [`error`] / [`extract`]: errors as `{"error": {"code", "message"}}` with the right status.
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod extract;
 pub mod listener;
 pub mod model;
 pub mod notify;
+pub mod numbers;
 pub mod routes;
 pub mod server;
 pub mod services;

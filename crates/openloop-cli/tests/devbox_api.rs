@@ -56,3 +56,191 @@ async fn idle_devboxes_shut_down_and_keep_alive_postpones_it() {
         .unwrap();
     assert_eq!(r.status(), 408);
 }
+
+/// Numbers may be floats wherever a request has one (Runloop's client sends its long-poll
+/// timeouts as `30.0`, or with a fraction); nonsense is a 400 that names the field.
+#[tokio::test]
+async fn numbers_may_be_floats_and_bad_ones_are_400s_naming_the_field() {
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let post = |path: String, body: serde_json::Value| {
+        let req = server.post(&path).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status, text)
+        }
+    };
+
+    // Launch parameters: integral floats where only whole numbers make sense, fractions
+    // where they do; echoed back as numbers.
+    let r = server
+        .post("/v1/devboxes")
+        .json(&json!({"launch_parameters": {
+            "keep_alive_time_seconds": 600.5,
+            "custom_cpu_cores": 1.5,
+            "custom_gb_memory": 1.0,
+            "custom_disk_size": 2.0,
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(v["launch_parameters"]["custom_gb_memory"], 1, "{v}");
+    assert_eq!(v["launch_parameters"]["custom_disk_size"], 2, "{v}");
+    assert_eq!(v["launch_parameters"]["custom_cpu_cores"], 1.5, "{v}");
+    assert_eq!(
+        v["launch_parameters"]["keep_alive_time_seconds"], 600.5,
+        "{v}"
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    for (params, field) in [
+        (
+            json!({"custom_gb_memory": 2.5}),
+            "launch_parameters.custom_gb_memory",
+        ),
+        (
+            json!({"custom_disk_size": "big"}),
+            "launch_parameters.custom_disk_size",
+        ),
+        (
+            json!({"custom_cpu_cores": 99}),
+            "launch_parameters.custom_cpu_cores",
+        ),
+        (
+            json!({"keep_alive_time_seconds": -1}),
+            "launch_parameters.keep_alive_time_seconds",
+        ),
+        (
+            json!({"keep_alive_time_seconds": 1e300}),
+            "launch_parameters.keep_alive_time_seconds",
+        ),
+    ] {
+        let (status, text) = post(
+            "/v1/devboxes".into(),
+            json!({ "launch_parameters": params }),
+        )
+        .await;
+        assert_eq!(status, 400, "{params}: {text}");
+        assert!(text.contains(field), "{params}: {text}");
+    }
+
+    // wait_for_status: a timeout of 0.5 s is 500 ms.
+    let wait = format!("/v1/devboxes/{id}/wait_for_status");
+    let (status, text) = post(
+        wait.clone(),
+        json!({"statuses": ["running"], "timeout_seconds": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let started = Instant::now();
+    let (status, text) = post(
+        wait.clone(),
+        json!({"statuses": ["suspended"], "timeout_seconds": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 408, "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "a 0.5 s wait took {took:?}"
+    );
+    for bad in [json!(-1), json!("abc"), json!(1e300), json!(true)] {
+        let (status, text) = post(
+            wait.clone(),
+            json!({"statuses": ["running"], "timeout_seconds": bad}),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains("timeout_seconds"), "{bad}: {text}");
+    }
+
+    // Executions: `execute`'s optimistic_timeout, the execution wait, last_n and offset.
+    let (status, text) = post(
+        format!("/v1/devboxes/{id}/execute?last_n=1.0"),
+        json!({"command": "echo one; echo two", "optimistic_timeout": 20.5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let ex: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ex["status"], "completed", "{ex}");
+    assert_eq!(ex["stdout"], "two\n", "{ex}");
+    let (status, text) = post(
+        format!("/v1/devboxes/{id}/execute"),
+        json!({"command": "echo never", "optimistic_timeout": -0.5}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("optimistic_timeout"), "{text}");
+    let (status, text) = post(
+        format!("/v1/devboxes/{id}/execute_async"),
+        json!({"command": "sleep 0.5; echo late"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let ex: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let eid = ex["execution_id"].as_str().unwrap();
+    let exec_wait = format!("/v1/devboxes/{id}/executions/{eid}/wait_for_status");
+    let (status, text) = post(
+        exec_wait.clone(),
+        json!({"statuses": ["completed"], "timeout_seconds": 25.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("late"), "{text}");
+    for (query, field) in [("last_n=2.5", "last_n"), ("last_n=abc", "last_n")] {
+        let (status, text) = post(
+            format!("{exec_wait}?{query}"),
+            json!({"statuses": ["completed"], "timeout_seconds": 1}),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {text}");
+        assert!(text.contains(field), "{query}: {text}");
+    }
+    let (status, text) = post(
+        exec_wait,
+        json!({"statuses": ["completed"], "timeout_seconds": "abc"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("timeout_seconds"), "{text}");
+    let r = server
+        .get(&format!(
+            "/v1/devboxes/{id}/executions/{eid}/stream_stdout_updates?offset=2.0"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("\"output\":\"te\\n\""), "{body}");
+    let r = server
+        .get(&format!(
+            "/v1/devboxes/{id}/executions/{eid}/stream_stdout_updates?offset=-1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // List: `limit` a whole number, as a float too.
+    let r = server.get("/v1/devboxes?limit=1.0").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(page["devboxes"].as_array().unwrap().len(), 1, "{page}");
+    for bad in ["limit=2.5", "limit=abc", "limit=-1"] {
+        let r = server
+            .get(&format!("/v1/devboxes?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.text().await.unwrap().contains("limit"), "{bad}");
+    }
+    server.shutdown_devbox(&id).await;
+}

@@ -9,6 +9,7 @@ import os
 import time
 
 from runloop_api_client import Runloop
+from runloop_api_client.lib.polling import PollingConfig
 
 client = Runloop(bearer_token=os.environ["OPENLOOP_API_KEY"], base_url=os.environ["OPENLOOP_URL"])
 
@@ -72,13 +73,38 @@ assert r.stdout.strip() == "0", f"the killed command's process is gone: {r}"
 
 client.devboxes.keep_alive(devbox.id)
 
+# The client's own long-poll helpers, with their default (float) timeouts: `await_running`
+# and `executions.await_completed` send `"timeout_seconds": 30.0` / `25.0` (or what remains
+# of their overall timeout, fractions and all).
+second = client.devboxes.create(
+    name="client-check-await",
+    # Numbers the client types as int, sent as floats: integral ones are taken as whole.
+    launch_parameters={"keep_alive_time_seconds": 600.0, "custom_cpu_cores": 1.5},
+)
+running = client.devboxes.await_running(second.id)
+assert running.id == second.id and running.status == "running", running
+assert running.launch_parameters.keep_alive_time_seconds == 600, running.launch_parameters
+slow = client.devboxes.execute_async(second.id, command="sleep 1; echo slow done")
+completed = client.devboxes.executions.await_completed(slow.execution_id, devbox_id=second.id)
+assert completed.status == "completed" and completed.exit_status == 0, completed
+assert completed.stdout == "slow done\n", completed
+# Already completed: answered at once.
+again = client.devboxes.executions.await_completed(slow.execution_id, devbox_id=second.id)
+assert again.status == "completed", again
+# An overall timeout with a fraction reaches the server as one.
+quick = client.devboxes.await_running(second.id, polling_config=PollingConfig(timeout_seconds=2.5))
+assert quick.status == "running", quick
+client.devboxes.shutdown(second.id)
+
 # shutdown, then list
 client.devboxes.shutdown(devbox.id)
 after = client.devboxes.retrieve(devbox.id)
 assert after.status == "shutdown" and after.shutdown_reason == "api_shutdown", after
 assert after.end_time_ms is not None
-ids = [d.id for d in client.devboxes.list(limit=1)]
-assert len(ids) == 1
+first_page = client.devboxes.list(limit=1)
+assert len(first_page.devboxes) == 1 and first_page.has_more, first_page
+# A limit sent as a float (the query reads `limit=1.0`) is the whole number it is.
+assert len(client.devboxes.list(limit=1.0).devboxes) == 1
 listed = [d.id for d in client.devboxes.list(status="shutdown")]
 assert devbox.id in listed, listed
 all_ids = [d.id for d in client.devboxes.list(limit=1)]  # auto-pagination over pages of one

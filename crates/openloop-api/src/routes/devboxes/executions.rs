@@ -14,10 +14,11 @@ pub struct ExecBody {
     /// Makes `execute` idempotent: the same id answers with the same execution.
     #[serde(default)]
     command_id: Option<String>,
-    /// `execute`: seconds to wait for completion before answering (default 25, at most 60).
+    /// `execute`: seconds to wait for completion before answering, fractions allowed
+    /// (default 25, at most 60 is used).
     #[serde(default)]
-    #[schema(minimum = 0)]
-    optimistic_timeout: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
+    optimistic_timeout: Option<Number>,
     /// Not supported (must be absent or false).
     #[serde(default)]
     attach_stdin: Option<bool>,
@@ -28,19 +29,15 @@ pub struct ExecBody {
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LastN {
-    /// Keep only the last N lines of each stream's output.
-    #[param(pattern = "^[0-9]*$")]
-    last_n: Option<String>,
+    /// Keep only the last N lines of each stream's output; a whole number (`5.0` is 5).
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 9007199254740992_f64, multiple_of = 1)]
+    last_n: Option<Number>,
 }
 
 impl LastN {
     fn get(&self) -> ApiResult<Option<usize>> {
-        match self.last_n.as_deref() {
-            None | Some("") => Ok(None),
-            Some(n) => n.parse().map(Some).map_err(|_| {
-                ApiError::BadRequest(format!("last_n must be a number of lines, not {n:?}"))
-            }),
-        }
+        let n = numbers::whole("last_n", self.last_n.as_ref(), 0..=usize::MAX as u64)?;
+        Ok(n.map(|n| n as usize))
     }
 }
 
@@ -131,10 +128,12 @@ pub async fn execute(
     ApiQuery(q): ApiQuery<LastN>,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> ApiResult<Json<ExecutionView>> {
-    let wait = wait_time(body.optimistic_timeout);
+    // Checked before the command starts: a bad number must not leave a command running.
+    let wait = wait_time("optimistic_timeout", body.optimistic_timeout.as_ref())?;
+    let last_n = q.get()?;
     let exec = start(&state, &principal, &id, body).await?;
     exec.wait_for(&[ExecutionStatus::Completed], wait).await;
-    Ok(Json(exec.view(q.get()?).await))
+    Ok(Json(exec.view(last_n).await))
 }
 
 /// An execution's status and output so far.
@@ -188,12 +187,11 @@ pub async fn wait_for_execution(
             "`statuses` must name at least one status".into(),
         ));
     }
+    let wait = wait_time("timeout_seconds", req.timeout_seconds.as_ref())?;
+    let last_n = q.get()?;
     let exec = state.devboxes.execution(&id, &eid, &principal).await?;
-    if exec
-        .wait_for(&req.statuses, wait_time(req.timeout_seconds))
-        .await
-    {
-        Ok(Json(exec.view(q.get()?).await).into_response())
+    if exec.wait_for(&req.statuses, wait).await {
+        Ok(Json(exec.view(last_n).await).into_response())
     } else {
         Ok(timed_out(&format!("execution {eid}")))
     }
@@ -223,9 +221,9 @@ pub async fn kill_execution(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct OffsetQuery {
-    /// Start at this byte of the stream's output (default 0).
-    #[param(pattern = "^[0-9]*$")]
-    offset: Option<String>,
+    /// Start at this byte of the stream's output (default 0); a whole number (`10.0` is 10).
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 9007199254740992_f64, multiple_of = 1)]
+    offset: Option<Number>,
 }
 
 /// One event of a streamed output: text from `offset - len` to `offset`.
@@ -241,16 +239,12 @@ async fn stream_output(
     principal: Principal,
     id: String,
     eid: String,
-    offset: Option<String>,
+    offset: Option<Number>,
     which: Stream,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+    let offset = numbers::whole("offset", offset.as_ref(), 0..=usize::MAX as u64)?;
     let exec = state.devboxes.execution(&id, &eid, &principal).await?;
-    let mut offset: usize = match offset.as_deref() {
-        None | Some("") => 0,
-        Some(o) => o.parse().map_err(|_| {
-            ApiError::BadRequest(format!("offset must be a byte offset, not {o:?}"))
-        })?,
-    };
+    let mut offset = offset.unwrap_or(0) as usize;
     let stream = crate::streams::async_stream(move |tx| async move {
         let mut changes = exec.changes();
         loop {

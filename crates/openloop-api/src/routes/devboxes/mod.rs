@@ -17,6 +17,7 @@ use crate::model::{
     DevboxList, DevboxStatus, DevboxView, Empty, ExecutionResult, ExecutionStatus, ExecutionView,
     SseEvent, UploadForm,
 };
+use crate::numbers::{self, Number};
 use crate::services::devboxes::executions::{Execution, Stream};
 use crate::services::devboxes::CreateDevbox;
 use crate::state::AppState;
@@ -104,8 +105,9 @@ pub struct ListQuery {
     status: Option<DevboxStatus>,
     /// The last id of the previous page.
     starting_after: Option<String>,
-    /// Page size (default 50, at most 1000).
-    limit: Option<i64>,
+    /// Page size (default 50; 1 to 1000 is used); a whole number (`10.0` is 10).
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 1e9, multiple_of = 1)]
+    limit: Option<Number>,
 }
 
 /// List devboxes, newest first.
@@ -122,7 +124,8 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<DevboxList>> {
     principal.require_key()?;
-    let limit = page_limit(q.limit);
+    let limit = numbers::whole("limit", q.limit.as_ref(), 0..=1_000_000_000)?;
+    let limit = page_limit(limit.map(|n| n as i64));
     let mut items = state
         .store
         .list_devboxes(
@@ -151,10 +154,10 @@ pub struct DevboxWaitBody {
     #[serde(default)]
     #[schema(min_items = 1, required = true)]
     statuses: Vec<DevboxStatus>,
-    /// How long to wait (default 25 s, at most 60 s); then 408.
+    /// Seconds to wait, fractions allowed (default 25, at most 60 is used); then 408.
     #[serde(default)]
-    #[schema(minimum = 0)]
-    timeout_seconds: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
+    timeout_seconds: Option<Number>,
 }
 
 /// Wait until the execution has one of `statuses`.
@@ -164,17 +167,17 @@ pub struct ExecutionWaitBody {
     #[serde(default)]
     #[schema(min_items = 1, required = true)]
     statuses: Vec<ExecutionStatus>,
-    /// How long to wait (default 25 s, at most 60 s); then 408.
+    /// Seconds to wait, fractions allowed (default 25, at most 60 is used); then 408.
     #[serde(default)]
-    #[schema(minimum = 0)]
-    timeout_seconds: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
+    timeout_seconds: Option<Number>,
 }
 
-fn wait_time(seconds: Option<u64>) -> Duration {
-    seconds
-        .map(Duration::from_secs)
+/// How long a long-poll holds the request: `field` (seconds) or the default, at most [`MAX_WAIT`].
+fn wait_time(field: &str, seconds: Option<&Number>) -> ApiResult<Duration> {
+    Ok(numbers::seconds(field, seconds)?
         .unwrap_or(DEFAULT_WAIT)
-        .min(MAX_WAIT)
+        .min(MAX_WAIT))
 }
 
 fn timed_out(what: &str) -> Response {
@@ -212,10 +215,11 @@ pub async fn wait_for_status(
             "`statuses` must name at least one status".into(),
         ));
     }
+    let wait = wait_time("timeout_seconds", req.timeout_seconds.as_ref())?;
     state.devboxes.authorized(&id, &principal).await?;
     match state
         .devboxes
-        .wait_for_status(&id, &req.statuses, wait_time(req.timeout_seconds))
+        .wait_for_status(&id, &req.statuses, wait)
         .await?
     {
         Some(view) => Ok(Json(view).into_response()),

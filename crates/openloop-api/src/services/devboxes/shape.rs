@@ -2,6 +2,7 @@
 //! limits and network it gets.
 
 use super::*;
+use crate::numbers::{self, Number};
 
 /// Runloop's launch parameters; Openloop applies these and echoes back any others.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -10,14 +11,22 @@ pub struct LaunchParameters {
     pub launch_commands: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_size_request: Option<String>,
+    /// GiB of memory, a whole number from 1 to 64 (`4.0` is 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_gb_memory: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 1, maximum = 64, multiple_of = 1)]
+    pub custom_gb_memory: Option<Number>,
+    /// CPU cores, 0.5 to 16, fractions allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_cpu_cores: Option<f64>,
+    #[schema(value_type = Option<f64>, minimum = 0.5, maximum = 16)]
+    pub custom_cpu_cores: Option<Number>,
+    /// GiB of disk, a whole number from 1 to 64 (`8.0` is 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_disk_size: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 1, maximum = 64, multiple_of = 1)]
+    pub custom_disk_size: Option<Number>,
+    /// Seconds idle before the devbox shuts down, fractions allowed (at most 172800 is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive_time_seconds: Option<u64>,
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
+    pub keep_alive_time_seconds: Option<Number>,
     /// Other Runloop launch parameters are accepted and echoed back.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -83,28 +92,25 @@ impl Devboxes {
                 }
             };
         }
-        if let Some(gb) = params.custom_gb_memory {
-            if !(1..=64).contains(&gb) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_gb_memory must be 1 to 64".into(),
-                ));
-            }
+        if let Some(gb) = numbers::whole(
+            "launch_parameters.custom_gb_memory",
+            params.custom_gb_memory.as_ref(),
+            1..=64,
+        )? {
             memory_gb = gb as f64;
         }
-        if let Some(c) = params.custom_cpu_cores {
-            if !(0.5..=16.0).contains(&c) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_cpu_cores must be 0.5 to 16".into(),
-                ));
-            }
+        if let Some(c) = numbers::real(
+            "launch_parameters.custom_cpu_cores",
+            params.custom_cpu_cores.as_ref(),
+            0.5..=16.0,
+        )? {
             cpus = c;
         }
-        if let Some(d) = params.custom_disk_size {
-            if !(1..=64).contains(&d) {
-                return Err(ApiError::BadRequest(
-                    "launch_parameters.custom_disk_size must be 1 to 64 (GiB)".into(),
-                ));
-            }
+        if let Some(d) = numbers::whole(
+            "launch_parameters.custom_disk_size",
+            params.custom_disk_size.as_ref(),
+            1..=64,
+        )? {
             disk_gb = d;
         }
         let network = match req.network.as_deref() {
@@ -116,10 +122,12 @@ impl Devboxes {
                 )))
             }
         };
-        let keep_alive = params
-            .keep_alive_time_seconds
-            .unwrap_or(self.config.devbox_idle_seconds)
-            .min(172_800);
+        let keep_alive = numbers::seconds(
+            "launch_parameters.keep_alive_time_seconds",
+            params.keep_alive_time_seconds.as_ref(),
+        )?
+        .unwrap_or(Duration::from_secs(self.config.devbox_idle_seconds))
+        .min(Duration::from_secs(172_800));
         Ok(Resources {
             limits: Limits {
                 memory_bytes: (memory_gb * 1024.0 * 1024.0 * 1024.0) as u64,
@@ -129,7 +137,7 @@ impl Devboxes {
             disk_bytes: disk_gb << 30,
             network,
             egress: None,
-            keep_alive: Duration::from_secs(keep_alive),
+            keep_alive,
         })
     }
 }
