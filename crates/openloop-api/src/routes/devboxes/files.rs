@@ -37,10 +37,10 @@ pub async fn write_file(
     ApiJson(body): ApiJson<WriteBody>,
 ) -> ApiResult<Json<ExecutionResult>> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    devbox
+    let written = devbox
         .write_file(&body.file_path, body.contents.as_bytes())
-        .await
-        .map_err(|e| state.devboxes.op_error(&id, e))?;
+        .await;
+    state.devboxes.op(&id, written).await?;
     Ok(Json(file_done(id)))
 }
 
@@ -69,10 +69,8 @@ pub async fn read_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<String> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    let bytes = devbox
-        .read_file(&body.file_path, MAX_READ)
-        .await
-        .map_err(|e| state.devboxes.op_error(&id, e))?;
+    let read = devbox.read_file(&body.file_path, MAX_READ).await;
+    let bytes = state.devboxes.op(&id, read).await?;
     String::from_utf8(bytes).map_err(|_| {
         ApiError::BadRequest(format!(
             "{} is not UTF-8 text; use download_file for binary files",
@@ -97,10 +95,8 @@ pub async fn delete_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<Json<ExecutionResult>> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    devbox
-        .delete_file(&body.file_path)
-        .await
-        .map_err(|e| state.devboxes.op_error(&id, e))?;
+    let deleted = devbox.delete_file(&body.file_path).await;
+    state.devboxes.op(&id, deleted).await?;
     Ok(Json(file_done(id)))
 }
 
@@ -144,12 +140,14 @@ pub async fn upload_file(
                         "send the `path` field before the `file` part".into(),
                     ));
                 };
-                let lost = |e| state.devboxes.op_error(&id, e);
-                let mut writer = devbox.upload(&p).await.map_err(lost)?;
+                let opened = devbox.upload(&p).await;
+                let mut writer = state.devboxes.op(&id, opened).await?;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    writer.send(&chunk).await.map_err(lost)?;
+                    let sent = writer.send(&chunk).await;
+                    state.devboxes.op(&id, sent).await?;
                 }
-                writer.finish().await.map_err(lost)?;
+                let finished = writer.finish().await;
+                state.devboxes.op(&id, finished).await?;
                 written = true;
             }
             _ => {}
@@ -179,10 +177,8 @@ pub async fn download_file(
     ApiJson(body): ApiJson<PathBody>,
 ) -> ApiResult<Response> {
     let devbox = state.devboxes.running(&id, &principal).await?;
-    let mut reader = devbox
-        .download(&body.file_path)
-        .await
-        .map_err(|e| state.devboxes.op_error(&id, e))?;
+    let opened = devbox.download(&body.file_path).await;
+    let mut reader = state.devboxes.op(&id, opened).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     tokio::spawn(async move {
         loop {

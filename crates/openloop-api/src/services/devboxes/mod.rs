@@ -60,6 +60,9 @@ struct Live {
     output: OutputStore,
 }
 
+/// How long a lost agent connection waits for its sandbox's exit to show (see `op_error`).
+const AGENT_LOSS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Devboxes {
     store: Store,
     config: Arc<ServerConfig>,
@@ -370,15 +373,37 @@ impl Devboxes {
     /// The error of an operation on a devbox that was running when it started: losing the
     /// agent because the devbox stopped meanwhile (shut down by another request, idle, its
     /// sandbox died) is a 409 like any operation on a stopped devbox, not a server failure.
-    pub fn op_error(&self, id: &str, e: openloop_sandbox::SandboxError) -> ApiError {
-        let still_running = lock(&self.live)
-            .get(id)
-            .is_some_and(|l| l.devbox.exit_reason().is_none());
-        match e {
-            openloop_sandbox::SandboxError::Io(_) if !still_running => {
-                ApiError::Conflict(format!("devbox {id} stopped during the request"))
-            }
-            other => other.into(),
+    ///
+    /// The agent's connection can break a moment before the server sees the sandbox exit (its
+    /// entrypoint ended, it was killed): a lost connection waits up to [`AGENT_LOSS_GRACE`]
+    /// for that exit before it is called a server failure.
+    pub async fn op_error(&self, id: &str, e: openloop_sandbox::SandboxError) -> ApiError {
+        let openloop_sandbox::SandboxError::Io(_) = &e else {
+            return e.into();
+        };
+        let devbox = lock(&self.live).get(id).map(|l| l.devbox.clone());
+        let stopped = match devbox {
+            None => true,
+            Some(d) => tokio::time::timeout(AGENT_LOSS_GRACE, d.exited())
+                .await
+                .is_ok(),
+        };
+        if stopped {
+            ApiError::Conflict(format!("devbox {id} stopped during the request"))
+        } else {
+            e.into()
+        }
+    }
+
+    /// An operation's result, its error as [`op_error`](Self::op_error) maps it.
+    pub async fn op<T>(
+        &self,
+        id: &str,
+        r: Result<T, openloop_sandbox::SandboxError>,
+    ) -> ApiResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.op_error(id, e).await),
         }
     }
 
