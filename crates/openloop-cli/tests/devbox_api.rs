@@ -244,3 +244,33 @@ async fn numbers_may_be_floats_and_bad_ones_are_400s_naming_the_field() {
     }
     server.shutdown_devbox(&id).await;
 }
+
+/// The agent refuses a bad path as soon as it reads the request and closes; the body still
+/// being sent then meets a broken pipe. The refusal is the answer (400), every time, never
+/// a 500 "lost contact" (schemathesis found it).
+#[tokio::test]
+async fn a_refused_write_is_a_400_not_a_lost_agent() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let id = server.create_devbox(serde_json::json!({})).await;
+    for _ in 0..30 {
+        let r = server
+            .post(&format!("/v1/devboxes/{id}/write_file_contents"))
+            .json(&serde_json::json!({"file_path": "", "contents": "$\u{86}\u{1e}\u{8c}Z\u{c9}i"}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("file path"), "{body}");
+    }
+    // The devbox is unharmed.
+    let r = server
+        .post(&format!("/v1/devboxes/{id}/write_file_contents"))
+        .json(&serde_json::json!({"file_path": "ok.txt", "contents": "fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown_devbox(&id).await;
+}

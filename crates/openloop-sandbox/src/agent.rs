@@ -186,16 +186,11 @@ pub async fn write_file(
     path: &str,
     contents: &[u8],
 ) -> Result<(), SandboxError> {
-    let req = Request::WriteFile {
-        path: path.into(),
-        create_dirs: true,
-    };
-    let mut s = open(agent, &req).await?;
-    for chunk in contents.chunks(openloop_agent_proto::MAX_FRAME / 2) {
-        write_frame(&mut s, kind::DATA, chunk).await?;
-    }
-    write_frame(&mut s, kind::END, b"").await?;
-    finish(&mut s).await
+    // Through the chunked writer: the agent refuses a bad path as soon as it reads the
+    // request, and the refusal must win over the broken pipe the rest of the body then meets.
+    let mut writer = FileWriter::open(agent, path).await?;
+    writer.send(contents).await?;
+    writer.finish().await
 }
 
 pub async fn delete_file(agent: &AgentLink, path: &str) -> Result<(), SandboxError> {
