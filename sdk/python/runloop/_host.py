@@ -291,6 +291,8 @@ class Host:
         self.buffer = b""
         self.children: dict[int, str] = {}
         self.by_invocation: dict[str, int] = {}
+        #: Invocations killed before their run arrived (oldest first, at most 1,024).
+        self.killed_early: dict[str, bool] = {}
         self.functions = registered_functions()
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -347,6 +349,10 @@ class Host:
             if fn is None:
                 self.send({"id": msg["id"], "error": f"unknown function {msg.get('function')!r}"})
                 return
+            if self.killed_early.pop(msg["invocation_id"], None) is not None:
+                # Its kill arrived first (a cancel raced the start): it never runs.
+                self.send({"id": msg["id"], "error": "the run was canceled before it started"})
+                return
             try:
                 pid = self._hand_to_spare(msg)
             except RuntimeError as e:
@@ -358,12 +364,19 @@ class Host:
             # The next run's process is forked now, off that run's critical path.
             self._try_fork_spare()
         elif op == "kill":
-            pid = self.by_invocation.get(msg.get("invocation_id", ""))
+            inv_id = msg.get("invocation_id", "")
+            pid = self.by_invocation.get(inv_id)
             if pid is not None:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            elif inv_id:
+                # Not started yet: its run, when it comes, is refused. (Bounded: a kill for a
+                # run that had already ended is remembered too, and forgotten in turn.)
+                self.killed_early[inv_id] = True
+                while len(self.killed_early) > 1024:
+                    self.killed_early.pop(next(iter(self.killed_early)))
 
     def _try_fork_spare(self) -> None:
         """Fork the next run's process ahead of time if the system lets us (at its process

@@ -51,12 +51,22 @@ pub struct Invocations {
     function_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Runs holding (or, while they wait on a child, lending) slots, by invocation id.
     in_flight: Mutex<HashMap<String, Arc<RunSlots>>>,
-    /// Runs in flight: invocation id → the warm process running it.
-    running: Mutex<HashMap<String, Arc<WarmHost>>>,
+    /// Runs in flight: invocation id → the warm process running it, or a mark left by a
+    /// cancel that came before the run reached its warm process (see [`Running`]).
+    running: Mutex<HashMap<String, Running>>,
     /// Deployed deployments never change: their parsed manifests, by id.
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     /// Project → its active deployment id, kept in step by [`Invocations::activate`].
     active: Mutex<HashMap<String, String>>,
+}
+
+/// A run's entry in [`Invocations::running`]. Starting a run and canceling it meet under
+/// that one lock: a cancel that finds the run's warm process kills the run there (the warm
+/// process also refuses a run whose kill came first); one that comes earlier leaves
+/// `CanceledEarly`, and the run then never starts.
+enum Running {
+    Host(Arc<WarmHost>),
+    CanceledEarly,
 }
 
 /// A deployment with its parsed manifest.
@@ -312,6 +322,8 @@ impl Invocations {
             .instrument(stage("mark_running"))
             .await?
         {
+            // Canceled while queued: a cancel's mark, if any, is done with.
+            lock(&self.running).remove(id);
             return Ok(());
         }
         // Held until this returns, however it returns; lent to children while the run waits.
@@ -350,7 +362,18 @@ impl Invocations {
             ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
         ]);
         let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
-        lock(&self.running).insert(id.to_string(), host.clone());
+        {
+            let mut running = lock(&self.running);
+            if let Some(Running::CanceledEarly) = running.remove(id) {
+                // Canceled after it was marked running, before it reached its warm process:
+                // it is recorded `canceled` already, and nothing of it may start.
+                drop(running);
+                self.tokens.revoke(&token);
+                self.notifier.invocation_changed(id);
+                return Ok(());
+            }
+            running.insert(id.to_string(), Running::Host(host.clone()));
+        }
         let (log_tx, log_rx) = openloop_runner::run::log_channel();
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
@@ -424,7 +447,16 @@ impl Invocations {
         self.store
             .finish_invocation(id, "canceled", None, Some(&err.to_string()))
             .await?;
-        let host = lock(&self.running).get(id).cloned();
+        let host = {
+            let mut running = lock(&self.running);
+            match running.get(id) {
+                Some(Running::Host(h)) => Some(h.clone()),
+                _ => {
+                    running.insert(id.to_string(), Running::CanceledEarly);
+                    None
+                }
+            }
+        };
         if let Some(h) = host {
             if let Err(e) = h.kill(id).await {
                 tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
