@@ -4,23 +4,24 @@
 //! The store keeps statuses as text; they become enums here, and a stored value that is not
 //! one of them is an internal error (never passed through unchecked).
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use openloop_store::deployments::{Deployment, LogLine};
 use openloop_store::devboxes::{DevboxRecord, Transition};
 use openloop_store::invocations::{Invocation, InvocationLog};
 use openloop_store::keys::ApiKey;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// Declares a status enum (snake_case on the wire) with `as_str` and a checked parse.
+/// Declares a status enum (snake_case on the wire and in the store) with `as_str`, a checked
+/// parse and `Display`. Used for every status and kind the API stores as text.
 macro_rules! status_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($variant),+
+            $($(#[$vm])* $variant),+
         }
 
         impl $name {
@@ -31,10 +32,10 @@ macro_rules! status_enum {
             }
 
             /// The status of a stored record; anything else is an internal error.
-            pub fn parse(s: &str) -> ApiResult<Self> {
+            pub fn parse(s: &str) -> $crate::error::ApiResult<Self> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(ApiError::Internal(format!(
+                    other => Err($crate::error::ApiError::Internal(format!(
                         concat!("a stored record has an unknown ", stringify!($name), " {:?}"),
                         other
                     ))),
@@ -49,6 +50,7 @@ macro_rules! status_enum {
         }
     };
 }
+pub(crate) use status_enum;
 
 status_enum! {
     /// Where an invocation is: `queued`, then `running`, then one of the three final statuses.
