@@ -536,3 +536,28 @@ async fn engine_streams_only_from_the_runs_own_process() {
     );
     witness_invocation(&server).await;
 }
+
+/// (g) A run's process registering as a spare of its warm process (whose registration key it
+/// holds, being a copy of that process) is refused: it stays in its run's cgroup.
+#[tokio::test]
+async fn a_run_cannot_register_as_a_spare_to_leave_its_cgroup() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("limits_agent"));
+    let (_, inv) = server
+        .invoke_sync("limits_agent", "spare_escape", json!({}))
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    let r = &inv["result"];
+    assert_eq!(
+        r["answer"], "",
+        "the server took a run's process as a spare: {r}"
+    );
+    let cgroups = r["cgroups"].as_str().unwrap();
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.contains("/openloop-run-")),
+        "the run left its run cgroup: {cgroups}"
+    );
+    witness_invocation(&server).await;
+}

@@ -29,8 +29,12 @@ pub enum Channel {
     Stderr,
     /// A warm process's next run process, isolated and waiting: it registers ahead of its run
     /// so that the server can move it into a cgroup off the run's path (any number of times
-    /// per registration, one connection per process).
+    /// per registration, one connection per process). It becomes the run's control stream.
     Spare,
+    /// A spare's output streams, connected ahead of its run like its control stream (and
+    /// held to the same process).
+    SpareStdout,
+    SpareStderr,
 }
 
 impl Channel {
@@ -40,6 +44,8 @@ impl Channel {
             "stdout" => Some(Channel::Stdout),
             "stderr" => Some(Channel::Stderr),
             "spare" => Some(Channel::Spare),
+            "spare_stdout" => Some(Channel::SpareStdout),
+            "spare_stderr" => Some(Channel::SpareStderr),
             _ => None,
         }
     }
@@ -48,12 +54,22 @@ impl Channel {
         self as usize
     }
 
+    /// A spare's stream: delivered to the warm process's spare registration at once.
+    pub fn is_spare(self) -> bool {
+        matches!(
+            self,
+            Channel::Spare | Channel::SpareStdout | Channel::SpareStderr
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Channel::Control => "control",
             Channel::Stdout => "stdout",
             Channel::Stderr => "stderr",
             Channel::Spare => "spare",
+            Channel::SpareStdout => "spare_stdout",
+            Channel::SpareStderr => "spare_stderr",
         }
     }
 }
@@ -90,6 +106,9 @@ pub struct Connection {
     pub early: Vec<u8>,
     /// The connecting process, by `SO_PEERCRED`, as seen in the server's pid namespace.
     pub peer_pid: i32,
+    /// For a spare's streams: the name the spare chose for itself (random, so only it and
+    /// its warm process know it), which the warm process's reply to a run repeats.
+    pub spare: Option<String>,
     /// Its place among the open connections, given back when the stream is dropped.
     pub(crate) slot: OwnedSemaphorePermit,
 }
@@ -144,6 +163,17 @@ pub struct Registration {
     pub invocation_id: String,
     pub key: String,
     pub connections: mpsc::UnboundedReceiver<Connection>,
+}
+
+impl Registration {
+    /// The run started on streams connected ahead of time (a spare's, from process `pid`):
+    /// its key admits nothing more, and is refused as if each stream had come through it.
+    pub fn seal(&self, pid: i32) {
+        if let Some(e) = lock(&self.channels.expected).get_mut(&self.invocation_id) {
+            e.taken = [true; 3];
+            e.control_pid.send_replace(Some(pid));
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -371,7 +401,7 @@ impl Channels {
             match m.get_mut(&header.invocation_id) {
                 Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
                     // Spares, and a run's first control connection, are admitted at once.
-                    let now = channel == Channel::Spare
+                    let now = channel.is_spare()
                         || (channel == Channel::Control && !e.taken[channel.index()]);
                     if now {
                         if channel == Channel::Control {
@@ -383,6 +413,7 @@ impl Channels {
                             stream,
                             early,
                             peer_pid,
+                            spare: header.spare,
                             slot,
                         });
                         Next::Done
@@ -437,6 +468,7 @@ impl Channels {
                         stream,
                         early,
                         peer_pid,
+                        spare: None,
                         slot,
                     });
                     return;
@@ -460,6 +492,9 @@ struct Header {
     invocation_id: String,
     key: String,
     channel: String,
+    /// A spare's own name (spare channels only).
+    #[serde(default)]
+    spare: Option<String>,
 }
 
 /// Read up to the header's newline (at most [`MAX_HEADER`] bytes); returns the header and

@@ -1,5 +1,6 @@
 //! The warm Python process of one deployment.
 
+use crate::spares::Spares;
 use crate::RunnerError;
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sandbox::jail::{JailFile, SeccompProfile};
@@ -45,9 +46,6 @@ pub struct HostSpec {
     pub run_limits: Limits,
 }
 
-/// Processes forked for coming runs, each already in a run cgroup of its own, by host pid.
-type Prepared = Arc<Mutex<HashMap<i32, Cgroup>>>;
-
 /// One schema violation, as pydantic reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FieldError {
@@ -78,8 +76,8 @@ pub struct WarmHost {
     process: Option<Pidfd>,
     /// The process's own cgroup; removed when the host is dropped.
     cgroup: Mutex<Option<Cgroup>>,
-    /// Spares that registered, each in its cgroup.
-    prepared: Prepared,
+    /// Spares that registered, each in its cgroup (see [`crate::spares`]).
+    spares: Arc<Spares>,
     /// The spares' registration on the engine socket (ends with the host).
     _spares: Option<tokio::task::JoinHandle<()>>,
 }
@@ -116,7 +114,7 @@ impl WarmHost {
             SPARES.fetch_add(1, Ordering::Relaxed)
         ));
         let (spare_id, spare_key) = (registration.invocation_id.clone(), registration.key.clone());
-        let prepared: Prepared = Arc::default();
+        let spares: Arc<Spares> = Arc::default();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs: OwnedFd = theirs.into();
         let fd = theirs.as_raw_fd();
@@ -219,13 +217,15 @@ impl WarmHost {
             pid,
             process,
             cgroup: Mutex::new(None),
-            _spares: Some(tokio::spawn(prepare_spares(
-                registration,
-                prepared.clone(),
-                spec_prefix,
-                spec_limits,
-            ))),
-            prepared,
+            _spares: Some(tokio::spawn({
+                let (spares, warm) = (spares.clone(), cgroup.clone());
+                async move {
+                    spares
+                        .serve(registration, warm, spec_prefix, spec_limits)
+                        .await
+                }
+            })),
+            spares,
         });
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
@@ -335,12 +335,13 @@ impl WarmHost {
             .map_err(|e| RunnerError::Protocol(e.to_string()))
     }
 
-    /// Fork the child for one run. Returns a receiver for its exit.
+    /// Hand one run to the warm process's spare. Returns a receiver for its exit and the
+    /// spare's name (see [`crate::spares`]).
     pub(crate) async fn fork(
         &self,
         msg: Value,
         invocation_id: &str,
-    ) -> Result<oneshot::Receiver<ExitInfo>, RunnerError> {
+    ) -> Result<(oneshot::Receiver<ExitInfo>, Option<String>), RunnerError> {
         let (tx, rx) = oneshot::channel();
         lock(&self.exits).insert(invocation_id.to_string(), tx);
         let reply = self.call(msg).await?;
@@ -348,7 +349,7 @@ impl WarmHost {
             lock(&self.exits).remove(invocation_id);
             return Err(RunnerError::Protocol(err.to_string()));
         }
-        Ok(rx)
+        Ok((rx, reply["spare"].as_str().map(str::to_string)))
     }
 
     /// Kill a run's whole process group.
@@ -362,52 +363,20 @@ impl WarmHost {
     }
 }
 
-/// Put each spare that registers into a fresh run cgroup, and say so (one byte).
-async fn prepare_spares(
-    mut registration: crate::channels::Registration,
-    prepared: Prepared,
-    prefix: String,
-    limits: Limits,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut n = 0u64;
-    while let Some(mut conn) = registration.connections.recv().await {
-        if conn.channel != crate::channels::Channel::Spare || conn.peer_pid <= 0 {
-            continue;
-        }
-        n += 1;
-        let name = format!("{prefix}spare{n}-{}", conn.peer_pid);
-        let pid = conn.peer_pid;
-        let made = tokio::task::spawn_blocking(move || {
-            let cgroup = Cgroup::create(&name, limits)?;
-            match cgroup.attach(pid) {
-                Ok(()) => Ok(cgroup),
-                Err(e) => {
-                    cgroup.destroy();
-                    Err(e)
-                }
-            }
-        })
-        .await;
-        let Ok(Ok(cgroup)) = made else { continue };
-        // A pid seen before belonged to a spare that ended unused: its cgroup goes.
-        let old = lock(&prepared).insert(pid, cgroup);
-        destroy_later(old);
-        let _ = conn.stream.write_all(b"\x01").await;
-    }
-}
-
 impl WarmHost {
     /// The cgroup prepared for the process `pid`, if that process registered as a spare and
     /// is still in it.
-    pub fn take_prepared(&self, pid: i32) -> Option<Cgroup> {
-        let cgroup = lock(&self.prepared).remove(&pid)?;
-        if cgroup.holds(pid) {
-            Some(cgroup)
-        } else {
-            destroy_later([cgroup]);
-            None
-        }
+    pub(crate) fn take_prepared(&self, pid: i32) -> Option<Cgroup> {
+        self.spares.take_by_pid(pid)
+    }
+
+    /// The spare `name`, with its streams connected (see [`Spares::take_ready`]).
+    pub(crate) async fn take_spare(
+        &self,
+        name: &str,
+        within: std::time::Duration,
+    ) -> Option<crate::spares::Ready> {
+        self.spares.take_ready(name, within).await
     }
 }
 
@@ -424,7 +393,7 @@ impl Drop for WarmHost {
             t.abort();
         }
         let cgroup = lock(&self.cgroup).take();
-        let spares: Vec<Cgroup> = lock(&self.prepared).drain().map(|(_, c)| c).collect();
+        let spares = self.spares.drain();
         if cgroup.is_some() || !spares.is_empty() {
             destroy_later(spares.into_iter().chain(cgroup));
         }

@@ -5,6 +5,8 @@
 //! - [`channels`]: the engine socket. Each child connects its `control`, `stdout` and `stderr`
 //!   streams here; results travel as length-prefixed JSON on `control`, so nothing the
 //!   function prints can be taken for its result.
+//! - [`spares`]: the processes a warm process isolated ahead of its next runs, each moved
+//!   into a run cgroup and with its streams connected before its run comes.
 //! - [`run`]: following one invocation from fork to outcome.
 //!
 //! This crate knows nothing of the database or of HTTP.
@@ -12,6 +14,7 @@
 pub mod channels;
 pub mod host;
 pub mod run;
+pub mod spares;
 
 pub use channels::{Channels, EngineLimits};
 pub use host::{FieldError, HostSpec, WarmHost};

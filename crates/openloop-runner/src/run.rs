@@ -30,6 +30,9 @@ const MERGED_RECORD: usize = 1024;
 const MAX_CONTROL_FRAME: usize = 256 << 20;
 /// How long to wait for a run's streams once its process is known to be gone.
 const GRACE: Duration = Duration::from_millis(1500);
+/// How long a spare's streams may take to show once its warm process named it for a run
+/// (they were connected before the spare read its run; this covers a server under load).
+const SPARE_STREAMS: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -271,10 +274,20 @@ async fn run_in(
         .fork(msg, &req.invocation_id)
         .instrument(tracing::info_span!(target: STAGE, "fork"))
         .await;
-    let mut exit_rx = match forked {
-        Ok(rx) => Some(rx),
+    let (mut exit_rx, mut spare) = match forked {
+        Ok((rx, spare)) => (Some(rx), spare),
         Err(e) => return failure("StartFailed", format!("the run could not start: {e}")),
     };
+    // The spare's streams, connected ahead of the run; a spare that could not register
+    // connects the run's own streams instead (the `Channel::Control` branch below).
+    let spare_ready = async {
+        match spare.take() {
+            Some(name) => host.take_spare(&name, SPARE_STREAMS).await,
+            None => None,
+        }
+    };
+    tokio::pin!(spare_ready);
+    let mut awaiting_spare = true;
     // Stage spans (see `openloop_api::stages`): until the run's process connects, then its code.
     let mut connecting = Some(tracing::info_span!(target: STAGE, "connect"));
     let mut user_code: Option<tracing::Span> = None;
@@ -286,14 +299,41 @@ async fn run_in(
     let mut deadline: Option<tokio::time::Instant> = None;
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
+            ready = &mut spare_ready, if awaiting_spare && control.is_none() => {
+                awaiting_spare = false;
+                let Some(ready) = ready else { continue };
+                drop(connecting.take());
+                let crate::spares::Ready { pid, cgroup: prepared, control: mut conn, stdout, stderr } = ready;
+                reg.seal(pid);
+                let admitted = admit(&mut conn.stream, pid, Some(prepared), host, req)
+                    .instrument(tracing::info_span!(target: STAGE, "admit"))
+                    .await;
+                match admitted {
+                    Ok(joined) => {
+                        user_code = Some(tracing::info_span!(target: STAGE, "user_code"));
+                        *cgroup = Some(joined);
+                        control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
+                        for (channel, mut s) in [(Channel::Stdout, stdout), (Channel::Stderr, stderr)] {
+                            s.channel = channel;
+                            streams_seen += 1;
+                            readers.push(tokio::spawn(read_output(s, logs.clone(), budget.clone())));
+                        }
+                    }
+                    Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
+                }
+            }
             Some(conn) = reg.connections.recv() => match conn.channel {
+                // The run started on its spare's streams: nothing else is its control.
+                Channel::Control if control.is_some() => {}
                 Channel::Control => {
                     drop(connecting.take());
-                    let admitted = admit(conn, host, req)
+                    let mut conn = conn;
+                    let prepared = host.take_prepared(conn.peer_pid);
+                    let admitted = admit(&mut conn.stream, conn.peer_pid, prepared, host, req)
                         .instrument(tracing::info_span!(target: STAGE, "admit"))
                         .await;
                     match admitted {
-                        Ok((conn, joined)) => {
+                        Ok(joined) => {
                             user_code = Some(tracing::info_span!(target: STAGE, "user_code"));
                             *cgroup = Some(joined);
                             control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
@@ -305,7 +345,7 @@ async fn run_in(
                     streams_seen += 1;
                     readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
                 }
-                Channel::Spare => {}
+                _ => {}
             },
             r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
                 exit = Some(r.unwrap_or_default());
@@ -363,25 +403,27 @@ async fn run_in(
     }
 }
 
-/// Put the run's process (known from its control connection) in a cgroup of its own: the one
-/// prepared for it when it registered as a spare, or else a new one it is moved into. Then let
-/// it go on: the child waits for this byte before it runs any user code. The engine socket
-/// admits the run's output streams from this same pid only.
+/// Put the run's process `pid` (known from its control connection) in a cgroup of its own:
+/// the one prepared for it when it registered as a spare, or else a new one it is moved
+/// into. Then let it go on (one byte on `control`): the child waits for this byte before it
+/// runs any user code. The engine socket admits the run's output streams from this same pid
+/// only.
 async fn admit(
-    mut conn: Connection,
+    control: &mut tokio::net::UnixStream,
+    pid: i32,
+    prepared: Option<Cgroup>,
     host: &WarmHost,
     req: &RunRequest,
-) -> std::io::Result<(Connection, Cgroup)> {
+) -> std::io::Result<Cgroup> {
     use tokio::io::AsyncWriteExt;
-    if conn.peer_pid <= 0 {
+    if pid <= 0 {
         return Err(std::io::Error::other("the run's pid is unknown"));
     }
-    let prepared = host.take_prepared(conn.peer_pid);
     let cgroup = match prepared {
         Some(c) if host.spec.run_limits == req.limits => c,
         other => {
             let c = Cgroup::create(&req.cgroup_name, req.limits)?;
-            let attached = c.attach(conn.peer_pid);
+            let attached = c.attach(pid);
             // A prepared cgroup with other limits is left empty by the move: it goes.
             destroy_later(other);
             if let Err(e) = attached {
@@ -391,8 +433,8 @@ async fn admit(
             c
         }
     };
-    conn.stream.write_all(b"\x01").await?;
-    Ok((conn, cgroup))
+    control.write_all(b"\x01").await?;
+    Ok(cgroup)
 }
 
 fn describe_exit(exit: Option<ExitInfo>) -> String {
@@ -601,6 +643,7 @@ mod tests {
             stream: theirs,
             early: Vec::new(),
             peer_pid: 1,
+            spare: None,
             slot: Arc::new(tokio::sync::Semaphore::new(1))
                 .try_acquire_owned()
                 .unwrap(),

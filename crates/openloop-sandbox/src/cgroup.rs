@@ -18,8 +18,9 @@ pub struct Limits {
     pub cpu_shares: u64,
 }
 
-/// The cgroup directories of one devbox.
-#[derive(Debug)]
+/// The cgroup directories of one devbox. A handle: cloning it names the same cgroups, and
+/// nothing happens to them until [`Cgroup::destroy`].
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
@@ -168,62 +169,116 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Send SIGKILL to every process in the cgroups, again until none is left (a fork bomb
-    /// may start new ones while the first are killed).
+    /// Send SIGKILL to every process in the cgroups, again while new ones appear (a fork
+    /// bomb may start new ones while the first are killed). Returns the pidfds of the
+    /// processes it signalled: each becomes readable once its process has exited.
     ///
     /// Never by bare pid: a pid read from `cgroup.procs` may exit and be reaped (by its
     /// parent in the cgroup) before the signal is sent, and the number reused by a process
-    /// outside. On cgroup v2 the kernel kills the whole cgroup itself (`cgroup.kill`). Else
-    /// each pid is first pinned with a pidfd, then `cgroup.procs` is read again: a pid still
-    /// listed there after its pidfd was opened is a member (a stranger that took a reused
-    /// number is not in our cgroup; a member that took it is ours to kill anyway), and the
-    /// pidfd still names the process it was opened for, so the signal cannot go elsewhere.
-    pub fn kill_all(&self) {
+    /// outside. On cgroup v2 the kernel kills the whole cgroup itself (`cgroup.kill`, which
+    /// also catches processes forked meanwhile). Else each pid is first pinned with a pidfd,
+    /// then `cgroup.procs` is read again: a pid still listed there after its pidfd was opened
+    /// is a member (a stranger that took a reused number is not in our cgroup; a member that
+    /// took it is ours to kill anyway), and the pidfd still names the process it was opened
+    /// for, so the signal cannot go elsewhere. A process already signalled is not signalled
+    /// again (SIGKILL cannot be caught; it is only slow to die while the kernel tears down
+    /// its memory), so a dying process costs one pass, not a busy loop.
+    pub fn kill_all(&self) -> Vec<Pidfd> {
+        let mut killed: std::collections::HashMap<i32, Pidfd> = std::collections::HashMap::new();
         for _ in 0..100 {
-            let mut seen = false;
+            let mut new = false;
             for d in &self.dirs {
                 if self.v2 && std::fs::write(d.join("cgroup.kill"), "1").is_ok() {
-                    seen |= !read_procs(d).is_empty();
                     continue;
                 }
                 let pinned: Vec<(i32, Pidfd)> = read_procs(d)
                     .into_iter()
+                    // Signalled already, and still that process (not reaped, its number reused).
+                    .filter(|pid| {
+                        !killed
+                            .get(pid)
+                            .is_some_and(|fd| fd.signal(0).unwrap_or(false))
+                    })
                     .filter_map(|pid| Some((pid, Pidfd::open(pid).ok()?)))
                     .collect();
                 if pinned.is_empty() {
                     continue;
                 }
                 let members = read_procs(d);
-                for (pid, fd) in &pinned {
-                    if members.contains(pid) {
-                        seen = true;
+                for (pid, fd) in pinned {
+                    if members.contains(&pid) {
+                        new = true;
                         fd.kill();
+                        killed.insert(pid, fd);
                     }
                 }
             }
-            if !seen {
-                return;
+            if !new {
+                break;
             }
             std::thread::yield_now();
         }
+        killed.into_values().collect()
     }
 
-    /// Kill every process left in the cgroups and remove them.
+    /// Kill every process left in the cgroups and remove them, waiting (on their pidfds,
+    /// not by polling the cgroup) for the killed processes to exit.
     pub fn destroy(&self) {
-        for _ in 0..100 {
-            let mut busy = false;
-            self.kill_all();
-            for d in &self.dirs {
-                if d.exists() && std::fs::remove_dir(d).is_err() {
-                    busy = true;
-                }
-            }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let killed = self.kill_all();
+            wait_exited(&killed, std::time::Duration::from_millis(500));
+            let busy = self
+                .dirs
+                .iter()
+                .any(|d| d.exists() && std::fs::remove_dir(d).is_err());
             if !busy {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            // Still populated: a process exiting that was signalled by someone else, or one
+            // that joined meanwhile. Look again shortly.
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
+    }
+}
+
+/// Wait until every process behind `fds` has exited (its pidfd is readable), at most `limit`.
+fn wait_exited(fds: &[Pidfd], limit: std::time::Duration) {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + limit;
+    let mut pending: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // SAFETY: `pending` is a valid array of pollfd for the duration of the call, and the
+        // descriptors stay open (borrowed from `fds`).
+        let n = unsafe {
+            libc::poll(
+                pending.as_mut_ptr(),
+                pending.len() as libc::nfds_t,
+                left.as_millis().clamp(1, i32::MAX as u128) as i32,
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+        pending.retain(|p| p.revents == 0);
+        for p in &mut pending {
+            p.revents = 0;
+        }
     }
 }
 

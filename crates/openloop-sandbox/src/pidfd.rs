@@ -12,6 +12,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 #[derive(Debug)]
 pub struct Pidfd(OwnedFd);
 
+impl AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 impl Pidfd {
     /// Open a pidfd for `pid`. Sound only while `pid` cannot have been reaped and reused:
     /// for a child of ours that nothing has waited for yet (a zombie keeps its pid), or when

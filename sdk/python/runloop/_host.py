@@ -5,7 +5,8 @@ It imports the agent module once, then serves the server over the control socket
 
 - ``{"op": "validate", "id", "function", "request"}`` -> ``{"id", "errors": [...]}``
 - ``{"op": "run", "id", "invocation_id", "function", "request", "key", "env"}``
-  forks a child for the run -> ``{"id", "pid"}``; when the child ends
+  hands the run to a child forked ahead of time -> ``{"id", "pid", "spare"}``; when the
+  child ends
   ``{"event": "exit", "invocation_id", "pid", "code" | "signal"}``
 - ``{"op": "kill", "invocation_id"}`` kills the run's process group.
 
@@ -16,10 +17,14 @@ size-limited tmpfs of its own as ``/tmp`` (gone when the run ends), drops every
 capability, loads the sandbox's seccomp filter (no namespaces, mounts, ``bpf``, …) and
 makes itself non-dumpable, so no other process of the deployment can read its memory.
 
-The child connects three streams to the server's engine socket (``control``, ``stdout``,
+The child has three streams to the server's engine socket (``control``, ``stdout``,
 ``stderr``); its file descriptors 1 and 2 become the output streams, so nothing a
 function prints can be mistaken for its result, which travels as a length-prefixed
-JSON frame on ``control``.
+JSON frame on ``control``. A spare connects them as soon as it is isolated, under this
+host's spare registration and a random name of its own (``spare``, ``spare_stdout``,
+``spare_stderr``); the reply to ``run`` names the spare that took the run, and the server
+starts it on those streams. A spare whose registration failed connects them when its run
+arrives instead, under the run's own key.
 """
 
 from __future__ import annotations
@@ -165,23 +170,39 @@ class FrameLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _connect(path: str, invocation_id: str, key: str, channel: str) -> socket.socket:
+def _connect(
+    path: str, invocation_id: str, key: str, channel: str, spare: str | None = None
+) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
-    header = {"invocation_id": invocation_id, "key": key, "channel": channel}
+    header: dict[str, str] = {"invocation_id": invocation_id, "key": key, "channel": channel}
+    if spare is not None:
+        header["spare"] = spare
     s.sendall(json.dumps(header).encode() + b"\n")
     return s
 
 
-def _run_child(msg: dict[str, Any], fn: FunctionDefinition, engine_socket: str) -> None:
+#: A spare's three streams, connected ahead of its run: control, stdout, stderr.
+Streams = tuple[socket.socket, socket.socket, socket.socket]
+
+
+def _run_child(
+    msg: dict[str, Any],
+    fn: FunctionDefinition,
+    engine_socket: str,
+    streams: Streams | None,
+) -> None:
     """Body of the forked child; never returns."""
     code = 0
     try:
         os.setsid()
         path, inv, key = engine_socket, msg["invocation_id"], msg["key"]
-        control = _connect(path, inv, key, "control")
-        out = _connect(path, inv, key, "stdout")
-        err = _connect(path, inv, key, "stderr")
+        if streams is not None:
+            control, out, err = streams
+        else:
+            control = _connect(path, inv, key, "control")
+            out = _connect(path, inv, key, "stdout")
+            err = _connect(path, inv, key, "stderr")
         # The server moves this process into the run's own cgroup, then sends one byte:
         # nothing of the function runs before its limits hold.
         if control.recv(1) != b"\x01":
@@ -256,9 +277,11 @@ def _flush() -> None:
 class Spare:
     """A run's process forked and isolated ahead of time, waiting for its run."""
 
-    def __init__(self, forked: int, write: int, report: int) -> None:
+    def __init__(self, forked: int, write: int, report: int, name: str) -> None:
         #: The process forked from the host; it exits once it has forked the run's pid 1.
         self.forked = forked
+        #: The random name its streams registered under (see ``Host._register_spare``).
+        self.name = name
         #: The run's message goes here.
         self.write = write
         #: The run's pid (4 bytes), or 0 and the reason its isolation failed.
@@ -354,13 +377,13 @@ class Host:
                 self.send({"id": msg["id"], "error": "the run was canceled before it started"})
                 return
             try:
-                pid = self._hand_to_spare(msg)
+                pid, name = self._hand_to_spare(msg)
             except RuntimeError as e:
                 self.send({"id": msg["id"], "error": str(e)})
                 return
             self.children[pid] = msg["invocation_id"]
             self.by_invocation[msg["invocation_id"]] = pid
-            self.send({"id": msg["id"], "pid": pid})
+            self.send({"id": msg["id"], "pid": pid, "spare": name})
             # The next run's process is forked now, off that run's critical path.
             self._try_fork_spare()
         elif op == "kill":
@@ -392,6 +415,7 @@ class Host:
             return
         r, w = os.pipe()
         report_r, report_w = os.pipe()
+        name = os.urandom(12).hex()
         pid = os.fork()
         if pid == 0:
             os.close(w)
@@ -402,12 +426,12 @@ class Host:
             self.control.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            self._become_run(r, report_w)
+            self._become_run(r, report_w, name)
         os.close(r)
         os.close(report_w)
-        self.spare = Spare(pid, w, report_r)
+        self.spare = Spare(pid, w, report_r, name)
 
-    def _become_run(self, r: int, report_w: int) -> None:
+    def _become_run(self, r: int, report_w: int, name: str) -> None:
         """In the forked process: isolate, fork the run's pid 1, report its pid, exit.
         Never returns."""
         try:
@@ -424,7 +448,7 @@ class Host:
         except BaseException:  # noqa: BLE001 - the host sees the pipe close
             os._exit(71)
         os.close(report_w)
-        self._register_spare()
+        streams = self._register_spare(name)
         chunks = []
         while True:
             chunk = os.read(r, 1 << 16)
@@ -434,22 +458,31 @@ class Host:
         if not chunks:
             os._exit(0)
         msg = json.loads(b"".join(chunks))
-        _run_child(msg, registered_functions()[msg["function"]], self.engine_socket)
+        _run_child(msg, registered_functions()[msg["function"]], self.engine_socket, streams)
 
-    def _register_spare(self) -> None:
-        """Tell the server this process waits for a run, so that it moves it into the run's
-        cgroup now rather than when the run starts. Best effort: without it, the run's start
-        moves the process instead."""
+    def _register_spare(self, name: str) -> Streams | None:
+        """Tell the server this process waits for a run, so that it moves it into a run
+        cgroup now rather than when the run starts, and connect the run's three streams now,
+        off its path. Best effort: without them (``None``), the run's start moves the
+        process and the run connects its streams itself."""
         if self.spare_registration is None:
-            return
+            return None
         spare_id, key = self.spare_registration
+        opened: list[socket.socket] = []
         try:
-            s = _connect(self.engine_socket, spare_id, key, "spare")
-            s.settimeout(10)
-            s.recv(1)
-            s.close()
+            control = _connect(self.engine_socket, spare_id, key, "spare", name)
+            opened.append(control)
+            control.settimeout(10)
+            if control.recv(1) != b"\x01":
+                raise OSError("the server did not take this process as a spare")
+            control.settimeout(None)
+            for channel in ("spare_stdout", "spare_stderr"):
+                opened.append(_connect(self.engine_socket, spare_id, key, channel, name))
+            return (opened[0], opened[1], opened[2])
         except OSError:
-            pass
+            for s in opened:
+                s.close()
+            return None
 
     def _spare_pid(self, spare: Spare) -> int:
         """The pid of the spare's run process, once it reported it (raises if it failed)."""
@@ -467,8 +500,9 @@ class Host:
             spare.pid = pid
         return spare.pid
 
-    def _hand_to_spare(self, msg: dict[str, Any]) -> int:
-        """Give the run to the waiting process (forking one if there is none); its pid."""
+    def _hand_to_spare(self, msg: dict[str, Any]) -> tuple[int, str]:
+        """Give the run to the waiting process (forking one if there is none); its pid and
+        the name its streams registered under."""
         last = "no process could be started"
         for _ in range(2):
             try:
@@ -486,7 +520,7 @@ class Host:
                 while data:
                     data = data[os.write(spare.write, data) :]
                 spare.close()
-                return pid
+                return pid, spare.name
             except (OSError, RuntimeError) as e:
                 spare.close()  # that process died while waiting; fork another
                 last = str(e)
