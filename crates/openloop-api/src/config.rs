@@ -97,6 +97,25 @@ impl std::fmt::Debug for SecretsKeySource {
 }
 
 impl ServerConfig {
+    /// The run engine's part of the configuration.
+    pub fn engine(&self) -> openloop_engine::EngineConfig {
+        openloop_engine::EngineConfig {
+            run_dir: self.run_dir(),
+            api_socket: self.api_socket(),
+            launcher: self.launcher.clone(),
+            instance_tag: self.instance_tag(),
+            engine: self.engine,
+            max_concurrent_runs: self.max_concurrent_runs,
+            max_concurrent_runs_per_function: self.max_concurrent_runs_per_function,
+            max_call_depth: self.max_call_depth,
+            run_memory_mb: self.run_memory_mb,
+            run_pids: self.run_pids,
+            run_tmp_mb: self.run_tmp_mb,
+            warm_memory_mb: self.warm_memory_mb,
+            run_logs: self.run_logs,
+        }
+    }
+
     pub fn devbox_dir(&self) -> PathBuf {
         self.data_dir.join("devboxes")
     }

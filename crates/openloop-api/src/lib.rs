@@ -19,7 +19,8 @@ pub mod error;
 pub mod extract;
 pub mod listener;
 pub mod model;
-pub mod notify;
+/// Change notifications live with the engine, which makes most of them.
+pub use openloop_engine::notify;
 pub mod numbers;
 pub mod routes;
 pub mod server;

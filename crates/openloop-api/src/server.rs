@@ -104,12 +104,14 @@ pub async fn serve(
     let invocations = Arc::new(
         Invocations::new(
             store.clone(),
-            config.clone(),
+            config.engine(),
             notifier.clone(),
-            tokens.clone(),
-            devboxes.clone(),
-            secrets.clone(),
-            network_policies.clone(),
+            openloop_engine::ports::Collaborators {
+                tokens: Arc::new(tokens.clone()),
+                devboxes: devboxes.clone(),
+                secrets: secrets.clone(),
+                network_policies: network_policies.clone(),
+            },
         )
         .await?,
     );

@@ -24,6 +24,12 @@ impl From<openloop_store::StoreError> for UiError {
     }
 }
 
+impl From<openloop_api::services::invocations::EngineError> for UiError {
+    fn from(e: openloop_api::services::invocations::EngineError) -> Self {
+        UiError::Api(e.into())
+    }
+}
+
 pub type UiResult<T> = Result<T, UiError>;
 
 impl IntoResponse for UiError {

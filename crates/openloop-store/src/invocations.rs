@@ -55,7 +55,7 @@ const SELECT: &str = "SELECT id, project_name, function_name, deployment_id, sta
 impl Store {
     pub async fn insert_invocation(&self, inv: &Invocation) -> Result<()> {
         sqlx::query(
-            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&inv.id)
         .bind(&inv.project_name)
@@ -65,6 +65,7 @@ impl Store {
         .bind(&inv.request)
         .bind(&inv.parent_invocation_id)
         .bind(inv.created_at_ms)
+        .bind(inv.started_at_ms)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -51,6 +51,7 @@ async fn submit(
         .invocations
         .submit(project, function, request, parent)
         .await
+        .map_err(ApiError::from)
 }
 
 /// Run a function and answer with the finished invocation.
@@ -81,7 +82,7 @@ pub async fn invoke_sync(
         // its slots to the new run while it waits.
         let done = state
             .invocations
-            .wait_for(&principal, &inv.id)
+            .wait_for(principal.invocation_id(), &inv.id)
             .instrument(crate::stages::span("wait"))
             .await?;
         let _respond = crate::stages::span("respond").entered();
@@ -130,7 +131,10 @@ pub async fn get_invocation(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InvocationView>> {
     Ok(Json(invocation_view(
-        &state.invocations.get_for(&principal, &id).await?,
+        &state
+            .invocations
+            .get_for(principal.invocation_id(), &id)
+            .await?,
     )?))
 }
 
@@ -149,9 +153,15 @@ pub async fn wait_invocation(
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InvocationView>> {
-    state.invocations.get_for(&principal, &id).await?;
+    state
+        .invocations
+        .get_for(principal.invocation_id(), &id)
+        .await?;
     Ok(Json(invocation_view(
-        &state.invocations.wait_for(&principal, &id).await?,
+        &state
+            .invocations
+            .wait_for(principal.invocation_id(), &id)
+            .await?,
     )?))
 }
 

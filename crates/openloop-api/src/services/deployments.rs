@@ -127,7 +127,7 @@ impl Deployments {
         self.store
             .mark_deployment_deployed(&ready.id, &ready.project_name, manifest)
             .await?;
-        self.invocations.activate(ready).await
+        Ok(self.invocations.activate(ready).await?)
     }
 
     /// Build, then start the warm process; returns the deployment with its manifest.

@@ -2,8 +2,11 @@
 
 pub mod deployments;
 pub mod devboxes;
-pub mod invocations;
+pub mod ports;
+/// The run engine is its own crate (`openloop-engine`); the API reaches it through this.
+pub mod invocations {
+    pub use openloop_engine::{manifest_of, EngineError, Invocations, Loaded};
+}
 pub mod network_policies;
 pub mod repositories;
 pub mod secrets;
-pub mod slots;

@@ -125,12 +125,11 @@ pub async fn invoke(
     })?;
     let fields = schema_form::fields(&spec.request_schema);
     let outcome = match schema_form::to_request(&fields, &form) {
-        Ok(request) => {
-            state
-                .invocations
-                .submit(&project, &function, request, None)
-                .await
-        }
+        Ok(request) => state
+            .invocations
+            .submit(&project, &function, request, None)
+            .await
+            .map_err(ApiError::from),
         Err(message) => Err(ApiError::Validation(message)),
     };
     match outcome {

@@ -10,6 +10,7 @@ use axum::Form;
 use maud::{html, Markup};
 use openloop_api::error::ApiError;
 use openloop_api::model::InvocationStatus;
+use openloop_api::services::invocations::EngineError;
 use openloop_api::state::AppState;
 use openloop_store::invocations::{Invocation, InvocationFilter};
 use serde::Deserialize;
@@ -298,7 +299,7 @@ pub async fn cancel(
     session.check_csrf(&form.csrf)?;
     match state.invocations.cancel(&id).await {
         // It finished while the page was open: the page shows how.
-        Ok(_) | Err(ApiError::Conflict(_)) => {}
+        Ok(_) | Err(EngineError::Conflict(_)) => {}
         Err(e) => return Err(e.into()),
     }
     Ok(Redirect::to(&format!("/ui/invocations/{id}")).into_response())

@@ -34,6 +34,19 @@ impl Permits {
             _node: node,
         })
     }
+
+    /// Both slots if they are free now (the function's, then the node's), else none.
+    pub fn try_take(node: &Arc<Semaphore>, function: Option<&Arc<Semaphore>>) -> Option<Permits> {
+        let function = match function {
+            Some(sem) => Some(sem.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let node = node.clone().try_acquire_owned().ok()?;
+        Some(Permits {
+            _function: function,
+            _node: node,
+        })
+    }
 }
 
 struct State {

@@ -1,6 +1,12 @@
 //! A run's log records: batched into the store as they arrive, redacted, NUL-safe.
 
-use super::*;
+use crate::notify::Notifier;
+use crate::ports::Redact;
+use openloop_runner::LogLine;
+use openloop_store::invocations::InvocationLog;
+use openloop_store::Store;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Largest batch of log records stored at once, in records and in bytes.
 const LOG_BATCH_RECORDS: usize = 1000;
@@ -9,23 +15,23 @@ const LOG_BATCH_BYTES: usize = 1 << 20;
 /// Store a run's log records in batches as they arrive, with the run's secret values redacted.
 /// The channel is bounded, so while a batch is being written the run's output waits in its
 /// socket, not in the server's memory.
-pub(super) async fn write_logs(
+pub(crate) async fn write_logs(
     store: Store,
     notifier: Notifier,
     id: String,
     mut rx: mpsc::Receiver<LogLine>,
-    redactor: Arc<Redactor>,
+    redactor: Arc<dyn Redact>,
 ) {
     let mut seq = 1i64;
     let mut batch: Vec<InvocationLog> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.message.len();
-        batch.push(to_log(first, &redactor));
+        batch.push(to_log(first, redactor.as_ref()));
         while batch.len() < LOG_BATCH_RECORDS && bytes < LOG_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(l) => {
                     bytes += l.message.len();
-                    batch.push(to_log(l, &redactor));
+                    batch.push(to_log(l, redactor.as_ref()));
                 }
                 Err(_) => break,
             }
@@ -39,7 +45,7 @@ pub(super) async fn write_logs(
     }
 }
 
-fn to_log(l: LogLine, redactor: &Redactor) -> InvocationLog {
+fn to_log(l: LogLine, redactor: &dyn Redact) -> InvocationLog {
     InvocationLog {
         seq: 0,
         ts_ms: l.ts_ms,

@@ -1,0 +1,107 @@
+//! Admission: checking a new invocation (its deployment, function, call depth and request
+//! schema) and recording it, running at once when a slot is free, else queued.
+
+use crate::invocations::Invocations;
+use crate::notify::ANY_INVOCATION;
+use crate::slots::Permits;
+use crate::stage::span;
+use crate::{EngineError, EngineResult};
+use openloop_store::invocations::Invocation;
+use openloop_store::now_ms;
+use serde_json::Value;
+use std::sync::Arc;
+use tracing::Instrument;
+
+impl Invocations {
+    /// Check and record a new invocation, then queue it. Returns it as created.
+    pub async fn submit(
+        self: &Arc<Self>,
+        project: &str,
+        function: &str,
+        request: Value,
+        parent: Option<String>,
+    ) -> EngineResult<Invocation> {
+        let loaded = self.active_deployment(project).await?.ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "project '{project}' not found: it has no successful deployment (deploy it with `openloop deploy`)"
+            ))
+        })?;
+        let (dep, manifest) = (&loaded.dep, &loaded.manifest);
+        if manifest.function(function).is_none() {
+            let names: Vec<&str> = manifest.functions.iter().map(|f| f.name.as_str()).collect();
+            return Err(EngineError::NotFound(format!(
+                "function '{function}' not found in project '{project}'; it has: {}",
+                names.join(", ")
+            )));
+        }
+        if !request.is_object() {
+            return Err(EngineError::Validation(
+                "`request` must be a JSON object of the function's parameters".into(),
+            ));
+        }
+        if let Some(caller) = &parent {
+            let depth = self.depth_of_run(caller).await? + 1;
+            if depth > self.config.max_call_depth {
+                return Err(EngineError::CallDepthExceeded {
+                    target: format!("{project}/{function}"),
+                    depth,
+                    limit: self.config.max_call_depth,
+                });
+            }
+        }
+        let host = self.host_for(dep).await?;
+        let errors = host
+            .validate(function, &request)
+            .instrument(span("validate"))
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        if !errors.is_empty() {
+            let text: Vec<String> = errors
+                .iter()
+                .map(|e| format!("request.{}: {}", e.field, e.message))
+                .collect();
+            return Err(EngineError::Validation(format!(
+                "the request does not match the schema of {project}/{function}: {}",
+                text.join("; ")
+            )));
+        }
+        // With a slot free now, the run is recorded as running at once (one statement, not
+        // an insert and then an update); otherwise it waits in the queue for one.
+        let permits =
+            Permits::try_take(&self.slots, self.function_slots(project, function).as_ref());
+        let created_at_ms = now_ms();
+        let inv = Invocation {
+            id: openloop_store::new_id("inv"),
+            project_name: project.to_string(),
+            function_name: function.to_string(),
+            deployment_id: dep.id.clone(),
+            status: if permits.is_some() {
+                "running"
+            } else {
+                "queued"
+            }
+            .into(),
+            request: request.to_string(),
+            result: None,
+            error: None,
+            parent_invocation_id: parent,
+            created_at_ms,
+            started_at_ms: permits.as_ref().map(|_| created_at_ms),
+            ended_at_ms: None,
+        };
+        self.store
+            .insert_invocation(&inv)
+            .instrument(span("insert"))
+            .await?;
+        self.notifier.notify(ANY_INVOCATION);
+        if let Some(caller) = inv
+            .parent_invocation_id
+            .as_deref()
+            .and_then(|p| self.run_slots(p))
+        {
+            caller.add_child(&inv.id);
+        }
+        self.spawn_run(inv.id.clone(), Some((inv.clone(), permits)));
+        Ok(inv)
+    }
+}

@@ -1,0 +1,82 @@
+//! Canceling a run (and what it started, all the way down), and waiting for one to finish.
+
+use crate::invocations::{Invocations, Running};
+use crate::{EngineError, EngineResult};
+use openloop_store::invocations::Invocation;
+use openloop_sync::lock;
+
+impl Invocations {
+    /// Cancel a queued or running invocation: its process tree is killed, its devboxes shut
+    /// down, and its status becomes `canceled`.
+    pub async fn cancel(&self, id: &str) -> EngineResult<Invocation> {
+        let inv = self.store.get_invocation(id).await?;
+        if inv.is_finished() {
+            return Err(EngineError::Conflict(format!(
+                "invocation {id} has already finished ({}); there is nothing to cancel",
+                inv.status
+            )));
+        }
+        // Read before the run can end: what it started goes with it.
+        let children = self.run_slots(id).map(|r| r.children()).unwrap_or_default();
+        let err = serde_json::json!({"type": "Canceled", "message": "the invocation was canceled", "traceback": null});
+        self.store
+            .finish_invocation(id, "canceled", None, Some(&err.to_string()))
+            .await?;
+        let host = {
+            let mut running = lock(&self.running);
+            match running.get(id) {
+                Some(Running::Host(h)) => Some(h.clone()),
+                _ => {
+                    running.insert(id.to_string(), Running::CanceledEarly);
+                    None
+                }
+            }
+        };
+        if let Some(h) = host {
+            if let Err(e) = h.kill(id).await {
+                tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
+            }
+        }
+        self.ports.devboxes.shutdown_for_invocation(id).await?;
+        self.notifier.invocation_changed(id);
+        self.cancel_children(id, children).await;
+        Ok(self.store.get_invocation(id).await?)
+    }
+
+    /// Wait until an invocation has finished, then return it.
+    pub async fn wait_finished(&self, id: &str) -> EngineResult<Invocation> {
+        let mut sub = self.notifier.subscribe(id);
+        loop {
+            let inv = self.store.get_invocation(id).await?;
+            if inv.is_finished() {
+                return Ok(inv);
+            }
+            sub.changed().await;
+        }
+    }
+
+    /// Wait until `id` has finished, on behalf of a caller (`caller_run`: the run calling, if
+    /// a run is). A run hands its slots back for the wait and takes them again before it goes
+    /// on: the invocation it waits on may need them.
+    pub async fn wait_for(&self, caller_run: Option<&str>, id: &str) -> EngineResult<Invocation> {
+        let Some(run) = caller_run.and_then(|c| self.run_slots(c)) else {
+            return self.wait_finished(id).await;
+        };
+        let wait = run.wait();
+        let done = self.wait_finished(id).await;
+        wait.resume().await;
+        done
+    }
+
+    /// Cancel what a canceled run started and has not finished, all the way down.
+    async fn cancel_children(&self, parent: &str, children: Vec<String>) {
+        for child in children {
+            match Box::pin(self.cancel(&child)).await {
+                Ok(_) | Err(EngineError::Conflict(_)) => {}
+                Err(e) => {
+                    tracing::warn!(invocation = %child, parent, error = %e, "could not cancel the child of a canceled run");
+                }
+            }
+        }
+    }
+}

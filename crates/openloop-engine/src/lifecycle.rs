@@ -1,0 +1,243 @@
+//! One run, from its slots to its recorded outcome: a token scoped to it, the deployment's
+//! secrets, the hand-off to its warm process (`openloop_runner::run`), its logs, its
+//! devboxes shut down, and the outcome recorded, redacted, and notified.
+
+use crate::invocations::{Invocations, Running};
+use crate::logs::write_logs;
+use crate::slots::{Permits, RunSlots};
+use crate::stage::span;
+use crate::{EngineError, EngineResult};
+use openloop_runner::{run::RunOutcome, RunRequest};
+use openloop_store::invocations::Invocation;
+use openloop_sync::lock;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+impl Invocations {
+    /// Run a queued invocation in the background; it outlives the request that made it.
+    pub fn spawn(self: &Arc<Self>, id: String) {
+        self.spawn_run(id, None)
+    }
+
+    /// Run an invocation in the background. One just recorded by this process comes with
+    /// its record (not read back) and, when it was recorded as running, the slots it took.
+    pub(crate) fn spawn_run(
+        self: &Arc<Self>,
+        id: String,
+        recorded: Option<(Invocation, Option<Permits>)>,
+    ) {
+        let this = Arc::clone(self);
+        let queued = span("queue");
+        tokio::spawn(async move {
+            drop(queued);
+            if let Err(e) = this.execute(&id, recorded).await {
+                tracing::error!(invocation = %id, error = %e, "invocation could not be run");
+                let err = serde_json::json!({"type": "PlatformError", "message": e.to_string(), "traceback": null});
+                let _ = this
+                    .store
+                    .finish_invocation(&id, "failure", None, Some(&err.to_string()))
+                    .await;
+                this.notifier.invocation_changed(&id);
+            }
+        });
+    }
+
+    pub(crate) fn function_slots(&self, project: &str, function: &str) -> Option<Arc<Semaphore>> {
+        let limit = self.config.max_concurrent_runs_per_function;
+        if limit == 0 {
+            return None;
+        }
+        let key = format!("{project}/{function}");
+        Some(
+            lock(&self.function_slots)
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone(),
+        )
+    }
+
+    async fn execute(
+        &self,
+        id: &str,
+        recorded: Option<(Invocation, Option<Permits>)>,
+    ) -> EngineResult<()> {
+        let stopping = |_| EngineError::Unavailable("the server is stopping".into());
+        let (queued, taken, depth) = async {
+            let (queued, taken) = match recorded {
+                Some((inv, permits)) => (inv, permits),
+                None => (self.store.get_invocation(id).await?, None),
+            };
+            let depth = self.depth_of(&queued).await?;
+            EngineResult::Ok((queued, taken, depth))
+        }
+        .instrument(span("read"))
+        .await?;
+        let function_slots = self.function_slots(&queued.project_name, &queued.function_name);
+        let permits = match taken {
+            // Recorded as running with these slots (a cancel since then left its mark in
+            // `running`, checked below before anything starts).
+            Some(p) => p,
+            None => {
+                let permits = Permits::take(&self.slots, function_slots.as_ref())
+                    .instrument(span("slots"))
+                    .await
+                    .map_err(stopping)?;
+                if !self
+                    .store
+                    .mark_invocation_running(id)
+                    .instrument(span("mark_running"))
+                    .await?
+                {
+                    // Canceled while queued: a cancel's mark, if any, is done with.
+                    lock(&self.running).remove(id);
+                    return Ok(());
+                }
+                permits
+            }
+        };
+        // Held until this returns, however it returns; lent to children while the run waits.
+        let _in_flight = InFlight::enter(
+            self,
+            id,
+            RunSlots::new(
+                depth,
+                queued.parent_invocation_id.clone(),
+                self.slots.clone(),
+                function_slots,
+                permits,
+            ),
+        );
+        self.notifier.invocation_changed(id);
+        let inv = queued;
+        let prepare = span("prepare");
+        let dep = self
+            .deployment(&inv.deployment_id)
+            .instrument(prepare.clone())
+            .await?;
+        let host = self.host_for(&dep.dep).instrument(prepare.clone()).await?;
+        // The deployment's secrets, read now: an update applies from the next run on. What the
+        // run produces is stored with their values redacted.
+        let given = self
+            .ports
+            .secrets
+            .resolve(&dep.manifest.secrets)
+            .instrument(prepare.clone())
+            .await?;
+        let redactor = given.redactor;
+        let token = self.ports.tokens.issue(id);
+        let mut env: BTreeMap<String, String> = given.env;
+        env.extend([
+            (
+                "OPENLOOP_API_URL".to_string(),
+                openloop_sandbox::python::API_URL.to_string(),
+            ),
+            ("OPENLOOP_TOKEN".to_string(), token.clone()),
+            ("OPENLOOP_INVOCATION_ID".to_string(), id.to_string()),
+        ]);
+        let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
+        {
+            let mut running = lock(&self.running);
+            if let Some(Running::CanceledEarly) = running.remove(id) {
+                // Canceled after it was marked running, before it reached its warm process:
+                // it is recorded `canceled` already, and nothing of it may start.
+                drop(running);
+                self.ports.tokens.revoke(&token);
+                self.notifier.invocation_changed(id);
+                return Ok(());
+            }
+            running.insert(id.to_string(), Running::Host(host.clone()));
+        }
+        let (log_tx, log_rx) = openloop_runner::run::log_channel();
+        let writer = tokio::spawn(write_logs(
+            self.store.clone(),
+            self.notifier.clone(),
+            id.to_string(),
+            log_rx,
+            redactor.clone(),
+        ));
+        drop(prepare);
+        let outcome = openloop_runner::run::run(
+            &host,
+            &self.channels,
+            RunRequest {
+                invocation_id: id.to_string(),
+                function: inv.function_name.clone(),
+                request,
+                env,
+                cgroup_name: format!("run-{}-{id}", self.config.instance_tag),
+                limits: self.run_limits(),
+                log_limits: self.config.run_logs,
+            },
+            log_tx,
+        )
+        .instrument(span("run"))
+        .await;
+        let _ = writer.instrument(span("logs_flush")).await;
+        lock(&self.running).remove(id);
+        self.ports.tokens.revoke(&token);
+        if let Err(e) = self
+            .ports
+            .devboxes
+            .shutdown_for_invocation(id)
+            .instrument(span("devboxes"))
+            .await
+        {
+            tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
+        }
+        let finish = span("finish");
+        match outcome {
+            RunOutcome::Success(v) => {
+                let v = redactor.redact_json(v);
+                self.store
+                    .finish_invocation(id, "success", Some(&v.to_string()), None)
+                    .instrument(finish)
+                    .await?
+            }
+            RunOutcome::Failure(e) => {
+                let e = redactor.redact_json(e);
+                self.store
+                    .finish_invocation(id, "failure", None, Some(&e.to_string()))
+                    .instrument(finish)
+                    .await?
+            }
+        };
+        self.notifier.invocation_changed(id);
+        Ok(())
+    }
+}
+
+/// A run in the table of runs in flight. Dropped when `execute` returns, however it returns:
+/// the run leaves the table (and its parent's children) and its slots go back.
+struct InFlight<'a> {
+    table: &'a Mutex<HashMap<String, Arc<RunSlots>>>,
+    id: String,
+    run: Arc<RunSlots>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(invocations: &'a Invocations, id: &str, run: Arc<RunSlots>) -> Self {
+        let table = &invocations.in_flight;
+        lock(table).insert(id.to_string(), run.clone());
+        InFlight {
+            table,
+            id: id.to_string(),
+            run,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        {
+            let mut m = lock(self.table);
+            m.remove(&self.id);
+            if let Some(parent) = self.run.parent.as_deref().and_then(|p| m.get(p)) {
+                parent.remove_child(&self.id);
+            }
+        }
+        self.run.end();
+    }
+}
