@@ -8,11 +8,14 @@
 //! - [`spares`]: the processes a warm process isolated ahead of its next runs, each moved
 //!   into a run cgroup and with its streams connected before its run comes.
 //! - [`run`]: following one invocation from fork to outcome.
+//! - [`output`]: a run's output streams and control frames, turned into log records within
+//!   its caps, and its result.
 //!
 //! This crate knows nothing of the database or of HTTP.
 
 pub mod channels;
 pub mod host;
+pub mod output;
 pub mod run;
 pub mod spares;
 
