@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+/// The name of a devbox's disk image in its directory.
+pub const IMAGE: &str = "disk.img";
+
 /// Create `dir/disk.img` of `bytes` and mount it at `dir/disk`, with `upper/` and `work/`.
 pub async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("disk"))?;
-    let image = dir.join("disk.img");
+    let image = dir.join(IMAGE);
     let file = std::fs::File::create(&image)?;
     file.set_len(bytes)?;
     drop(file);
@@ -33,6 +36,67 @@ pub async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
     }
     let _ = std::fs::remove_dir_all(dir.join("disk/lost+found"));
     Ok(())
+}
+
+/// Mount an existing `dir/disk.img` at `dir/disk` again (a suspended devbox's), read-only
+/// when asked. Refused while the image is still attached to a loop device: mounting one
+/// ext4 image twice would corrupt it.
+pub async fn mount_disk(dir: &Path, read_only: bool) -> std::io::Result<()> {
+    let image = dir.join(IMAGE);
+    if image_in_use(&image) {
+        return Err(std::io::Error::other(
+            "the disk image is still attached from before; try again in a moment",
+        ));
+    }
+    std::fs::create_dir_all(dir.join("disk"))?;
+    let mut mount = tokio::process::Command::new("mount");
+    mount
+        .args([
+            "-o",
+            if read_only {
+                "loop,ro,nosuid,nodev,noexec"
+            } else {
+                "loop,nosuid,nodev"
+            },
+        ])
+        .arg(&image)
+        .arg(dir.join("disk"));
+    run(mount).await
+}
+
+/// Wait (up to `within`) until `dir/disk.img` is attached to no loop device (a loop device
+/// set to auto-clear lets go of its file a moment after its last unmount).
+pub fn wait_released(dir: &Path, within: std::time::Duration) -> std::io::Result<()> {
+    let image = dir.join(IMAGE);
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(1);
+    while image_in_use(&image) {
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "{} is still attached to a loop device",
+                image.display()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Whether some loop device is backed by `image` (`/sys/block/loop*/loop/backing_file`).
+pub fn image_in_use(image: &Path) -> bool {
+    let Ok(wanted) = std::fs::canonicalize(image) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("loop")
+            && std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .map(|f| Path::new(f.trim()) == wanted)
+                .unwrap_or(false)
+    })
 }
 
 async fn run(mut cmd: tokio::process::Command) -> std::io::Result<()> {
