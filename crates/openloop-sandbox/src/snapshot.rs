@@ -214,7 +214,10 @@ mod tests {
 
     fn whiteout(path: &Path) {
         let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o600, 0) }, 0);
+        assert_eq!(
+            unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o600, 0) },
+            0
+        );
     }
 
     /// A snapshot of a devbox started from a snapshot holds the parent's files with the
@@ -239,7 +242,8 @@ mod tests {
         whiteout(&upper.join("gone.txt"));
         write(&upper.join("was_dir"), "now a file");
         write(&upper.join("opaque/new.txt"), "y");
-        let opaque = CString::new(upper.join("opaque").into_os_string().into_encoded_bytes()).unwrap();
+        let opaque =
+            CString::new(upper.join("opaque").into_os_string().into_encoded_bytes()).unwrap();
         assert_eq!(
             unsafe {
                 libc::lsetxattr(
@@ -259,7 +263,9 @@ mod tests {
         let read = |p: &str| std::fs::read_to_string(dest.join(p)).unwrap();
         assert_eq!(read("keep.txt"), "parent");
         assert_eq!(read("change.txt"), "new");
-        assert!(is_whiteout(&std::fs::symlink_metadata(dest.join("gone.txt")).unwrap()));
+        assert!(is_whiteout(
+            &std::fs::symlink_metadata(dest.join("gone.txt")).unwrap()
+        ));
         assert!(is_whiteout(
             &std::fs::symlink_metadata(dest.join("image_file_deleted_before")).unwrap()
         ));
