@@ -311,6 +311,7 @@ impl Devboxes {
             },
             redactor,
             output: None,
+            resumed: false,
             file_mounts: req.file_mounts.as_ref(),
             launch_commands: params.launch_commands.as_deref().unwrap_or_default(),
             entrypoint: req.entrypoint.as_deref(),
@@ -372,7 +373,10 @@ impl Devboxes {
         self.touch(&live);
         lock(&self.live).insert(id.clone(), live.clone());
         self.watch(id.clone(), live.clone());
-        self.set_status(&id, status("initializing")).await?;
+        if !b.resumed {
+            // A resumed devbox goes straight from `resuming` to `running`.
+            self.set_status(&id, status("initializing")).await?;
+        }
         for (path, contents) in b.file_mounts.into_iter().flatten() {
             if let Err(e) = devbox.write_file(path, contents.as_bytes()).await {
                 self.fail(&id, "execution_failed", &format!("file mount {path}: {e}"))
@@ -601,6 +605,8 @@ struct BringUp<'a> {
     redactor: Arc<crate::services::secrets::Redactor>,
     /// The execution output store to keep (a resumed devbox's), else a new one.
     output: Option<OutputStore>,
+    /// Whether the devbox is being resumed (not created).
+    resumed: bool,
     file_mounts: Option<&'a BTreeMap<String, String>>,
     launch_commands: &'a [String],
     entrypoint: Option<&'a str>,

@@ -276,6 +276,7 @@ impl Devboxes {
             },
             redactor: Arc::new(redactor),
             output,
+            resumed: true,
             // The files written at creation are on its disk already.
             file_mounts: None,
             launch_commands: params.launch_commands.as_deref().unwrap_or_default(),
