@@ -113,7 +113,7 @@ impl Devbox {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| start_err("creating the devbox directory", e))?;
         }
-        disk::mount_disk(&dir, false)
+        disk::mount_disk(&dir)
             .await
             .map_err(|e| start_err("mounting the devbox's disk again", e))?;
         Self::boot(config, spec, dir, true).await
@@ -295,8 +295,7 @@ impl Devbox {
     }
 
     /// Suspend the devbox: kill every process in it and remove its cgroups (its memory is
-    /// freed), but keep its disk image, unmounted, for [`Devbox::resume`]. Returns once the
-    /// image is no longer attached to any loop device (so it can be mounted again safely).
+    /// freed), but keep its disk image, unmounted, for [`Devbox::resume`].
     pub async fn suspend(&self) -> Result<(), SandboxError> {
         self.halt().await;
         let dir = self.dir.clone();
@@ -304,11 +303,9 @@ impl Devbox {
         tokio::task::spawn_blocking(move || {
             cgroup::leftover(&id).destroy();
             unmount(&dir);
-            disk::wait_released(&dir, std::time::Duration::from_secs(10))
         })
         .await
-        .map_err(|e| SandboxError::Start(e.to_string()))?
-        .map_err(|e| SandboxError::Start(format!("releasing the devbox's disk: {e}")))
+        .map_err(|e| SandboxError::Start(e.to_string()))
     }
 
     /// Kill the sandbox and its network, and wait until it has exited.

@@ -38,65 +38,64 @@ pub async fn make_disk(dir: &Path, bytes: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Mount an existing `dir/disk.img` at `dir/disk` again (a suspended devbox's), read-only
-/// when asked. Refused while the image is still attached to a loop device: mounting one
-/// ext4 image twice would corrupt it.
-pub async fn mount_disk(dir: &Path, read_only: bool) -> std::io::Result<()> {
+/// Mount an existing `dir/disk.img` at `dir/disk` again (a suspended devbox's).
+///
+/// The image may still be attached to a loop device: a copy of the devbox's old mount in
+/// another mount namespace (every sandbox launched while the devbox ran copied the server's
+/// mounts before detaching them, and the kernel keeps a locked copy alive while that
+/// namespace holds its old root) keeps the file system alive for a while after the server's
+/// own unmount. Mounting the image through a second loop device would open one ext4 twice
+/// and corrupt it, so the same loop device is mounted again: the kernel then shares the
+/// one live file system. The loop device's backing file is checked once mounted (a loop
+/// device can be let go and reused between the look-up and the mount; once mounted it
+/// cannot), and the mount is retried through the file if it changed.
+pub async fn mount_disk(dir: &Path) -> std::io::Result<()> {
     let image = dir.join(IMAGE);
-    if image_in_use(&image) {
-        return Err(std::io::Error::other(
-            "the disk image is still attached from before; try again in a moment",
-        ));
-    }
     std::fs::create_dir_all(dir.join("disk"))?;
-    let mut mount = tokio::process::Command::new("mount");
-    mount
-        .args([
-            "-o",
-            if read_only {
-                "loop,ro,nosuid,nodev,noexec"
-            } else {
-                "loop,nosuid,nodev"
-            },
-        ])
-        .arg(&image)
-        .arg(dir.join("disk"));
-    run(mount).await
-}
-
-/// Wait (up to `within`) until `dir/disk.img` is attached to no loop device (a loop device
-/// set to auto-clear lets go of its file a moment after its last unmount).
-pub fn wait_released(dir: &Path, within: std::time::Duration) -> std::io::Result<()> {
-    let image = dir.join(IMAGE);
-    let deadline = std::time::Instant::now() + within;
-    let mut pause = std::time::Duration::from_millis(1);
-    while image_in_use(&image) {
-        if std::time::Instant::now() >= deadline {
-            return Err(std::io::Error::other(format!(
-                "{} is still attached to a loop device",
-                image.display()
-            )));
+    for _ in 0..3 {
+        let Some(device) = attached_loop(&image) else {
+            let mut mount = tokio::process::Command::new("mount");
+            mount
+                .args(["-o", "loop,nosuid,nodev"])
+                .arg(&image)
+                .arg(dir.join("disk"));
+            return run(mount).await;
+        };
+        let mut mount = tokio::process::Command::new("mount");
+        mount
+            .args(["-o", "nosuid,nodev"])
+            .arg(&device)
+            .arg(dir.join("disk"));
+        run(mount).await?;
+        if attached_loop(&image).as_deref() == Some(device.as_path()) {
+            return Ok(());
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        // The loop device was reused for another file meanwhile: not this disk.
+        let target =
+            std::ffi::CString::new(dir.join("disk").into_os_string().into_encoded_bytes())?;
+        unsafe {
+            libc::umount2(target.as_ptr(), 0);
+        }
     }
-    Ok(())
+    Err(std::io::Error::other(
+        "the disk image's loop device kept changing; try again",
+    ))
 }
 
-/// Whether some loop device is backed by `image` (`/sys/block/loop*/loop/backing_file`).
-pub fn image_in_use(image: &Path) -> bool {
-    let Ok(wanted) = std::fs::canonicalize(image) else {
-        return false;
-    };
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        e.file_name().to_string_lossy().starts_with("loop")
-            && std::fs::read_to_string(e.path().join("loop/backing_file"))
-                .map(|f| Path::new(f.trim()) == wanted)
-                .unwrap_or(false)
-    })
+/// The loop device backed by `image`, if any (`/sys/block/loop*/loop/backing_file`).
+pub fn attached_loop(image: &Path) -> Option<PathBuf> {
+    let wanted = std::fs::canonicalize(image).ok()?;
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            (Path::new(backing.trim()) == wanted).then(|| PathBuf::from("/dev").join(name))
+        })
 }
 
 async fn run(mut cmd: tokio::process::Command) -> std::io::Result<()> {

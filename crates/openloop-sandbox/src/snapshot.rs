@@ -9,7 +9,7 @@
 //! kept as such, so a snapshot hides what its devbox had deleted from the image too.
 //!
 //! A running devbox is frozen (its cgroup's freezer) while its layer is copied, so the copy
-//! is one moment of its disk; a suspended devbox's disk is mounted read-only for the copy.
+//! is one moment of its disk; a suspended devbox's disk is mounted again for the copy.
 
 use crate::devbox::Devbox;
 use crate::{disk, SandboxError};
@@ -53,23 +53,21 @@ impl Drop for Thaw<'_> {
 }
 
 /// Snapshot a suspended devbox (no processes: its directory `devbox_dir` holds only its disk
-/// image): the image is mounted read-only for the copy, then unmounted again.
+/// image): the image is mounted (in the server's namespace only; nothing runs on it) for the
+/// copy, then unmounted again.
 pub async fn snapshot_suspended(
     devbox_dir: &Path,
     parent: Option<PathBuf>,
     dest: PathBuf,
 ) -> Result<u64, SandboxError> {
-    disk::mount_disk(devbox_dir, true)
+    disk::mount_disk(devbox_dir)
         .await
         .map_err(|e| SandboxError::Start(format!("mounting the suspended devbox's disk: {e}")))?;
     let dir = devbox_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let copied = capture(&dir.join("disk/upper"), parent.as_deref(), &dest);
         crate::devbox::unmount(&dir);
-        let released = disk::wait_released(&dir, Duration::from_secs(10));
-        let size = copied?;
-        released?;
-        Ok(size)
+        copied
     })
     .await
     .map_err(|e| SandboxError::Start(e.to_string()))?

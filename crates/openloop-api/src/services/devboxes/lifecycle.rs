@@ -29,7 +29,12 @@ impl Devboxes {
                 };
                 tokio::select! {
                     reason = live.devbox.exited() => {
-                        if this.is_live(&id) {
+                        // Still this sandbox's devbox (not suspended meanwhile, nor resumed
+                        // with a new sandbox under the same id).
+                        let current = lock(&this.live)
+                            .get(&id)
+                            .is_some_and(|l| Arc::ptr_eq(l, &live));
+                        if current {
                             let (code, message) = if live.devbox.oom_killed() {
                                 ("out_of_memory", "the devbox ran out of memory".to_string())
                             } else {

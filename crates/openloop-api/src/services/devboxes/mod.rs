@@ -431,10 +431,6 @@ impl Devboxes {
             .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
     }
 
-    fn is_live(&self, id: &str) -> bool {
-        lock(&self.live).contains_key(id)
-    }
-
     fn has_running_execution(&self, id: &str) -> bool {
         lock(&self.executions)
             .values()

@@ -4,7 +4,8 @@
 //! A snapshot is a devbox's writable layer copied once into `<data>/snapshots/<id>` (see
 //! `openloop_sandbox::snapshot`), never written again: every devbox started from it stacks
 //! it read-only under its own upper layer, so they share it copy-on-write. A snapshot belongs
-//! to the API key (or run) that took it; anyone else gets 404. A snapshot that devboxes
+//! to the API key that took it (a run cannot take one: nothing would own it once the run
+//! ends); anyone else gets 404. A snapshot that devboxes
 //! still use (any not shut down or failed, suspended ones included) cannot be deleted: 409
 //! until they are shut down (`snapshot_gate` makes the check and a new devbox's record
 //! exclusive, so none slips in between).
@@ -194,6 +195,11 @@ impl Devboxes {
         req: SnapshotRequest,
         wait: bool,
     ) -> ApiResult<DevboxSnapshotView> {
+        principal.require_key().map_err(|_| {
+            ApiError::Forbidden(
+                "disk snapshots belong to API keys; a run cannot take one (it would be lost with the run)".into(),
+            )
+        })?;
         req.check()?;
         let rec = self.authorized(devbox_id, principal).await?;
         if !matches!(rec.status.as_str(), "running" | "suspended") {
