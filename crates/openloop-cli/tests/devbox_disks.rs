@@ -320,3 +320,61 @@ async fn bad_input_gets_clear_errors() {
         "the refused requests recorded nothing: {v}"
     );
 }
+
+/// Sandboxes launched while a devbox runs (here a deployment's build, manifest import and
+/// warm process) copy the server's mounts, the devbox's disk among them, into their own
+/// mount namespaces; the kernel can keep such a copy alive after the devbox is suspended.
+/// Resuming (twice) and snapshotting the suspended devbox must still work, on one file
+/// system, with its files intact.
+#[tokio::test]
+async fn suspend_and_resume_while_other_sandboxes_hold_copies_of_its_mounts() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let id = server.create_devbox(json!({})).await;
+    let (code, _, _) = server.exec(&id, "echo one > f.txt").await;
+    assert_eq!(code, 0);
+    server.deploy_ok(&common::fixture("test_agent"));
+    let image = server
+        .data
+        .path()
+        .join("devboxes")
+        .join(&id)
+        .join("disk.img");
+    for (round, expect) in [(1, "one\n"), (2, "one\nround 1\n")] {
+        let (status, v) =
+            post_json(&server, &format!("/v1/devboxes/{id}/suspend"), json!({})).await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("suspended")),
+            "{v}"
+        );
+        let attached = std::fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+            .any(|b| b.trim() == image.to_str().unwrap());
+        eprintln!("round {round}: image still attached to a loop device after suspend: {attached}");
+        let (status, snap) = post_json(
+            &server,
+            &format!("/v1/devboxes/{id}/snapshot_disk"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "{snap}");
+        let (status, v) = post_json(&server, &format!("/v1/devboxes/{id}/resume"), json!({})).await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("running")),
+            "{v}"
+        );
+        let (code, out, _) = server
+            .exec(&id, &format!("cat f.txt; echo round {round} >> f.txt"))
+            .await;
+        assert_eq!((code, out.as_str()), (0, expect));
+        let child = server
+            .create_devbox(json!({"snapshot_id": snap["id"]}))
+            .await;
+        let (_, out, _) = server.exec(&child, "cat f.txt").await;
+        assert_eq!(out, expect, "the snapshot taken while suspended");
+        server.shutdown_devbox(&child).await;
+    }
+}
