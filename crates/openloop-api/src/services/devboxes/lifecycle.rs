@@ -120,6 +120,8 @@ impl Devboxes {
             }
         }
         self.release(id);
+        // Its lifecycle lock is no longer needed (a holder keeps its own handle).
+        lock(&self.ops).remove(id);
     }
 
     /// Shut a devbox down: kill everything in it, remove its layer and cgroups (a suspended
@@ -131,7 +133,6 @@ impl Devboxes {
         if matches!(self.store.get_devbox(id).await, Ok(r) if r.status == "suspended") {
             self.remove_devbox_dir(id).await;
         }
-        lock(&self.ops).remove(id);
         self.set_status(
             id,
             StatusChange {
