@@ -13,6 +13,9 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod snapshots;
+pub use snapshots::*;
+
 /// Declares a status enum (snake_case on the wire and in the store) with `as_str`, a checked
 /// parse and `Display`. Used for every status and kind the API stores as text.
 macro_rules! status_enum {
@@ -75,8 +78,9 @@ status_enum! {
 
 status_enum! {
     /// Runloop's devbox statuses. Openloop devboxes go `provisioning` → `initializing` →
-    /// `running` → `shutdown` (or `failure`); the suspend statuses are accepted in waits and
-    /// filters for Runloop's client but never reached.
+    /// `running` → `shutdown` (or `failure`); a running devbox can be suspended
+    /// (`suspending` → `suspended`: no processes, its disk kept) and resumed
+    /// (`resuming` → `running`).
     DevboxStatus {
         Provisioning => "provisioning",
         Initializing => "initializing",
@@ -341,9 +345,8 @@ pub struct DevboxView {
     /// Always null (Openloop has no blueprints).
     #[schema(value_type = Option<String>)]
     pub blueprint_id: Option<()>,
-    /// Always null (Openloop has no snapshots).
-    #[schema(value_type = Option<String>)]
-    pub snapshot_id: Option<()>,
+    /// The disk snapshot the devbox was started from, if any.
+    pub snapshot_id: Option<String>,
 }
 
 impl DevboxView {
@@ -376,7 +379,7 @@ impl DevboxView {
             network: field("network", Value::String("none".into())),
             capabilities: Vec::new(),
             blueprint_id: None,
-            snapshot_id: None,
+            snapshot_id: r.snapshot_id.clone(),
         })
     }
 }

@@ -4,6 +4,7 @@
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
 mod dashboard;
+mod disks;
 mod peers;
 mod postgres;
 mod stages;
@@ -37,6 +38,11 @@ struct Args {
     /// Skip the devbox figures.
     #[arg(long)]
     no_devboxes: bool,
+    /// Rounds of the devbox disk figures (suspend/resume, create from a snapshot).
+    #[arg(long, default_value_t = 5)]
+    disk_rounds: usize,
+    #[arg(long)]
+    no_disks: bool,
     /// Invocations recorded before the dashboard's pages are timed (0 skips them).
     #[arg(long, default_value_t = 100_000)]
     dashboard_invocations: usize,
@@ -556,6 +562,12 @@ async fn run(args: Args) -> Result<()> {
             percentile(&files, 0.5),
             "ms",
         );
+    }
+
+    if !args.no_disks {
+        for (name, value, unit) in disks::measure(&b, args.disk_rounds).await? {
+            put(&name, value, unit);
+        }
     }
 
     if args.dashboard_invocations > 0 {

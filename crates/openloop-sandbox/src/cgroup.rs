@@ -33,14 +33,25 @@ impl Cgroup {
         if Path::new(ROOT).join("cgroup.controllers").exists() {
             Self::create_v2(name, limits)
         } else {
-            Self::create_v1(name, limits)
+            Self::create_v1(name, limits, false)
         }
     }
 
-    fn create_v1(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+    /// Like [`Cgroup::create`], plus a cgroup that can be frozen (see [`Cgroup::freeze`]): on
+    /// cgroup v1 the `freezer` controller too (one more cgroup to join, so only devboxes,
+    /// which are snapshotted, ask for it); on v2 every cgroup can be frozen.
+    pub fn create_freezable(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        if Path::new(ROOT).join("cgroup.controllers").exists() {
+            Self::create_v2(name, limits)
+        } else {
+            Self::create_v1(name, limits, true)
+        }
+    }
+
+    fn create_v1(name: &str, limits: Limits, freezable: bool) -> std::io::Result<Cgroup> {
         let own = own_paths()?;
         let mut dirs = Vec::new();
-        let settings: [(&str, Vec<(&str, String)>); 3] = [
+        let mut settings: Vec<(&str, Vec<(&str, String)>)> = vec![
             (
                 "memory",
                 vec![
@@ -51,6 +62,9 @@ impl Cgroup {
             ("pids", vec![("pids.max", limits.pids.to_string())]),
             ("cpu", vec![("cpu.shares", limits.cpu_shares.to_string())]),
         ];
+        if freezable {
+            settings.push(("freezer", Vec::new()));
+        }
         for (controller, files) in settings {
             let base = Path::new(ROOT).join(controller);
             if !base.exists() {
@@ -221,9 +235,28 @@ impl Cgroup {
         killed.into_values().collect()
     }
 
+    /// The handle that freezes this cgroup, if it can be frozen (see [`Freezer`]).
+    pub fn freezer(&self) -> Option<Freezer> {
+        let dir = if self.v2 {
+            self.dirs.first()
+        } else {
+            self.dirs
+                .iter()
+                .find(|d| d.starts_with(Path::new(ROOT).join("freezer")))
+        }?;
+        Some(Freezer {
+            dir: dir.clone(),
+            v2: self.v2,
+        })
+    }
+
     /// Kill every process left in the cgroups and remove them, waiting (on their pidfds,
     /// not by polling the cgroup) for the killed processes to exit.
     pub fn destroy(&self) {
+        // A frozen process (cgroup v1) dies only once thawed.
+        if let Some(f) = self.freezer() {
+            let _ = f.thaw();
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let killed = self.kill_all();
@@ -278,6 +311,61 @@ fn wait_exited(fds: &[Pidfd], limit: std::time::Duration) {
         pending.retain(|p| p.revents == 0);
         for p in &mut pending {
             p.revents = 0;
+        }
+    }
+}
+
+/// Freezes and thaws one cgroup (v2 `cgroup.freeze`, v1 `freezer.state`).
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    /// Stop every process in the cgroup where it stands (none can run, fork or write until
+    /// [`Freezer::thaw`]); returns once the kernel reports the whole cgroup frozen, or an
+    /// error (thawed again) when it does not freeze within `within`.
+    ///
+    /// The kernel gives no notification for v1's `freezer.state` (and v2's `cgroup.events`
+    /// only to a poller), so this reads the state again with a short back-off.
+    pub fn freeze(&self, within: std::time::Duration) -> std::io::Result<()> {
+        let (file, value) = if self.v2 {
+            ("cgroup.freeze", "1")
+        } else {
+            ("freezer.state", "FROZEN")
+        };
+        std::fs::write(self.dir.join(file), value)?;
+        let deadline = std::time::Instant::now() + within;
+        let mut pause = std::time::Duration::from_micros(200);
+        loop {
+            let frozen = if self.v2 {
+                std::fs::read_to_string(self.dir.join("cgroup.events"))?
+                    .lines()
+                    .any(|l| l.trim() == "frozen 1")
+            } else {
+                std::fs::read_to_string(self.dir.join("freezer.state"))?.trim() == "FROZEN"
+            };
+            if frozen {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.thaw();
+                return Err(std::io::Error::other(
+                    "the devbox's processes did not freeze in time",
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Let the cgroup run again (nothing when it was not frozen).
+    pub fn thaw(&self) -> std::io::Result<()> {
+        if self.v2 {
+            std::fs::write(self.dir.join("cgroup.freeze"), "0")
+        } else {
+            std::fs::write(self.dir.join("freezer.state"), "THAWED")
         }
     }
 }
@@ -342,7 +430,7 @@ fn parents() -> (Vec<PathBuf>, bool) {
         } else {
             ctrls
                 .split(',')
-                .filter(|c| ["memory", "pids", "cpu"].contains(c))
+                .filter(|c| ["memory", "pids", "cpu", "freezer"].contains(c))
                 .map(|c| Path::new(ROOT).join(c))
                 .collect()
         };

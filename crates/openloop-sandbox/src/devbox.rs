@@ -42,16 +42,22 @@ pub struct DevboxSpec {
     pub network: bool,
     /// Where outbound traffic may go (the default egress rules when `None`).
     pub egress: Option<crate::egress::EgressPolicy>,
+    /// A disk snapshot's layer (see [`crate::snapshot`]), stacked read-only between the
+    /// devbox's own upper layer and the agent layer over the image; shared by every devbox
+    /// started from it.
+    pub lower: Option<PathBuf>,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
 #[derive(Debug)]
 pub struct Devbox {
     pub id: String,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    /// The snapshot layer under its own upper layer, if it was started from one.
+    pub(crate) lower: Option<PathBuf>,
     agent: AgentLink,
     env: std::sync::RwLock<BTreeMap<String, String>>,
-    cgroup: Cgroup,
+    pub(crate) cgroup: Cgroup,
     /// The `bwrap` process (a pidfd: it is reaped by its waiting task, after which its pid
     /// may belong to anyone). `None` if it could not be opened (the sandbox had died).
     process: Option<Pidfd>,
@@ -88,17 +94,63 @@ impl Devbox {
                 e,
             ));
         }
-        mount_overlay(&config.agent_layer, &config.image, &dir).map_err(|e| {
-            remove_dir(&dir);
+        Self::boot(config, spec, dir, false).await
+    }
+
+    /// Start a suspended devbox again (see [`Devbox::suspend`]): its kept disk image is
+    /// mounted again, with its files, and a fresh sandbox starts over it. On failure the disk
+    /// is kept (unmounted), so resuming can be tried again.
+    pub async fn resume(config: &SandboxConfig, spec: DevboxSpec) -> Result<Devbox, SandboxError> {
+        let dir = config.devbox_dir.join(&spec.id);
+        let start_err = |what: &str, e: std::io::Error| SandboxError::Start(format!("{what}: {e}"));
+        if !dir.join(disk::IMAGE).exists() {
+            return Err(SandboxError::Start(
+                "the suspended devbox's disk image is gone; shut it down and create a new devbox"
+                    .into(),
+            ));
+        }
+        for sub in ["disk", "root"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| start_err("creating the devbox directory", e))?;
+        }
+        disk::mount_disk(&dir)
+            .await
+            .map_err(|e| start_err("mounting the devbox's disk again", e))?;
+        Self::boot(config, spec, dir, true).await
+    }
+
+    /// Mount the overlay root, create the cgroups, start the sandbox and its network. On
+    /// failure everything is undone: the directory removed, or (`keep_disk`) only unmounted.
+    async fn boot(
+        config: &SandboxConfig,
+        spec: DevboxSpec,
+        dir: PathBuf,
+        keep_disk: bool,
+    ) -> Result<Devbox, SandboxError> {
+        let start_err = |what: &str, e: std::io::Error| SandboxError::Start(format!("{what}: {e}"));
+        let undo = |dir: &Path| {
+            if keep_disk {
+                unmount(dir);
+            } else {
+                remove_dir(dir);
+            }
+        };
+        let layers = Layers {
+            agent: &config.agent_layer,
+            snapshot: spec.lower.as_deref(),
+            image: &config.image,
+        };
+        mount_overlay(&layers, &dir).map_err(|e| {
+            undo(&dir);
             start_err(
                 "mounting the overlay root (is the server running as root?)",
                 e,
             )
         })?;
-        let cgroup = match Cgroup::create(&spec.id, spec.limits) {
+        let cgroup = match Cgroup::create_freezable(&spec.id, spec.limits) {
             Ok(c) => c,
             Err(e) => {
-                remove_dir(&dir);
+                undo(&dir);
                 return Err(start_err("creating the devbox cgroups", e));
             }
         };
@@ -106,7 +158,7 @@ impl Devbox {
             Ok(s) => s,
             Err(e) => {
                 cgroup.destroy();
-                remove_dir(&dir);
+                undo(&dir);
                 return Err(e);
             }
         };
@@ -119,7 +171,7 @@ impl Devbox {
                         p.kill();
                     }
                     cgroup.destroy();
-                    remove_dir(&dir);
+                    undo(&dir);
                     return Err(e);
                 }
             }
@@ -131,6 +183,7 @@ impl Devbox {
             id: spec.id,
             agent: AgentLink::new(control),
             dir,
+            lower: spec.lower,
             env: std::sync::RwLock::new(spec.env),
             cgroup,
             process,
@@ -231,6 +284,32 @@ impl Devbox {
 
     /// Kill everything in the devbox and remove its writable layer and cgroups.
     pub async fn shutdown(&self) {
+        self.halt().await;
+        let dir = self.dir.clone();
+        let id = self.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            cgroup::leftover(&id).destroy();
+            remove_dir(&dir);
+        })
+        .await;
+    }
+
+    /// Suspend the devbox: kill every process in it and remove its cgroups (its memory is
+    /// freed), but keep its disk image, unmounted, for [`Devbox::resume`].
+    pub async fn suspend(&self) -> Result<(), SandboxError> {
+        self.halt().await;
+        let dir = self.dir.clone();
+        let id = self.id.clone();
+        tokio::task::spawn_blocking(move || {
+            cgroup::leftover(&id).destroy();
+            unmount(&dir);
+        })
+        .await
+        .map_err(|e| SandboxError::Start(e.to_string()))
+    }
+
+    /// Kill the sandbox and its network, and wait until it has exited.
+    async fn halt(&self) {
         if let Some(p) = &self.process {
             p.kill();
         }
@@ -241,13 +320,6 @@ impl Devbox {
         }
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(|r| r.is_some()).await;
-        let dir = self.dir.clone();
-        let id = self.id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            cgroup::leftover(&id).destroy();
-            remove_dir(&dir);
-        })
-        .await;
     }
 }
 
@@ -543,10 +615,20 @@ pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()
     std::fs::rename(&tmp, &target)
 }
 
-/// Mount the devbox's root: its upper layer over the agent layer over the image. The layers
-/// are named by descriptors (`/proc/self/fd/N`), so the devbox's mount table, which shows
-/// these options, names no host path.
-fn mount_overlay(agent_layer: &Path, image: &Path, dir: &Path) -> std::io::Result<()> {
+/// The read-only layers under a devbox's own upper layer, top first.
+struct Layers<'a> {
+    agent: &'a Path,
+    snapshot: Option<&'a Path>,
+    image: &'a Path,
+}
+
+/// Mount the devbox's root: its upper layer over the agent layer over a snapshot's layer
+/// (if any) over the image. The agent layer is above the snapshot so that no snapshot can
+/// shadow the agent. The layers are named by descriptors (`/proc/self/fd/N`), so the
+/// devbox's mount table, which shows these options, names no host path. `redirect_dir` and
+/// `metacopy` are off so that an upper layer holds whole files and plain directories, and
+/// can itself become a snapshot's layer.
+fn mount_overlay(layers: &Layers<'_>, dir: &Path) -> std::io::Result<()> {
     let open = |p: &Path| -> std::io::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -554,19 +636,20 @@ fn mount_overlay(agent_layer: &Path, image: &Path, dir: &Path) -> std::io::Resul
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(p)
     };
-    let layers = [
-        open(agent_layer)?,
-        open(image)?,
-        open(&dir.join("disk/upper"))?,
-        open(&dir.join("disk/work"))?,
-    ];
-    let fd = |i: usize| format!("/proc/self/fd/{}", layers[i].as_raw_fd());
+    let mut lower = vec![open(layers.agent)?];
+    if let Some(snapshot) = layers.snapshot {
+        lower.push(open(snapshot)?);
+    }
+    lower.push(open(layers.image)?);
+    let upper = open(&dir.join("disk/upper"))?;
+    let work = open(&dir.join("disk/work"))?;
+    let fd = |f: &std::fs::File| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let lowerdir: Vec<String> = lower.iter().map(fd).collect();
     let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        fd(0),
-        fd(1),
-        fd(2),
-        fd(3)
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+        lowerdir.join(":"),
+        fd(&upper),
+        fd(&work)
     );
     let target = CString::new(dir.join("root").into_os_string().into_encoded_bytes())?;
     let opts = CString::new(opts)?;
@@ -583,6 +666,37 @@ fn mount_overlay(agent_layer: &Path, image: &Path, dir: &Path) -> std::io::Resul
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Unmount a devbox's root and then its disk, keeping the directory (and the disk image).
+/// A plain unmount is tried first (a few times: the sandbox's mount namespace may be
+/// released a moment after its processes), so the disk is really detached, not only hidden.
+pub fn unmount(dir: &Path) {
+    for mount_point in ["root", "disk"] {
+        let Ok(target) = CString::new(dir.join(mount_point).into_os_string().into_encoded_bytes())
+        else {
+            continue;
+        };
+        for attempt in 0..50 {
+            if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            // EINVAL: not a mount point (any more).
+            if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOENT)
+            {
+                break;
+            }
+            if attempt == 49 {
+                tracing::warn!(dir = %dir.display(), mount_point, error = %err, "devbox mount still busy; detaching it");
+                unsafe {
+                    libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 /// Unmount a devbox root (if mounted) and delete its directory.
@@ -607,6 +721,15 @@ pub fn remove_dir(dir: &Path) {
 /// Remove devboxes left by a previous server process: kill their processes, drop cgroups,
 /// unmount and delete their directories. Returns the ids found.
 pub fn clean_leftovers(devbox_dir: &Path) -> Vec<String> {
+    clean_leftovers_except(devbox_dir, &std::collections::HashSet::new())
+}
+
+/// Like [`clean_leftovers`], but the directories of `keep` (suspended devboxes) are only
+/// unmounted: their disk images stay for a later resume. Returns the ids removed.
+pub fn clean_leftovers_except(
+    devbox_dir: &Path,
+    keep: &std::collections::HashSet<String>,
+) -> Vec<String> {
     let mut ids = Vec::new();
     let Ok(entries) = std::fs::read_dir(devbox_dir) else {
         return ids;
@@ -614,6 +737,10 @@ pub fn clean_leftovers(devbox_dir: &Path) -> Vec<String> {
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().to_string();
         cgroup::leftover(&id).destroy();
+        if keep.contains(&id) {
+            unmount(&e.path());
+            continue;
+        }
         remove_dir(&e.path());
         ids.push(id);
     }

@@ -2,7 +2,8 @@
 //!
 //! - [`image`]: the frozen base root filesystem (Debian minbase from `debootstrap`), built once and cached.
 //! - [`cgroup`]: memory and pids limits, cgroup v1 or v2.
-//! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time.
+//! - [`disk`]: each devbox's own size-limited disk, and a pool of disks formatted ahead of time;
+//!   a suspended devbox keeps only its disk image, mounted again on resume.
 //! - [`devbox`]: one sandbox: an overlay root over the base image, a `bwrap` process with every
 //!   namespace unshared and all capabilities dropped, and the in-box agent as its first process.
 //! - [`dns`]: the DNS filter that lets a policy's allowed hostnames through, and no others.
@@ -15,6 +16,8 @@
 //!   keyring, bpf, io_uring, kernel modules, ...), as bytes for `bwrap --seccomp` or installed
 //!   in a forked child.
 //! - [`pidfd`]: process handles that never signal a reaped pid's next owner.
+//! - [`snapshot`]: disk snapshots: a devbox's writable layer copied (frozen) into a
+//!   read-only layer that devboxes started from it share under their own upper layers.
 //! - [`agent`]: the client side of the agent protocol (exec, files); each connection is
 //!   handed to the agent over its control socket, never found by path.
 //!
@@ -31,6 +34,7 @@ pub mod jail;
 pub mod pidfd;
 pub mod python;
 pub mod seccomp;
+pub mod snapshot;
 
 pub use agent::{ExecOutput, OutputChunk};
 pub use devbox::{Devbox, DevboxSpec, SandboxConfig};

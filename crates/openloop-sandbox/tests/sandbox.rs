@@ -45,6 +45,7 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         disk_bytes,
         network,
         egress: None,
+        lower: None,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 pub struct DevboxRecord {
     pub id: String,
     pub name: Option<String>,
-    /// `provisioning`, `initializing`, `running`, `shutdown` or `failure`.
+    /// `provisioning`, `initializing`, `running`, `suspending`, `suspended`, `resuming`,
+    /// `shutdown` or `failure`.
     pub status: String,
     /// The invocation that created it, if any; it is shut down when that run ends.
     pub invocation_id: Option<String>,
@@ -23,9 +24,11 @@ pub struct DevboxRecord {
     pub spec: String,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
+    /// The disk snapshot it was started from, if any.
+    pub snapshot_id: Option<String>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms, snapshot_id FROM devboxes";
 
 /// One entry of a devbox's status history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -47,7 +50,7 @@ pub struct StatusChange<'a> {
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms, snapshot_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -56,6 +59,7 @@ impl Store {
         .bind(&d.key_id)
         .bind(&d.spec)
         .bind(d.created_at_ms)
+        .bind(&d.snapshot_id)
         .execute(&self.pool)
         .await?;
         self.add_transition(&d.id, &d.status, d.created_at_ms, None)
@@ -161,14 +165,37 @@ impl Store {
     }
 
     /// Devboxes that were live when the server stopped: after a restart they are gone.
+    /// Suspended devboxes have no process to lose: they stay suspended.
     pub async fn shut_down_live_devboxes(&self, reason: &str) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure')",
+            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure', 'suspended')",
         )
         .bind(reason)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Devboxes that are suspended or were between running and suspended (`suspending`,
+    /// `resuming`) when the server stopped, oldest first.
+    pub async fn suspended_devboxes(&self) -> Result<Vec<DevboxRecord>> {
+        Ok(sqlx::query_as::<_, DevboxRecord>(&format!(
+            "{SELECT} WHERE status IN ('suspending', 'suspended', 'resuming') ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many devboxes that may still run (anything but `shutdown` and `failure`) were
+    /// started from the snapshot `snapshot_id`.
+    pub async fn devboxes_using_snapshot(&self, snapshot_id: &str) -> Result<i64> {
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM devboxes WHERE snapshot_id = $1 AND status NOT IN ('shutdown', 'failure')",
+        )
+        .bind(snapshot_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
     }
 }

@@ -8,6 +8,7 @@
 //! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
+//! - [`snapshots`]: devbox disk snapshot records (their files are in the data directory).
 //! - [`repositories`]: connected git repositories (push-to-deploy) and their deliveries.
 //!
 //! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
@@ -22,6 +23,7 @@ pub mod network_policies;
 pub mod repositories;
 pub mod secrets;
 pub mod sessions;
+pub mod snapshots;
 
 pub use db::Store;
 

@@ -1,12 +1,17 @@
 //! `/v1/devboxes`: Runloop's devbox API.
 //!
-//! Executions are in [`executions`], files in [`files`].
+//! Executions are in [`executions`], files in [`files`], suspend and resume in [`suspend`],
+//! disk snapshots in [`snapshots`].
 
 mod executions;
 mod files;
+mod snapshots;
+mod suspend;
 
 pub use executions::*;
 pub use files::*;
+pub use snapshots::*;
+pub use suspend::*;
 
 use super::page_limit;
 use crate::auth::Principal;

@@ -1,5 +1,5 @@
-//! A devbox's life after it starts: activity and the idle timer, waiting for a status,
-//! shutdown (one, a run's, all), and recovery after a restart.
+//! A devbox's life after it starts: activity and the idle timer (shut down or suspend once
+//! idle), waiting for a status, shutdown (one, a run's, all), and recovery after a restart.
 
 use super::*;
 
@@ -29,7 +29,12 @@ impl Devboxes {
                 };
                 tokio::select! {
                     reason = live.devbox.exited() => {
-                        if this.is_live(&id) {
+                        // Still this sandbox's devbox (not suspended meanwhile, nor resumed
+                        // with a new sandbox under the same id).
+                        let current = lock(&this.live)
+                            .get(&id)
+                            .is_some_and(|l| Arc::ptr_eq(l, &live));
+                        if current {
                             let (code, message) = if live.devbox.oom_killed() {
                                 ("out_of_memory", "the devbox ran out of memory".to_string())
                             } else {
@@ -49,7 +54,14 @@ impl Devboxes {
                             this.touch(&live);
                             continue;
                         }
-                        let _ = this.shutdown(&id, "keep_alive_timeout", "idle past its keep-alive time").await;
+                        match live.on_idle {
+                            OnIdle::Suspend => {
+                                let _ = this.suspend_now(&id, "suspended after being idle past its idle time").await;
+                            }
+                            OnIdle::Shutdown => {
+                                let _ = this.shutdown(&id, live.idle_reason, "idle past its keep-alive time").await;
+                            }
+                        }
                         return;
                     }
                 }
@@ -108,11 +120,19 @@ impl Devboxes {
             }
         }
         self.release(id);
+        // Its lifecycle lock is no longer needed (a holder keeps its own handle).
+        lock(&self.ops).remove(id);
     }
 
-    /// Shut a devbox down: kill everything in it, remove its layer and cgroups.
+    /// Shut a devbox down: kill everything in it, remove its layer and cgroups (a suspended
+    /// devbox: its kept disk).
     pub async fn shutdown(&self, id: &str, reason: &str, message: &str) -> ApiResult<()> {
+        let op = self.op_lock(id);
+        let _one = op.lock().await;
         self.stop(id).await;
+        if matches!(self.store.get_devbox(id).await, Ok(r) if r.status == "suspended") {
+            self.remove_devbox_dir(id).await;
+        }
         self.set_status(
             id,
             StatusChange {
@@ -140,13 +160,16 @@ impl Devboxes {
         Ok(())
     }
 
-    /// After a restart: no sandbox survives, so clean their remains and records.
+    /// After a restart: no sandbox survives, so clean their remains and records; suspended
+    /// devboxes keep their disks and stay suspended. Unfinished snapshots are failed.
     pub async fn recover(&self) -> ApiResult<()> {
+        let keep = self.keep_suspended().await?;
         let dir = self.config.devbox_dir();
-        let ids =
-            tokio::task::spawn_blocking(move || openloop_sandbox::devbox::clean_leftovers(&dir))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let ids = tokio::task::spawn_blocking(move || {
+            openloop_sandbox::devbox::clean_leftovers_except(&dir, &keep)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
         if !ids.is_empty() {
             tracing::info!(
                 count = ids.len(),
@@ -154,8 +177,11 @@ impl Devboxes {
             );
         }
         self.store
-            .shut_down_live_devboxes("the server restarted; devboxes do not survive a restart")
+            .shut_down_live_devboxes(
+                "the server restarted; running devboxes do not survive a restart (suspended ones do)",
+            )
             .await?;
+        self.recover_snapshots().await?;
         let outputs = self.config.exec_output_dir();
         if let Err(e) = tokio::fs::remove_dir_all(&outputs).await {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -6,7 +6,10 @@
 //!   it gets;
 //! - `pool`: sandboxes of the default shape started ahead of time;
 //! - `quota`: live devboxes per run and per API key;
-//! - `lifecycle`: the idle timer, waiting for a status, shutdown and recovery.
+//! - `lifecycle`: the idle timer, waiting for a status, shutdown and recovery;
+//! - `suspend`: suspending a devbox (its processes end, its disk stays) and resuming it,
+//!   also after a restart;
+//! - `snapshots`: disk snapshots of devboxes, and devboxes started from them.
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
@@ -15,9 +18,12 @@ mod lifecycle;
 mod pool;
 mod quota;
 mod shape;
+mod snapshots;
+mod suspend;
 
 use shape::Resources;
-pub use shape::{CreateDevbox, LaunchParameters};
+pub use shape::{AfterIdle, CreateDevbox, LaunchParameters, Lifecycle, OnIdle};
+pub use snapshots::{SnapshotListQuery, SnapshotRequest};
 
 use quota::Owner;
 
@@ -56,6 +62,11 @@ struct Live {
     idle_deadline_ms: AtomicI64,
     keep_alive_ms: i64,
     rearm: tokio::sync::Notify,
+    /// What happens once idle past the deadline.
+    on_idle: OnIdle,
+    /// The shutdown reason of an idle shutdown (`keep_alive_timeout`, or `idle` under
+    /// `after_idle`).
+    idle_reason: &'static str,
     /// Where its executions' output goes, within the devbox's byte cap.
     output: OutputStore,
 }
@@ -77,11 +88,20 @@ pub struct Devboxes {
     warm_refill: Arc<tokio::sync::Notify>,
     /// `(devbox id, command id)` → execution id, so `execute` is idempotent.
     by_command_id: Mutex<HashMap<(String, String), String>>,
-    /// Devboxes being created or live → who they count against (devboxes never outlive
-    /// the server process, so this is the whole truth).
+    /// Devboxes being created or live → who they count against (live devboxes never
+    /// outlive the server process, so this is the whole truth; a key's suspended devbox
+    /// counts again once resumed, a run's keeps counting).
     owners: Mutex<HashMap<String, Owner>>,
     secrets: Arc<Secrets>,
     network_policies: Arc<NetworkPolicies>,
+    /// One lifecycle operation at a time per devbox (suspend, resume, snapshot, shutdown).
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held for reading while a devbox that starts from a snapshot is recorded, for writing
+    /// while a snapshot is deleted: a snapshot in use is never deleted.
+    snapshot_gate: tokio::sync::RwLock<()>,
+    /// The execution output of suspended devboxes (their killed executions stay readable),
+    /// taken back when they resume.
+    parked_output: Mutex<HashMap<String, OutputStore>>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -121,6 +141,9 @@ impl Devboxes {
             owners: Mutex::new(HashMap::new()),
             secrets,
             network_policies,
+            ops: Mutex::new(HashMap::new()),
+            snapshot_gate: tokio::sync::RwLock::new(()),
+            parked_output: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,18 +202,7 @@ impl Devboxes {
     ) -> ApiResult<DevboxView> {
         let mut res = self.resources(&req)?;
         let params = req.launch_parameters.clone().unwrap_or_default();
-        // A network policy means outbound network under its rules.
-        if let Some(policy) = params
-            .other
-            .get("network_policy_id")
-            .filter(|v| !v.is_null())
-        {
-            let id = policy.as_str().ok_or_else(|| {
-                ApiError::BadRequest("launch_parameters.network_policy_id must be a string".into())
-            })?;
-            res.egress = Some(self.network_policies.resolve(id).await?);
-            res.network = true;
-        }
+        self.apply_network_policy(&params, &mut res).await?;
         let mut env = req.environment_variables.clone().unwrap_or_default();
         // Opened here, only to be set in the sandbox; output of its commands is redacted.
         let given = self
@@ -206,8 +218,20 @@ impl Devboxes {
                 )));
             }
         }
+        // A snapshot cannot be deleted between this check and the record naming it.
+        let gate = match &req.snapshot_id {
+            Some(_) => Some(self.snapshot_gate.read().await),
+            None => None,
+        };
+        let lower = match &req.snapshot_id {
+            Some(s) => Some(self.usable_snapshot(s, principal).await?),
+            None => None,
+        };
         // A sandbox started ahead of time serves any devbox of the default shape.
-        let warm = self.take_warm(&res);
+        let warm = match lower {
+            Some(_) => None,
+            None => self.take_warm(&res),
+        };
         let id = match &warm {
             Some(d) => d.id.clone(),
             None => openloop_store::new_id("dbx"),
@@ -227,6 +251,10 @@ impl Devboxes {
             "entrypoint": req.entrypoint,
             "metadata": req.metadata.clone().unwrap_or_default(),
             "network": if res.network { "outbound" } else { "none" },
+            // What a resume needs to start it again: its variables (sealed) and the names of
+            // the secrets it was given (never their values).
+            "environment": self.seal_env(&id, &req.environment_variables.clone().unwrap_or_default())?,
+            "secrets": req.secrets.clone().unwrap_or_default(),
         });
         let record = DevboxRecord {
             id: id.clone(),
@@ -240,8 +268,10 @@ impl Devboxes {
             spec: spec_json.to_string(),
             created_at_ms: now_ms(),
             ended_at_ms: None,
+            snapshot_id: req.snapshot_id.clone(),
         };
         self.store.insert_devbox(&record).await?;
+        drop(gate);
         let devbox = match warm {
             Some(d) => {
                 d.set_env(env);
@@ -255,6 +285,7 @@ impl Devboxes {
                     disk_bytes: res.disk_bytes,
                     network: res.network,
                     egress: res.egress.clone(),
+                    lower,
                 };
                 match self.start_sandbox(spec).await {
                     Ok(d) => d,
@@ -266,13 +297,66 @@ impl Devboxes {
             }
         };
         let idle = record.invocation_id.is_none() && !res.keep_alive.is_zero();
-        let output = OutputStore {
-            dir: self.output_dir(&id),
-            budget: Arc::new(OutputBudget::new(self.config.devbox_exec_output_bytes)),
-            redactor: redactor.clone(),
+        // From here on, stopping the devbox gives its place back.
+        reservation.keep();
+        self.bring_up(BringUp {
+            id: &id,
+            devbox,
+            keep_alive: if idle { res.keep_alive } else { Duration::ZERO },
+            on_idle: res.on_idle,
+            idle_reason: if res.after_idle {
+                "idle"
+            } else {
+                "keep_alive_timeout"
+            },
+            redactor,
+            output: None,
+            resumed: false,
+            file_mounts: req.file_mounts.as_ref(),
+            launch_commands: params.launch_commands.as_deref().unwrap_or_default(),
+            entrypoint: req.entrypoint.as_deref(),
+        })
+        .await
+    }
+
+    /// Apply `launch_parameters.network_policy_id`: outbound network under its rules.
+    async fn apply_network_policy(
+        &self,
+        params: &LaunchParameters,
+        res: &mut Resources,
+    ) -> ApiResult<()> {
+        if let Some(policy) = params
+            .other
+            .get("network_policy_id")
+            .filter(|v| !v.is_null())
+        {
+            let id = policy.as_str().ok_or_else(|| {
+                ApiError::BadRequest("launch_parameters.network_policy_id must be a string".into())
+            })?;
+            res.egress = Some(self.network_policies.resolve(id).await?);
+            res.network = true;
+        }
+        Ok(())
+    }
+
+    /// Make a started sandbox devbox `b.id`'s (its place in its owner's quota already
+    /// taken): follow it, write its file mounts, run its launch commands, start its
+    /// entrypoint, and mark it `running` (or `failure`). Used by create and resume.
+    async fn bring_up(self: &Arc<Self>, b: BringUp<'_>) -> ApiResult<DevboxView> {
+        let id = b.id.to_string();
+        let devbox = b.devbox;
+        let redactor = b.redactor;
+        let output = match b.output {
+            Some(o) => o,
+            None => OutputStore {
+                dir: self.output_dir(&id),
+                budget: Arc::new(OutputBudget::new(self.config.devbox_exec_output_bytes)),
+                redactor: redactor.clone(),
+            },
         };
         if let Err(e) = create_private_dir(&output.dir).await {
             devbox.shutdown().await;
+            self.release(&id);
             let message = format!("cannot prepare the devbox's output directory: {e}");
             self.fail(&id, "execution_failed", &message).await?;
             return Err(ApiError::Internal(message));
@@ -280,21 +364,20 @@ impl Devboxes {
         let live = Arc::new(Live {
             devbox: devbox.clone(),
             idle_deadline_ms: AtomicI64::new(0),
-            keep_alive_ms: if idle {
-                res.keep_alive.as_millis() as i64
-            } else {
-                0
-            },
+            keep_alive_ms: b.keep_alive.as_millis() as i64,
             rearm: tokio::sync::Notify::new(),
+            on_idle: b.on_idle,
+            idle_reason: b.idle_reason,
             output,
         });
         self.touch(&live);
         lock(&self.live).insert(id.clone(), live.clone());
-        // From here on, stopping the devbox gives its place back.
-        reservation.keep();
         self.watch(id.clone(), live.clone());
-        self.set_status(&id, status("initializing")).await?;
-        for (path, contents) in req.file_mounts.iter().flatten() {
+        if !b.resumed {
+            // A resumed devbox goes straight from `resuming` to `running`.
+            self.set_status(&id, status("initializing")).await?;
+        }
+        for (path, contents) in b.file_mounts.into_iter().flatten() {
             if let Err(e) = devbox.write_file(path, contents.as_bytes()).await {
                 self.fail(&id, "execution_failed", &format!("file mount {path}: {e}"))
                     .await?;
@@ -302,7 +385,7 @@ impl Devboxes {
                 return self.view(&id).await;
             }
         }
-        for cmd in params.launch_commands.iter().flatten() {
+        for cmd in b.launch_commands {
             let out = devbox
                 .exec(cmd, BTreeMap::new(), None, 64 * 1024, None)
                 .await;
@@ -322,7 +405,7 @@ impl Devboxes {
                 return self.view(&id).await;
             }
         }
-        if let Some(entry) = req.entrypoint.as_deref().filter(|e| !e.trim().is_empty()) {
+        if let Some(entry) = b.entrypoint.filter(|e| !e.trim().is_empty()) {
             // The entrypoint runs in the background for the devbox's life, its output in a log file.
             let cmd = format!(
                 "nohup bash -c {} >/home/user/.entrypoint.log 2>&1 &",
@@ -346,10 +429,6 @@ impl Devboxes {
             .await
             .map(Arc::new)
             .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
-    }
-
-    fn is_live(&self, id: &str) -> bool {
-        lock(&self.live).contains_key(id)
     }
 
     fn has_running_execution(&self, id: &str) -> bool {
@@ -419,6 +498,9 @@ impl Devboxes {
                 self.touch(&l);
                 Ok(l)
             }
+            _ if rec.status == "suspended" => Err(ApiError::Conflict(format!(
+                "devbox {id} is suspended: resume it first (POST /v1/devboxes/{id}/resume), then try again"
+            ))),
             _ => Err(ApiError::Conflict(format!(
                 "devbox {id} is not running (status {}){}",
                 rec.status,
@@ -506,6 +588,24 @@ impl Devboxes {
                 ))
             })
     }
+}
+
+/// What [`Devboxes::bring_up`] makes of a started sandbox.
+struct BringUp<'a> {
+    id: &'a str,
+    devbox: Arc<Devbox>,
+    /// Idle time before `on_idle` (zero: never).
+    keep_alive: Duration,
+    on_idle: OnIdle,
+    idle_reason: &'static str,
+    redactor: Arc<crate::services::secrets::Redactor>,
+    /// The execution output store to keep (a resumed devbox's), else a new one.
+    output: Option<OutputStore>,
+    /// Whether the devbox is being resumed (not created).
+    resumed: bool,
+    file_mounts: Option<&'a BTreeMap<String, String>>,
+    launch_commands: &'a [String],
+    entrypoint: Option<&'a str>,
 }
 
 /// A directory only root can enter (its parent too), for output the sandboxes must not see.

@@ -30,6 +30,7 @@ impl Devboxes {
                         disk_bytes: res.disk_bytes,
                         network: false,
                         egress: None,
+                        lower: None,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {

@@ -1,4 +1,6 @@
-//! Devbox quotas: how many live devboxes one run and one API key may hold.
+//! Devbox quotas: how many live devboxes one run and one API key may hold. A suspended
+//! devbox of a key holds no memory and no process, only its disk: it does not count until it
+//! is resumed. (A run's suspended devbox still counts: it ends with its run anyway.)
 
 use super::*;
 
@@ -39,7 +41,12 @@ impl Drop for Reservation<'_> {
 impl Devboxes {
     /// Count a new devbox against its creator's quota, or refuse it with the quota's name.
     pub(super) fn reserve(&self, id: &str, principal: &Principal) -> ApiResult<Reservation<'_>> {
-        let owner = Owner::of(principal);
+        self.reserve_for(id, Owner::of(principal))
+    }
+
+    /// Count devbox `id` against `owner`'s quota (a devbox being resumed: a suspended devbox
+    /// holds only its disk, so it gave its place back when it was suspended).
+    pub(super) fn reserve_for(&self, id: &str, owner: Owner) -> ApiResult<Reservation<'_>> {
         let (limit, message) = match &owner {
             Owner::Run(_) => (
                 self.config.devbox_max_per_run,

@@ -27,7 +27,45 @@ pub struct LaunchParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
     pub keep_alive_time_seconds: Option<Number>,
+    /// What to do once idle this long (replaces `keep_alive_time_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_idle: Option<AfterIdle>,
+    /// Runloop's lifecycle configuration; its `after_idle` is applied (it must equal the
+    /// top-level `after_idle` when both are given), the rest is echoed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
     /// Other Runloop launch parameters are accepted and echoed back.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// Runloop's `AfterIdle`: after `idle_time_seconds` without activity, `on_idle` happens.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct AfterIdle {
+    /// Seconds, fractions allowed (at most 172800 is used).
+    #[schema(value_type = f64, minimum = 0, maximum = 1e9)]
+    pub idle_time_seconds: Number,
+    pub on_idle: OnIdle,
+}
+
+/// What an idle devbox does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdle {
+    /// Shut down (and lose its disk).
+    #[default]
+    Shutdown,
+    /// Suspend: its processes end, its disk is kept until it is resumed.
+    Suspend,
+}
+
+/// Runloop's `LifecycleConfiguration`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_idle: Option<AfterIdle>,
+    /// Other fields are accepted and echoed back.
     #[serde(flatten)]
     #[schema(ignore)]
     pub other: BTreeMap<String, Value>,
@@ -56,6 +94,10 @@ pub struct CreateDevbox {
     #[serde(default)]
     #[schema(pattern = "^(none|outbound)$")]
     pub network: Option<String>,
+    /// A disk snapshot (`POST /v1/devboxes/{id}/snapshot_disk`) of this caller's to start
+    /// from: its files lie under the devbox's own, shared read-only with other devboxes.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
 }
 
 /// Size, limits and network a devbox gets.
@@ -66,6 +108,10 @@ pub(super) struct Resources {
     /// Where outbound traffic may go (`launch_parameters.network_policy_id`).
     pub(super) egress: Option<EgressPolicy>,
     pub(super) keep_alive: Duration,
+    /// What happens once idle past `keep_alive`.
+    pub(super) on_idle: OnIdle,
+    /// Whether `keep_alive` came from `after_idle` (its shutdown reason is then `idle`).
+    pub(super) after_idle: bool,
 }
 
 impl Devboxes {
@@ -122,10 +168,31 @@ impl Devboxes {
                 )))
             }
         };
-        let keep_alive = numbers::seconds(
-            "launch_parameters.keep_alive_time_seconds",
-            params.keep_alive_time_seconds.as_ref(),
-        )?
+        let nested = params
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.after_idle.as_ref());
+        let after_idle = match (params.after_idle.as_ref(), nested) {
+            (Some(a), Some(b))
+                if a.on_idle != b.on_idle || a.idle_time_seconds != b.idle_time_seconds =>
+            {
+                return Err(ApiError::BadRequest(
+                    "launch_parameters.after_idle and launch_parameters.lifecycle.after_idle differ; give one, or the same value in both".into(),
+                ))
+            }
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        };
+        let keep_alive = match after_idle {
+            Some(a) => numbers::seconds(
+                "launch_parameters.after_idle.idle_time_seconds",
+                Some(&a.idle_time_seconds),
+            )?,
+            None => numbers::seconds(
+                "launch_parameters.keep_alive_time_seconds",
+                params.keep_alive_time_seconds.as_ref(),
+            )?,
+        }
         .unwrap_or(Duration::from_secs(self.config.devbox_idle_seconds))
         .min(Duration::from_secs(172_800));
         Ok(Resources {
@@ -138,6 +205,8 @@ impl Devboxes {
             network,
             egress: None,
             keep_alive,
+            on_idle: after_idle.map(|a| a.on_idle).unwrap_or_default(),
+            after_idle: after_idle.is_some(),
         })
     }
 }
