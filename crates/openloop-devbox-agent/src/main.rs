@@ -8,6 +8,7 @@
 
 mod exec;
 mod files;
+mod tunnel;
 
 use openloop_agent_proto::{fdpass, kind, read_frame, write_frame, AgentError, Request};
 use std::io::{self, Write};
@@ -57,7 +58,13 @@ fn serve(mut stream: UnixStream) {
         _ => return,
     };
     let result = match request {
-        Ok(Request::Exec { command, env, cwd }) => exec::run(&mut stream, &command, env, cwd),
+        Ok(Request::Exec {
+            command,
+            env,
+            cwd,
+            stdin,
+        }) => exec::run(&mut stream, &command, env, cwd, stdin),
+        Ok(Request::Connect { port }) => tunnel::connect(&mut stream, port),
         Ok(Request::ReadFile { path }) => files::read(&mut stream, &path),
         Ok(Request::WriteFile { path, create_dirs }) => {
             files::write(&mut stream, &path, create_dirs)

@@ -32,8 +32,8 @@ pub mod pidfd;
 pub mod python;
 pub mod seccomp;
 
-pub use agent::{ExecOutput, OutputChunk};
-pub use devbox::{Devbox, DevboxSpec, SandboxConfig};
+pub use agent::{ExecOutput, OutputChunk, StdinInput, StdinMessage};
+pub use devbox::{Devbox, DevboxSpec, SandboxConfig, Usage};
 
 /// Everything that can go wrong with a devbox.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ mod network_policies;
 pub mod openapi;
 mod repositories;
 mod secrets;
+pub mod tunnel_proxy;
 
 use crate::auth::require_auth;
 use crate::error::{ApiError, ErrorBody};
@@ -85,6 +86,10 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devboxes::download_file))
         .routes(routes!(devboxes::keep_alive))
         .routes(routes!(devboxes::shutdown))
+        .routes(routes!(devboxes::enable_tunnel))
+        .routes(routes!(devboxes::remove_tunnel))
+        .routes(routes!(devboxes::usage))
+        .routes(routes!(devboxes::send_std_in))
         .routes(routes!(metrics::stages))
         .routes(routes!(metrics::reset_stages))
         .routes(routes!(keys::create, keys::list))

@@ -1,12 +1,15 @@
 //! `/v1/devboxes`: Runloop's devbox API.
 //!
-//! Executions are in [`executions`], files in [`files`].
+//! Executions are in [`executions`], files in [`files`], tunnels, usage and standard input
+//! in [`tunnels`].
 
 mod executions;
 mod files;
+mod tunnels;
 
 pub use executions::*;
 pub use files::*;
+pub use tunnels::*;
 
 use super::page_limit;
 use crate::auth::Principal;

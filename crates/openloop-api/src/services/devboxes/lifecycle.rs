@@ -81,6 +81,8 @@ impl Devboxes {
     }
 
     pub(super) async fn stop(&self, id: &str) {
+        // Its tunnel's URL answers 404 from now on.
+        self.tunnels.remove(id);
         let live = lock(&self.live).remove(id);
         if let Some(l) = live {
             l.devbox.shutdown().await;

@@ -6,7 +6,10 @@
 //!   it gets;
 //! - `pool`: sandboxes of the default shape started ahead of time;
 //! - `quota`: live devboxes per run and per API key;
-//! - `lifecycle`: the idle timer, waiting for a status, shutdown and recovery.
+//! - `lifecycle`: the idle timer, waiting for a status, shutdown and recovery;
+//! - [`stdin`]: the standard input of executions started with `attach_stdin`;
+//! - [`tunnels`]: HTTP to a port inside a devbox, by host name (`routes::tunnel_proxy`);
+//! - `usage`: CPU, memory and disk a devbox used (Runloop's resource usage).
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
@@ -15,6 +18,9 @@ mod lifecycle;
 mod pool;
 mod quota;
 mod shape;
+pub mod stdin;
+pub mod tunnels;
+mod usage;
 
 use shape::Resources;
 pub use shape::{CreateDevbox, LaunchParameters};
@@ -82,6 +88,8 @@ pub struct Devboxes {
     owners: Mutex<HashMap<String, Owner>>,
     secrets: Arc<Secrets>,
     network_policies: Arc<NetworkPolicies>,
+    /// Live tunnels (they go with their devbox).
+    tunnels: tunnels::TunnelTable,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -121,6 +129,7 @@ impl Devboxes {
             owners: Mutex::new(HashMap::new()),
             secrets,
             network_policies,
+            tunnels: tunnels::TunnelTable::default(),
         }
     }
 
@@ -178,6 +187,9 @@ impl Devboxes {
         principal: &Principal,
     ) -> ApiResult<DevboxView> {
         let mut res = self.resources(&req)?;
+        if let Some(tunnel) = &req.tunnel {
+            tunnel.check()?;
+        }
         let params = req.launch_parameters.clone().unwrap_or_default();
         // A network policy means outbound network under its rules.
         if let Some(policy) = params
@@ -331,6 +343,9 @@ impl Devboxes {
             devbox.exec(&cmd, BTreeMap::new(), None, 1024, None).await?;
         }
         self.set_status(&id, status("running")).await?;
+        if let Some(tunnel) = req.tunnel.clone() {
+            self.enable_tunnel(&id, principal, tunnel).await?;
+        }
         self.view(&id).await
     }
 
@@ -439,7 +454,9 @@ impl Devboxes {
 
     /// The `DevboxView` of a record, with its status history.
     pub async fn view_of(&self, rec: &DevboxRecord) -> ApiResult<DevboxView> {
-        DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)
+        let mut view = DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)?;
+        view.tunnel = self.tunnel_view(&rec.id);
+        Ok(view)
     }
 
     /// Start a command; returns its execution (already registered).
@@ -451,6 +468,23 @@ impl Devboxes {
         env: BTreeMap<String, String>,
         cwd: Option<String>,
         command_id: Option<String>,
+    ) -> ApiResult<Arc<Execution>> {
+        self.execute_with_stdin(id, principal, command, env, cwd, command_id, false)
+            .await
+    }
+
+    /// [`execute`](Self::execute); with `attach_stdin` the command reads a pipe fed by
+    /// `send_std_in` (see [`stdin`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn execute_with_stdin(
+        &self,
+        id: &str,
+        principal: &Principal,
+        command: String,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        command_id: Option<String>,
+        attach_stdin: bool,
     ) -> ApiResult<Arc<Execution>> {
         if let Some(cid) = &command_id {
             let known = lock(&self.by_command_id)
@@ -470,6 +504,7 @@ impl Devboxes {
             env,
             cwd,
             live.output.clone(),
+            attach_stdin,
         );
         lock(&self.executions).insert(exec.id.clone(), exec.clone());
         if let Some(cid) = command_id {

@@ -56,6 +56,9 @@ pub struct CreateDevbox {
     #[serde(default)]
     #[schema(pattern = "^(none|outbound)$")]
     pub network: Option<String>,
+    /// A tunnel to enable once the devbox runs (see `enable_tunnel`).
+    #[serde(default)]
+    pub tunnel: Option<super::tunnels::TunnelConfig>,
 }
 
 /// Size, limits and network a devbox gets.
