@@ -11,7 +11,8 @@
 //! 502) and the request is sent over that connection with hyper's client: `Host` becomes
 //! `localhost:{port}` (the original is in `X-Forwarded-Host`), the tunnel token is not passed
 //! on, hop-by-hop headers are dropped, bodies stream both ways. A WebSocket (any `Upgrade`)
-//! is passed through: once the devbox answers 101 the two connections are spliced. Upgraded
+//! is passed through: once the devbox answers 101 the two connections are spliced. Removing
+//! the tunnel cuts bodies still streaming and upgraded connections through it. Upgraded
 //! connections leave the HTTP listener's count, so they have a cap of their own
 //! (`--http-max-connections`).
 
@@ -22,6 +23,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -185,6 +187,7 @@ async fn proxy(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let backend = hyper::upgrade::on(&mut resp);
+            let removed = tunnel.removed();
             tokio::spawn(async move {
                 let _permit = permit;
                 let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
@@ -192,7 +195,10 @@ async fn proxy(
                 };
                 let mut client = TokioIo::new(client);
                 let mut backend = TokioIo::new(backend);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                    _ = removed => {}
+                }
             });
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
@@ -201,7 +207,11 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    // A body still streaming when the tunnel is removed ends there.
+    let body = Body::new(body)
+        .into_data_stream()
+        .take_until(Box::pin(tunnel.removed()));
+    Ok(Response::from_parts(parts, Body::from_stream(body)))
 }
 
 fn bad_answer(port: u16, devbox: &str, e: hyper::Error) -> ApiError {

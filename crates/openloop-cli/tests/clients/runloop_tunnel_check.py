@@ -135,7 +135,6 @@ def ws_roundtrip(text, rest):
 for word in ("one", "two"):
     got, rest = ws_roundtrip(word, rest)
     assert got == f"echo:{word}", got
-sock.close()
 
 # Bad input: unknown key, malformed host name, ports that are not ports.
 r = through(8080, "0" * 32)
@@ -155,10 +154,13 @@ expect(409, client.devboxes.enable_tunnel, devbox.id, auth_mode="authenticated")
 expect(400, client.devboxes.enable_tunnel, devbox.id, wake_on_http=True)
 expect(404, client.devboxes.enable_tunnel, "dbx_does_not_exist")
 
-# Removing it: its URL answers 404 at once.
+# Removing it: its URL answers 404 at once, and the WebSocket still open through it is cut.
 client.devboxes.remove_tunnel(devbox.id)
 r = through(8080, key, "/index.html")
 assert r.status_code == 404, r.text
+sock.settimeout(10)
+assert sock.recv(100) == b"", "the WebSocket outlived its tunnel"
+sock.close()
 assert client.devboxes.retrieve(devbox.id).tunnel is None
 expect(404, client.devboxes.remove_tunnel, devbox.id)
 expect(404, client.devboxes.remove_tunnel, "dbx_does_not_exist")

@@ -4,7 +4,8 @@
 //! `{port}-{key}.tunnel.{domain}` reaches `127.0.0.1:{port}` inside the devbox through a
 //! connection its agent makes there (never over IP: a devbox may have no network, and its
 //! loopback is its own). Tunnels live in memory with their devbox (devboxes do not survive a
-//! restart), so removing one, or stopping its devbox, makes its URL unknown at once. The
+//! restart), so removing one, or stopping its devbox, makes its URL unknown at once (and cuts
+//! what still streams through it). The
 //! token of an `authenticated` tunnel is compared in constant time (`routes::tunnel_proxy`
 //! does the HTTP side).
 
@@ -45,9 +46,20 @@ pub struct Tunnel {
     pub view: TunnelView,
     /// SHA-256 of the token of an `authenticated` tunnel.
     token_hash: Option<[u8; 32]>,
+    /// Set when the tunnel is removed (or its devbox stops): what is still streaming through
+    /// it (a response body, a WebSocket) is cut.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Tunnel {
+    /// Resolves once the tunnel has been removed.
+    pub fn removed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.removed.subscribe();
+        async move {
+            let _ = rx.wait_for(|r| *r).await;
+        }
+    }
+
     /// Whether a request carrying `token` (the bearer value, if any) may pass.
     pub fn admits(&self, token: Option<&str>) -> bool {
         use subtle::ConstantTimeEq;
@@ -89,6 +101,7 @@ impl TunnelTable {
         match maps.by_devbox.remove(devbox_id) {
             Some(t) => {
                 maps.by_key.remove(&t.view.tunnel_key);
+                t.removed.send_replace(true);
                 true
             }
             None => false,
@@ -128,6 +141,7 @@ impl Devboxes {
         let tunnel = Arc::new(Tunnel {
             devbox_id: id.to_string(),
             token_hash: token.as_ref().map(|t| Sha256::digest(t.as_bytes()).into()),
+            removed: tokio::sync::watch::channel(false).0,
             view: TunnelView {
                 auth_mode,
                 create_time_ms: now_ms(),
