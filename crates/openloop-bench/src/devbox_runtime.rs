@@ -102,7 +102,9 @@ async fn measure_in(b: &Bench, id: &str, requests: usize) -> Result<Vec<Figure>>
         )
         .await?;
         send_lat.push(ms(t.elapsed()));
-        while !seen.contains(&line) {
+        // Events carry the output as JSON text: the newline is escaped there.
+        let echoed = format!("line-{i}\\n");
+        while !seen.contains(&echoed) {
             let chunk = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .context("no output from cat within 10 s")?
