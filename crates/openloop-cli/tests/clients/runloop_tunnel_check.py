@@ -136,6 +136,19 @@ for word in ("one", "two"):
     got, rest = ws_roundtrip(word, rest)
     assert got == f"echo:{word}", got
 
+# A tunnel reaches only its own devbox: a server on another devbox's port is not behind it.
+# (Both devboxes have no network at all; the agent connects inside the devbox.)
+other = client.devboxes.create_and_await_running()
+client.devboxes.write_file_contents(other.id, file_path="/home/user/echo.py", contents=server_py)
+client.devboxes.execute_async(other.id, command="python3 /home/user/echo.py 8082")
+other_tunnel = client.devboxes.enable_tunnel(other.id)
+wait_listening(8082, other_tunnel.tunnel_key)
+r = through(8082, key, "/headers")
+assert r.status_code == 502 and "nothing is listening on port 8082" in error_of(r), r.text
+client.devboxes.shutdown(other.id)
+r = through(8082, other_tunnel.tunnel_key, "/headers")
+assert r.status_code == 404, r.text
+
 # Bad input: unknown key, malformed host name, ports that are not ports.
 r = through(8080, "0" * 32)
 assert r.status_code == 404 and "no tunnel named" in error_of(r), r.text
