@@ -454,8 +454,8 @@ pub struct TunnelView {
     pub auth_token: Option<String>,
 }
 
-/// Runloop's `DevboxResourceUsageView`, plus what Openloop measured (`*_used`/`*_bytes`, while
-/// the devbox runs).
+/// Runloop's `DevboxResourceUsageView`, plus what Openloop measured (`*_used`/`*_bytes`; for a
+/// stopped devbox, as it stopped).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceUsageView {
     pub id: String,
@@ -472,13 +472,13 @@ pub struct ResourceUsageView {
     pub memory_gb_seconds: i64,
     /// Elapsed seconds times its disk size in GiB.
     pub disk_gb_seconds: i64,
-    /// CPU time its processes used, in seconds (from its cgroup; null once it has stopped).
+    /// CPU time its processes used, in seconds (from its cgroup).
     pub cpu_seconds_used: Option<f64>,
     /// Memory in use now, in bytes (null once it has stopped).
     pub memory_used_bytes: Option<u64>,
-    /// The most memory in use at once, in bytes (null once it has stopped).
+    /// The most memory in use at once, in bytes.
     pub memory_peak_bytes: Option<u64>,
-    /// Bytes used on its own disk (null once it has stopped).
+    /// Bytes used on its own disk.
     pub disk_used_bytes: Option<u64>,
     /// Its disk's size in bytes.
     pub disk_size_bytes: u64,

@@ -119,7 +119,11 @@ expect(404, client.devboxes.retrieve_resource_usage, "dbx_nope")
 client.devboxes.shutdown(devbox.id)
 ended = client.devboxes.retrieve_resource_usage(devbox.id)
 assert ended.status == "shutdown" and ended.end_time_ms is not None, ended
-assert ended.model_extra["cpu_seconds_used"] is None, ended
+# What it used is recorded as it stopped; nothing is in use any more.
+assert ended.model_extra["cpu_seconds_used"] >= extra["cpu_seconds_used"], (ended, after)
+assert ended.model_extra["memory_peak_bytes"] >= 160 << 20, ended
+assert ended.model_extra["disk_used_bytes"] >= 60 << 20, ended
+assert ended.model_extra["memory_used_bytes"] is None, ended
 elapsed = ended.total_elapsed_seconds
 time.sleep(1.1)
 assert client.devboxes.retrieve_resource_usage(devbox.id).total_elapsed_seconds == elapsed

@@ -85,6 +85,7 @@ impl Devboxes {
         self.tunnels.remove(id);
         let live = lock(&self.live).remove(id);
         if let Some(l) = live {
+            self.record_usage(id, &l.devbox).await;
             l.devbox.shutdown().await;
         }
         let gone: Vec<Arc<Execution>> = {

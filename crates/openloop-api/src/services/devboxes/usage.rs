@@ -1,6 +1,7 @@
 //! What a devbox has used (Runloop's `DevboxResourceUsageView`): its allotment times the time
-//! it was up, as Runloop counts it, and what it really used while it runs, from its cgroups
-//! (CPU time, memory now and at its peak) and its own disk.
+//! it was up, as Runloop counts it, and what it really used, from its cgroups (CPU time,
+//! memory now and at its peak) and its own disk: measured while it runs, and recorded as it
+//! stops (`devbox_usage`), so a stopped devbox still answers its CPU time, peak and disk use.
 
 use super::*;
 use crate::model::ResourceUsageView;
@@ -35,15 +36,22 @@ impl Devboxes {
         let memory_gb = res.limits.memory_bytes as f64 / (1u64 << 30) as f64;
         let disk_gb = (res.disk_bytes >> 30) as f64;
         let secs = |ms: i64| ms as f64 / 1000.0;
-        let measured = lock(&self.live)
+        let live = lock(&self.live)
             .get(id)
             .filter(|l| l.devbox.exit_reason().is_none())
             .map(|l| l.devbox.clone());
-        let measured = match measured {
-            Some(d) => tokio::task::spawn_blocking(move || d.usage())
-                .await
-                .unwrap_or_default(),
-            None => openloop_sandbox::Usage::default(),
+        let measured = match live {
+            Some(d) => measure(d).await,
+            // Stopped: what was recorded as it stopped (nothing is in use any more).
+            None => match self.store.devbox_usage(id).await? {
+                Some(r) => openloop_sandbox::Usage {
+                    cpu_usage_ns: r.cpu_usage_ns.map(|v| v as u64),
+                    memory_peak_bytes: r.memory_peak_bytes.map(|v| v as u64),
+                    disk_used_bytes: r.disk_used_bytes.map(|v| v as u64),
+                    ..Default::default()
+                },
+                None => openloop_sandbox::Usage::default(),
+            },
         };
         Ok(ResourceUsageView {
             id: rec.id.clone(),
@@ -64,6 +72,29 @@ impl Devboxes {
             memory_limit_bytes: res.limits.memory_bytes,
         })
     }
+}
+
+impl Devboxes {
+    /// Record what a devbox used, just before its sandbox goes (see [`Devboxes::usage`]).
+    pub(super) async fn record_usage(&self, id: &str, devbox: &Arc<Devbox>) {
+        let u = measure(devbox.clone()).await;
+        let as_i64 = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        let record = openloop_store::devbox_usage::UsageRecord {
+            cpu_usage_ns: as_i64(u.cpu_usage_ns),
+            memory_peak_bytes: as_i64(u.memory_peak_bytes),
+            disk_used_bytes: as_i64(u.disk_used_bytes),
+        };
+        if let Err(e) = self.store.record_devbox_usage(id, record).await {
+            tracing::warn!(devbox = %id, error = %e, "could not record the devbox's resource usage");
+        }
+    }
+}
+
+/// Read a devbox's cgroup and disk figures off the async threads.
+async fn measure(devbox: Arc<Devbox>) -> openloop_sandbox::Usage {
+    tokio::task::spawn_blocking(move || devbox.usage())
+        .await
+        .unwrap_or_default()
 }
 
 /// Milliseconds spent in statuses where the devbox is up, from its transitions (oldest
