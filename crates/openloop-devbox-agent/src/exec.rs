@@ -66,7 +66,7 @@ pub fn run(
         let watch = stream.try_clone()?;
         let finished = Arc::clone(&finished);
         let stdin = child.stdin.take();
-        std::thread::spawn(move || {
+        let watcher = std::thread::Builder::new().spawn(move || {
             follow_server(watch, stdin, pgid);
             if !finished.load(std::sync::atomic::Ordering::SeqCst) {
                 unsafe {
@@ -74,6 +74,17 @@ pub fn run(
                 }
             }
         });
+        if let Err(e) = watcher {
+            // Nothing could stop the command: it does not run.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            return Err(AgentError {
+                code: "spawn".into(),
+                message: format!("the devbox cannot start a thread for the command: {e}"),
+            });
+        }
     }
     let pumps: Vec<_> = [
         (

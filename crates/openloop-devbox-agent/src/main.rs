@@ -40,7 +40,9 @@ fn main() {
         match fdpass::recv_fd(control.as_raw_fd()) {
             Ok(Some(conn)) => {
                 let stream = UnixStream::from(conn);
-                std::thread::spawn(move || serve(stream));
+                // At the devbox's process limit no thread can start: this request is
+                // dropped (the server sees its connection end), the agent lives on.
+                let _ = std::thread::Builder::new().spawn(move || serve(stream));
             }
             // The server is gone: so is the devbox.
             Ok(None) => std::process::exit(0),

@@ -35,10 +35,20 @@ pub fn connect(server: &mut UnixStream, port: u16) -> Result<(), AgentError> {
         }
     };
     let _ = tcp.set_nodelay(true);
-    write_frame(server, kind::OK, b"{}")?;
-    let (server_r, tcp_w) = (server.try_clone()?, tcp.try_clone()?);
-    let upstream = std::thread::spawn(move || pump(server_r, tcp_w));
-    pump(tcp, server.try_clone()?);
+    // Both ends are ready before the server hears `OK` (the server sends nothing before it).
+    let (server_r, tcp_w, server_w) = (server.try_clone()?, tcp.try_clone()?, server.try_clone()?);
+    let upstream = std::thread::Builder::new()
+        .spawn(move || pump(server_r, tcp_w))
+        .map_err(|e| AgentError {
+            code: "io".into(),
+            message: format!("the devbox cannot start a thread for the tunnel: {e}"),
+        })?;
+    if write_frame(server, kind::OK, b"{}").is_err() {
+        tcp.close_read();
+        server.close_read();
+    } else {
+        pump(tcp, server_w);
+    }
     let _ = upstream.join();
     Ok(())
 }
