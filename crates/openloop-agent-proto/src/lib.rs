@@ -7,6 +7,14 @@
 //! it with `DATA` frames and an `END` frame. The agent answers with frames of the
 //! kinds below. Output from user commands travels only inside `STDOUT`/`STDERR`
 //! payloads, so it can never be mistaken for protocol.
+//!
+//! Two requests change the connection after their first answer:
+//! - an `Exec` with `stdin: true` reads the server's `DATA` frames into the command's
+//!   standard input, `END` closes it and `SIGNAL` (payload `INTERRUPT`) interrupts the
+//!   command's process group;
+//! - a `Connect` answers `OK` once it has connected to `127.0.0.1:port` inside the devbox
+//!   (or `ERROR`), and from then on the connection carries raw bytes both ways, spliced with
+//!   that TCP connection (tunnels).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,7 +35,12 @@ pub mod kind {
     pub const ERROR: u8 = 6;
     /// JSON `{}` or a small result; last frame of a successful file request.
     pub const OK: u8 = 7;
+    /// Server to agent, on an exec with stdin: a signal for the command (`INTERRUPT`).
+    pub const SIGNAL: u8 = 8;
 }
+
+/// The `SIGNAL` payload that sends SIGINT to the command's process group.
+pub const SIGNAL_INTERRUPT: &[u8] = b"INTERRUPT";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -39,6 +52,15 @@ pub enum Request {
         env: BTreeMap<String, String>,
         #[serde(default)]
         cwd: Option<String>,
+        /// Give the command a pipe as standard input, fed by the server's `DATA` frames
+        /// (closed by `END`); otherwise its standard input is `/dev/null`.
+        #[serde(default)]
+        stdin: bool,
+    },
+    /// Connect to `127.0.0.1:port` inside the devbox, answer `OK` (or `ERROR` with code
+    /// `refused` when nothing listens), then splice the connection with it.
+    Connect {
+        port: u16,
     },
     /// Stream the contents of a file back in DATA frames, then END.
     ReadFile {

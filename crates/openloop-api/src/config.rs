@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub devbox_max_per_key: usize,
     /// The key that seals secrets at rest.
     pub secrets_key: SecretsKeySource,
+    /// Tunnels answer at `{port}-{tunnel_key}.tunnel.{tunnel_domain}` (default `localhost`).
+    pub tunnel_domain: String,
 }
 
 /// Where the key that seals secrets comes from. Its `Debug` never shows a key.

@@ -16,7 +16,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `bad_request`, `validation_failed`, `unauthorized`, `forbidden`,
     /// `not_found`, `method_not_allowed`, `timeout`, `conflict`, `call_depth_exceeded`,
-    /// `payload_too_large`, `quota_exceeded`, `unavailable` or `internal`.
+    /// `payload_too_large`, `quota_exceeded`, `unavailable`, `bad_gateway` or `internal`.
     #[schema(example = "not_found")]
     pub code: String,
     /// What went wrong, for people.
@@ -66,6 +66,9 @@ pub enum ApiError {
     SecretUnreadable { name: String, reason: String },
     #[error("{0}")]
     Unavailable(String),
+    /// A tunnel could not reach its port inside the devbox.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -91,6 +94,7 @@ impl ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "secret_unreadable")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -99,7 +103,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        if status.is_server_error() {
+        // A tunnel's port with nothing listening is the devbox's business, not a server fault.
+        if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
             tracing::error!(error = %self, "request failed");
         }
         (status, Json(ErrorBody::new(code, self.to_string()))).into_response()

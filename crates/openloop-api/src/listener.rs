@@ -15,7 +15,6 @@ use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use openloop_runner::channels::AcceptBackoff;
 use openloop_sync::lock;
@@ -222,7 +221,9 @@ pub async fn serve<L: Listen>(
     grace: Duration,
 ) {
     let tracker = Arc::new(Tracker::default());
-    let graceful = GracefulShutdown::new();
+    // Connections are served with upgrades (WebSocket through a tunnel); an upgraded one
+    // leaves this listener (see `routes::tunnel_proxy`, which caps them).
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -284,21 +285,41 @@ pub async fn serve<L: Listen>(
                 }))
             }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let connection = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
         let tracker = tracker.clone();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = connection => {}
-                _ = conn.close.notified() => {}
+            tokio::pin!(connection);
+            let stopped = tokio::select! {
+                _ = connection.as_mut() => false,
+                _ = conn.close.notified() => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                // Finish the request in flight, then close.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = conn.close.notified() => {}
+                }
             }
             tracker.remove(id);
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stopping.send(true);
+    let drained = async {
+        loop {
+            let freed = tracker.freed.notified();
+            if lock(&tracker.conns).is_empty() {
+                return;
+            }
+            freed.await;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("requests still open {grace:?} after the stop signal; stopping anyway");
     }
 }

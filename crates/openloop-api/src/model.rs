@@ -94,6 +94,15 @@ status_enum! {
 }
 
 status_enum! {
+    /// Who may use a devbox's tunnel: anyone with its URL (`open`), or only requests that
+    /// carry its token (`authenticated`).
+    TunnelAuthMode {
+        Open => "open",
+        Authenticated => "authenticated",
+    }
+}
+
+status_enum! {
     /// Where a command run in a devbox is.
     ExecutionStatus {
         Queued => "queued",
@@ -341,6 +350,8 @@ pub struct DevboxView {
     /// `none` or `outbound`.
     #[schema(value_type = String)]
     pub network: Value,
+    /// The devbox's tunnel, while it has one (`enable_tunnel`, or `tunnel` at creation).
+    pub tunnel: Option<TunnelView>,
     pub capabilities: Vec<String>,
     /// Always null (Openloop has no blueprints).
     #[schema(value_type = Option<String>)]
@@ -377,6 +388,7 @@ impl DevboxView {
             launch_parameters: field("launch_parameters", Value::Object(Default::default())),
             metadata: field("metadata", Value::Object(Default::default())),
             network: field("network", Value::String("none".into())),
+            tunnel: None,
             capabilities: Vec::new(),
             blueprint_id: None,
             snapshot_id: r.snapshot_id.clone(),
@@ -427,4 +439,61 @@ pub struct UploadForm {
     pub path: String,
     #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     pub file: Vec<u8>,
+}
+
+/// Runloop's `TunnelView`: HTTP to a port inside the devbox at
+/// `http(s)://{port}-{tunnel_key}.tunnel.{tunnel domain}` (the server's `--tunnel-domain`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TunnelView {
+    pub auth_mode: TunnelAuthMode,
+    pub create_time_ms: i64,
+    /// Requests through the tunnel count as activity for the devbox's idle timer.
+    pub http_keep_alive: bool,
+    /// Random and unguessable (128 bits); names the tunnel in its host name.
+    pub tunnel_key: String,
+    /// Always false: Openloop does not resume devboxes on HTTP traffic.
+    pub wake_on_http: bool,
+    /// With `authenticated`: send `X-Runloop-Tunnel-Authorization: Bearer {auth_token}`.
+    pub auth_token: Option<String>,
+}
+
+/// Runloop's `DevboxResourceUsageView`, plus what Openloop measured (`*_used`/`*_bytes`; for a
+/// stopped devbox, as it stopped).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceUsageView {
+    pub id: String,
+    pub status: DevboxStatus,
+    pub start_time_ms: i64,
+    pub end_time_ms: Option<i64>,
+    /// Seconds from creation to now (or to its end).
+    pub total_elapsed_seconds: i64,
+    /// Seconds the devbox was up (not suspended).
+    pub total_active_seconds: i64,
+    /// Active seconds times the devbox's CPU cores.
+    pub vcpu_seconds: i64,
+    /// Active seconds times its memory limit in GiB.
+    pub memory_gb_seconds: i64,
+    /// Elapsed seconds times its disk size in GiB.
+    pub disk_gb_seconds: i64,
+    /// CPU time its processes used, in seconds (from its cgroup).
+    pub cpu_seconds_used: Option<f64>,
+    /// Memory in use now, in bytes (null once it has stopped).
+    pub memory_used_bytes: Option<u64>,
+    /// The most memory in use at once, in bytes.
+    pub memory_peak_bytes: Option<u64>,
+    /// Bytes used on its own disk.
+    pub disk_used_bytes: Option<u64>,
+    /// Its disk's size in bytes.
+    pub disk_size_bytes: u64,
+    /// Its CPU cores and memory limit.
+    pub vcpus: f64,
+    pub memory_limit_bytes: u64,
+}
+
+/// Runloop's `DevboxSendStdInResult`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendStdinResult {
+    pub devbox_id: String,
+    pub execution_id: String,
+    pub success: bool,
 }

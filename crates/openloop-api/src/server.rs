@@ -187,9 +187,11 @@ pub async fn serve(
     };
     let app = router(state.clone());
     let tcp_app = match extra {
-        Some(make) => make(state).merge(app.clone()),
+        Some(make) => make(state.clone()).merge(app.clone()),
         None => app.clone(),
     };
+    // Tunnel host names (`{port}-{key}.tunnel.{domain}`) are served before any route, on TCP only.
+    let tcp_app = crate::routes::tunnel_proxy::in_front(state, tcp_app);
     let unix_server = tokio::spawn(crate::listener::serve(
         unix,
         app,

@@ -4,6 +4,7 @@
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
 mod dashboard;
+mod devbox_runtime;
 mod disks;
 mod peers;
 mod postgres;
@@ -43,6 +44,9 @@ struct Args {
     disk_rounds: usize,
     #[arg(long)]
     no_disks: bool,
+    /// Only the devbox tunnel and stdin figures (`devbox_runtime`), on a server of their own.
+    #[arg(long)]
+    only_devbox_runtime: bool,
     /// Invocations recorded before the dashboard's pages are timed (0 skips them).
     #[arg(long, default_value_t = 100_000)]
     dashboard_invocations: usize,
@@ -337,6 +341,19 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if args.only_devbox_runtime {
+        let b = Bench {
+            s: start_server(16).await?,
+            http: http_client()?,
+        };
+        let mut figures = serde_json::Map::new();
+        for (name, value, unit) in devbox_runtime::measure(&b, args.devbox_runs * 20).await? {
+            println!("{name:<48} {:>14}", format!("{value:.2} {unit}"));
+            figures.insert(name, json!((value * 100.0).round() / 100.0));
+        }
+        println!("{}", Value::Object(figures));
+        return Ok(());
+    }
     let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent");
     // Made first, so a machine that cannot run the peers fails before the long part.
     let peer_env = if args.no_peers {
@@ -562,6 +579,9 @@ async fn run(args: Args) -> Result<()> {
             percentile(&files, 0.5),
             "ms",
         );
+        for (name, value, unit) in devbox_runtime::measure(&b, args.devbox_runs * 20).await? {
+            put(&name, value, unit);
+        }
     }
 
     if !args.no_disks {

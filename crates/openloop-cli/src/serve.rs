@@ -144,6 +144,31 @@ pub struct ServeArgs {
     /// OPENLOOP_SECRETS_KEY (base64 of 32 bytes) instead, in the environment only.
     #[arg(long, env = "OPENLOOP_SECRETS_KEY_FILE")]
     secrets_key_file: Option<PathBuf>,
+    /// Devbox tunnels answer at http://{port}-{tunnel_key}.tunnel.{TUNNEL_DOMAIN}:{port of
+    /// this server}/ (point a wildcard DNS name, or a proxy, at the server for other domains).
+    #[arg(long, env = "OPENLOOP_TUNNEL_DOMAIN", default_value = "localhost", value_parser = parse_tunnel_domain)]
+    tunnel_domain: String,
+}
+
+/// A domain name: labels of letters, digits and hyphens, separated by dots.
+fn parse_tunnel_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 200
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!(
+            "'{s}' is not a domain name (like `localhost` or `example.com`)"
+        ))
+    }
 }
 
 /// `OPENLOOP_SECRETS_KEY`, taken out of the process environment at start-up.
@@ -269,6 +294,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         devbox_max_per_run: args.devbox_max_per_run,
         devbox_max_per_key: args.devbox_max_per_key,
         secrets_key,
+        tunnel_domain: args.tunnel_domain,
     };
     let (store, admin) = openloop_api::prepare(&config).await?;
     if let Some(secret) = admin {

@@ -1,9 +1,10 @@
 //! Running one command and streaming its output as frames.
 
 use crate::HOME;
-use openloop_agent_proto::{kind, write_frame, AgentError, ExitStatus};
+use openloop_agent_proto::{kind, read_frame, write_frame, AgentError, ExitStatus};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -14,6 +15,7 @@ pub fn run(
     command: &str,
     env: BTreeMap<String, String>,
     cwd: Option<String>,
+    attach_stdin: bool,
 ) -> Result<(), AgentError> {
     let cwd = match cwd {
         Some(c) => crate::resolve(&c)?,
@@ -35,7 +37,11 @@ pub fn run(
         .env("TERM", "xterm")
         .envs(env)
         .current_dir(&cwd)
-        .stdin(Stdio::null())
+        .stdin(if attach_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Own process group, so the whole command tree can be killed at once.
@@ -53,20 +59,32 @@ pub fn run(
     let pgid = child.id() as i32;
     let out = Arc::new(Mutex::new(stream.try_clone()?));
     // The server ends an execution (kill, shutdown, its own exit) by closing the connection:
-    // then the whole command tree is killed. Nothing else is ever read after the request.
+    // then the whole command tree is killed. Until then it may send standard input (`DATA`,
+    // `END`) and `SIGNAL` frames; without a stdin pipe those are ignored.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let mut watch = stream.try_clone()?;
+        let watch = stream.try_clone()?;
         let finished = Arc::clone(&finished);
-        std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            let _ = watch.read(&mut byte);
+        let stdin = child.stdin.take();
+        let watcher = std::thread::Builder::new().spawn(move || {
+            follow_server(watch, stdin, pgid);
             if !finished.load(std::sync::atomic::Ordering::SeqCst) {
                 unsafe {
                     libc::kill(-pgid, libc::SIGKILL);
                 }
             }
         });
+        if let Err(e) = watcher {
+            // Nothing could stop the command: it does not run.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            return Err(AgentError {
+                code: "spawn".into(),
+                message: format!("the devbox cannot start a thread for the command: {e}"),
+            });
+        }
     }
     let pumps: Vec<_> = [
         (
@@ -125,5 +143,87 @@ pub fn run(
         message: "output lock poisoned".into(),
     })?;
     write_frame(&mut *s, kind::EXIT, &body)?;
+    Ok(())
+}
+
+/// Read the server's frames for a running command until the connection closes: `DATA` goes
+/// to the command's standard input, `END` closes it, `SIGNAL` interrupts the process group.
+fn follow_server(mut server: UnixStream, mut stdin: Option<std::process::ChildStdin>, pgid: i32) {
+    if let Some(pipe) = &stdin {
+        // Writes wait in `poll`, which also sees the server hang up.
+        unsafe {
+            let fd = pipe.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    loop {
+        let Ok(Some((k, payload))) = read_frame(&mut server) else {
+            return;
+        };
+        match k {
+            kind::DATA => {
+                let Some(pipe) = &stdin else { continue };
+                match write_all_or_hangup(pipe.as_raw_fd(), server.as_raw_fd(), &payload) {
+                    Ok(()) => {}
+                    // The command closed its standard input: later input has nowhere to go.
+                    Err(Stop::Broken) => stdin = None,
+                    Err(Stop::Hangup) => return,
+                }
+            }
+            kind::END => stdin = None,
+            kind::SIGNAL if payload == openloop_agent_proto::SIGNAL_INTERRUPT => unsafe {
+                libc::kill(-pgid, libc::SIGINT);
+            },
+            _ => {}
+        }
+    }
+}
+
+enum Stop {
+    /// The command's standard input is closed.
+    Broken,
+    /// The server closed the connection.
+    Hangup,
+}
+
+/// Write `data` to the non-blocking `pipe`, waiting while it is full, unless the server
+/// hangs up meanwhile (the command must not outlive its connection because it stopped reading).
+fn write_all_or_hangup(pipe: RawFd, server: RawFd, mut data: &[u8]) -> Result<(), Stop> {
+    while !data.is_empty() {
+        let n = unsafe { libc::write(pipe, data.as_ptr() as *const libc::c_void, data.len()) };
+        if n > 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: pipe,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: server,
+                        events: libc::POLLRDHUP,
+                        revents: 0,
+                    },
+                ];
+                unsafe {
+                    libc::poll(fds.as_mut_ptr(), 2, -1);
+                }
+                if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                    return Err(Stop::Hangup);
+                }
+                if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    return Err(Stop::Broken);
+                }
+            }
+            _ => return Err(Stop::Broken),
+        }
+    }
     Ok(())
 }

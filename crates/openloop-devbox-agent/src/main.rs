@@ -8,6 +8,7 @@
 
 mod exec;
 mod files;
+mod tunnel;
 
 use openloop_agent_proto::{fdpass, kind, read_frame, write_frame, AgentError, Request};
 use std::io::{self, Write};
@@ -39,7 +40,9 @@ fn main() {
         match fdpass::recv_fd(control.as_raw_fd()) {
             Ok(Some(conn)) => {
                 let stream = UnixStream::from(conn);
-                std::thread::spawn(move || serve(stream));
+                // At the devbox's process limit no thread can start: this request is
+                // dropped (the server sees its connection end), the agent lives on.
+                let _ = std::thread::Builder::new().spawn(move || serve(stream));
             }
             // The server is gone: so is the devbox.
             Ok(None) => std::process::exit(0),
@@ -57,7 +60,13 @@ fn serve(mut stream: UnixStream) {
         _ => return,
     };
     let result = match request {
-        Ok(Request::Exec { command, env, cwd }) => exec::run(&mut stream, &command, env, cwd),
+        Ok(Request::Exec {
+            command,
+            env,
+            cwd,
+            stdin,
+        }) => exec::run(&mut stream, &command, env, cwd, stdin),
+        Ok(Request::Connect { port }) => tunnel::connect(&mut stream, port),
         Ok(Request::ReadFile { path }) => files::read(&mut stream, &path),
         Ok(Request::WriteFile { path, create_dirs }) => {
             files::write(&mut stream, &path, create_dirs)

@@ -4,9 +4,9 @@
 use crate::SandboxError;
 use openloop_agent_proto::{fdpass, kind, parse_header, AgentError, ExitStatus, Request};
 use std::os::fd::{AsRawFd, OwnedFd};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A piece of a running command's output.
 #[derive(Debug, Clone)]
@@ -25,7 +25,28 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
-async fn write_frame(s: &mut UnixStream, k: u8, payload: &[u8]) -> std::io::Result<()> {
+/// Input for a running command's standard input (an exec started with `stdin: true`).
+#[derive(Debug)]
+pub enum StdinInput {
+    Data(Vec<u8>),
+    /// Close the command's standard input.
+    Eof,
+    /// SIGINT to the command's process group.
+    Interrupt,
+}
+
+/// One piece of input and where to say it has been handed to the agent.
+#[derive(Debug)]
+pub struct StdinMessage {
+    pub input: StdinInput,
+    pub sent: oneshot::Sender<std::io::Result<()>>,
+}
+
+async fn write_frame(
+    s: &mut (impl AsyncWrite + Unpin),
+    k: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let mut header = [0u8; 5];
     header[0] = k;
     header[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -33,7 +54,7 @@ async fn write_frame(s: &mut UnixStream, k: u8, payload: &[u8]) -> std::io::Resu
     s.write_all(payload).await
 }
 
-async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+async fn read_frame(s: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 5];
     match s.read_exact(&mut header).await {
         Ok(_) => {}
@@ -100,15 +121,62 @@ fn unexpected_end() -> SandboxError {
     SandboxError::NotRunning("the agent closed the connection before the request finished".into())
 }
 
-/// Run a command; every chunk of output is also sent to `live` when given.
+/// Run a command; every chunk of output is also sent to `live` when given, and what
+/// `stdin` receives goes to the command's standard input (the request must ask for it).
 /// At most `max_output` bytes of each stream are kept in the result.
 pub async fn exec(
     agent: &AgentLink,
     req: Request,
     max_output: usize,
     live: Option<mpsc::UnboundedSender<OutputChunk>>,
+    stdin: Option<mpsc::Receiver<StdinMessage>>,
 ) -> Result<ExecOutput, SandboxError> {
-    let mut s = open(agent, &req).await?;
+    let (mut s, mut to_agent) = open(agent, &req).await?.into_split();
+    // Input is written while output is read; the writer is only ever dropped when the command
+    // has ended (its pending senders then learn it is gone).
+    let writer = async move {
+        if let Some(mut rx) = stdin {
+            while let Some(msg) = rx.recv().await {
+                let result = match msg.input {
+                    StdinInput::Data(data) => {
+                        let mut r = Ok(());
+                        for chunk in data.chunks(openloop_agent_proto::MAX_FRAME / 2) {
+                            r = write_frame(&mut to_agent, kind::DATA, chunk).await;
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                        r
+                    }
+                    StdinInput::Eof => write_frame(&mut to_agent, kind::END, b"").await,
+                    StdinInput::Interrupt => {
+                        write_frame(
+                            &mut to_agent,
+                            kind::SIGNAL,
+                            openloop_agent_proto::SIGNAL_INTERRUPT,
+                        )
+                        .await
+                    }
+                };
+                let _ = msg.sent.send(result);
+            }
+        }
+        // Keep the write half (closing it would end the command).
+        std::future::pending::<()>().await;
+        drop(to_agent);
+    };
+    let reader = read_exec(&mut s, max_output, live);
+    tokio::select! {
+        r = reader => r,
+        _ = writer => unreachable!("the stdin writer never finishes"),
+    }
+}
+
+async fn read_exec(
+    s: &mut (impl AsyncRead + Unpin),
+    max_output: usize,
+    live: Option<mpsc::UnboundedSender<OutputChunk>>,
+) -> Result<ExecOutput, SandboxError> {
     let mut out = ExecOutput {
         exit: ExitStatus {
             code: None,
@@ -119,7 +187,7 @@ pub async fn exec(
         truncated: false,
     };
     loop {
-        let Some((k, payload)) = read_frame(&mut s).await? else {
+        let Some((k, payload)) = read_frame(s).await? else {
             return Err(unexpected_end());
         };
         match k {
@@ -152,6 +220,15 @@ pub async fn exec(
             _ => return Err(unexpected_end()),
         }
     }
+}
+
+/// A connection to `127.0.0.1:port` inside the devbox, made by the agent: once this returns,
+/// the stream carries raw bytes to and from that port. Nothing listening there is
+/// `SandboxError::Agent` with code `refused`.
+pub async fn connect_port(agent: &AgentLink, port: u16) -> Result<UnixStream, SandboxError> {
+    let mut s = open(agent, &Request::Connect { port }).await?;
+    finish(&mut s).await?;
+    Ok(s)
 }
 
 /// Read a whole file, refusing files larger than `max_bytes`.

@@ -18,6 +18,15 @@ pub struct Limits {
     pub cpu_shares: u64,
 }
 
+/// Cgroup v1 controllers a cgroup may join beside the limiting ones (memory, pids, cpu).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// `freezer`: the cgroup can be frozen ([`Cgroup::freezer`]).
+    pub freezer: bool,
+    /// `cpuacct`: the CPU time it used is counted ([`Cgroup::stats`]).
+    pub cpu_time: bool,
+}
+
 /// The cgroup directories of one devbox. A handle: cloning it names the same cgroups, and
 /// nothing happens to them until [`Cgroup::destroy`].
 #[derive(Debug, Clone)]
@@ -30,25 +39,21 @@ impl Cgroup {
     /// Create the devbox's cgroups and apply `limits`. Controllers that this host does not
     /// offer are skipped with a warning, never silently treated as enforced.
     pub fn create(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        Self::create_with(name, limits, Extras::default())
+    }
+
+    /// [`create`](Self::create), with the cgroup v1 controllers `extras` asks for beside the
+    /// limiting ones (each one more cgroup to join, so only devboxes ask for them; v2 has both
+    /// anyway).
+    pub fn create_with(name: &str, limits: Limits, extras: Extras) -> std::io::Result<Cgroup> {
         if Path::new(ROOT).join("cgroup.controllers").exists() {
             Self::create_v2(name, limits)
         } else {
-            Self::create_v1(name, limits, false)
+            Self::create_v1(name, limits, extras)
         }
     }
 
-    /// Like [`Cgroup::create`], plus a cgroup that can be frozen (see [`Cgroup::freeze`]): on
-    /// cgroup v1 the `freezer` controller too (one more cgroup to join, so only devboxes,
-    /// which are snapshotted, ask for it); on v2 every cgroup can be frozen.
-    pub fn create_freezable(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
-        if Path::new(ROOT).join("cgroup.controllers").exists() {
-            Self::create_v2(name, limits)
-        } else {
-            Self::create_v1(name, limits, true)
-        }
-    }
-
-    fn create_v1(name: &str, limits: Limits, freezable: bool) -> std::io::Result<Cgroup> {
+    fn create_v1(name: &str, limits: Limits, extras: Extras) -> std::io::Result<Cgroup> {
         let own = own_paths()?;
         let mut dirs = Vec::new();
         let mut settings: Vec<(&str, Vec<(&str, String)>)> = vec![
@@ -62,11 +67,23 @@ impl Cgroup {
             ("pids", vec![("pids.max", limits.pids.to_string())]),
             ("cpu", vec![("cpu.shares", limits.cpu_shares.to_string())]),
         ];
-        if freezable {
+        let cpu_time = extras.cpu_time;
+        if cpu_time {
+            // No limit: it counts the CPU time the devbox used (resource usage).
+            settings.push(("cpuacct", Vec::new()));
+        }
+        if extras.freezer {
+            // No limit: it stops the devbox's processes while its disk is snapshotted.
             settings.push(("freezer", Vec::new()));
         }
         for (controller, files) in settings {
             let base = Path::new(ROOT).join(controller);
+            if controller == "cpuacct"
+                && (!cpu_time || same_dir(&base, &Path::new(ROOT).join("cpu")))
+            {
+                // Not asked for, or mounted together with `cpu` (`cpu,cpuacct`): joined already.
+                continue;
+            }
             if !base.exists() {
                 tracing::warn!(
                     controller,
@@ -153,6 +170,36 @@ impl Cgroup {
             }
         }
         total
+    }
+
+    /// What the devbox has used so far: CPU time, memory now and at its peak. A figure the
+    /// host does not offer is `None`.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        let read =
+            |d: &Path, f: &str| -> Option<String> { std::fs::read_to_string(d.join(f)).ok() };
+        let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+        for d in &self.dirs {
+            if self.v2 {
+                stats.cpu_usage_ns = read(d, "cpu.stat").and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|us| us * 1000)
+                });
+                stats.memory_bytes = number(read(d, "memory.current"));
+                stats.memory_peak_bytes = number(read(d, "memory.peak"));
+            } else {
+                stats.cpu_usage_ns = stats.cpu_usage_ns.or(number(read(d, "cpuacct.usage")));
+                stats.memory_bytes = stats
+                    .memory_bytes
+                    .or(number(read(d, "memory.usage_in_bytes")));
+                stats.memory_peak_bytes = stats
+                    .memory_peak_bytes
+                    .or(number(read(d, "memory.max_usage_in_bytes")));
+            }
+        }
+        stats
     }
 
     /// How many processes are in the cgroup (the most any of its hierarchies holds).
@@ -370,6 +417,25 @@ impl Freezer {
     }
 }
 
+/// What a devbox's cgroups have counted ([`Cgroup::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// CPU time used by every process the devbox ran, in nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    /// Memory in use now (page cache included), in bytes.
+    pub memory_bytes: Option<u64>,
+    /// The most memory in use at once so far, in bytes.
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// Whether two paths name the same directory (one may be a symlink to the other).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The pids listed in a cgroup directory's `cgroup.procs` (empty when it is gone).
 fn read_procs(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
@@ -430,7 +496,7 @@ fn parents() -> (Vec<PathBuf>, bool) {
         } else {
             ctrls
                 .split(',')
-                .filter(|c| ["memory", "pids", "cpu", "freezer"].contains(c))
+                .filter(|c| ["memory", "pids", "cpu", "cpuacct", "freezer"].contains(c))
                 .map(|c| Path::new(ROOT).join(c))
                 .collect()
         };

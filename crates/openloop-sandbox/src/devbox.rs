@@ -147,7 +147,12 @@ impl Devbox {
                 e,
             )
         })?;
-        let cgroup = match Cgroup::create_freezable(&spec.id, spec.limits) {
+        // Devboxes are snapshotted (frozen meanwhile) and report the CPU time they used.
+        let extras = crate::cgroup::Extras {
+            freezer: true,
+            cpu_time: true,
+        };
+        let cgroup = match Cgroup::create_with(&spec.id, spec.limits, extras) {
             Ok(c) => c,
             Err(e) => {
                 undo(&dir);
@@ -230,6 +235,20 @@ impl Devbox {
         max_output: usize,
         live: Option<mpsc::UnboundedSender<OutputChunk>>,
     ) -> Result<ExecOutput, SandboxError> {
+        self.exec_attached(command, env, cwd, max_output, live, None)
+            .await
+    }
+
+    /// [`exec`](Self::exec) with a standard input fed by `stdin` (a pipe; `/dev/null` without).
+    pub async fn exec_attached(
+        &self,
+        command: &str,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        max_output: usize,
+        live: Option<mpsc::UnboundedSender<OutputChunk>>,
+        stdin: Option<mpsc::Receiver<agent::StdinMessage>>,
+    ) -> Result<ExecOutput, SandboxError> {
         self.check_running()?;
         let mut all_env = self.env.read().map(|e| e.clone()).unwrap_or_default();
         all_env.extend(env);
@@ -237,12 +256,19 @@ impl Devbox {
             command: command.to_string(),
             env: all_env,
             cwd,
+            stdin: stdin.is_some(),
         };
-        let result = agent::exec(&self.agent, req, max_output, live).await;
+        let result = agent::exec(&self.agent, req, max_output, live, stdin).await;
         if result.is_err() {
             self.check_running()?;
         }
         result
+    }
+
+    /// A raw connection to `127.0.0.1:port` inside the devbox, made by its agent (tunnels).
+    pub async fn connect_port(&self, port: u16) -> Result<tokio::net::UnixStream, SandboxError> {
+        self.check_running()?;
+        agent::connect_port(&self.agent, port).await
     }
 
     pub async fn read_file(&self, path: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
@@ -270,6 +296,19 @@ impl Devbox {
     pub async fn download(&self, path: &str) -> Result<agent::FileReader, SandboxError> {
         self.check_running()?;
         agent::FileReader::open(&self.agent, path).await
+    }
+
+    /// What the devbox has used: CPU time and memory from its cgroups, its disk's use.
+    pub fn usage(&self) -> Usage {
+        let cgroup = self.cgroup.stats();
+        let disk = statvfs(&self.dir.join("disk"));
+        Usage {
+            cpu_usage_ns: cgroup.cpu_usage_ns,
+            memory_bytes: cgroup.memory_bytes,
+            memory_peak_bytes: cgroup.memory_peak_bytes,
+            disk_used_bytes: disk.map(|(used, _)| used),
+            disk_size_bytes: disk.map(|(_, size)| size),
+        }
     }
 
     /// Whether the kernel killed something in this devbox for using too much memory.
@@ -321,6 +360,34 @@ impl Devbox {
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(|r| r.is_some()).await;
     }
+}
+
+/// A devbox's resource use so far ([`Devbox::usage`]); a figure the host does not offer is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of everything the devbox ran, in nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// The most memory in use at once, in bytes.
+    pub memory_peak_bytes: Option<u64>,
+    /// Bytes used on the devbox's own disk (what it wrote over the base image).
+    pub disk_used_bytes: Option<u64>,
+    /// The size of the devbox's disk, in bytes.
+    pub disk_size_bytes: Option<u64>,
+}
+
+/// `(used, size)` in bytes of the file system mounted at `path`.
+fn statvfs(path: &Path) -> Option<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    let size = st.f_blocks as u64 * frsize;
+    let free = st.f_bfree as u64 * frsize;
+    Some((size.saturating_sub(free), size))
 }
 
 /// The devbox's seccomp program, compiled once.

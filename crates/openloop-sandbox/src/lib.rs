@@ -36,8 +36,8 @@ pub mod python;
 pub mod seccomp;
 pub mod snapshot;
 
-pub use agent::{ExecOutput, OutputChunk};
-pub use devbox::{Devbox, DevboxSpec, SandboxConfig};
+pub use agent::{ExecOutput, OutputChunk, StdinInput, StdinMessage};
+pub use devbox::{Devbox, DevboxSpec, SandboxConfig, Usage};
 
 /// Everything that can go wrong with a devbox.
 #[derive(Debug, thiserror::Error)]

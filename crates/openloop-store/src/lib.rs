@@ -5,6 +5,7 @@
 //! - [`deployments`]: projects, deployments and build logs.
 //! - [`invocations`]: invocations and their logs.
 //! - [`devboxes`]: devbox records.
+//! - [`devbox_usage`]: what a devbox used, recorded as it stopped.
 //! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
@@ -16,6 +17,7 @@
 
 pub mod db;
 pub mod deployments;
+pub mod devbox_usage;
 pub mod devboxes;
 pub mod invocations;
 pub mod keys;

@@ -14,6 +14,7 @@ mod network_policies;
 pub mod openapi;
 mod repositories;
 mod secrets;
+pub mod tunnel_proxy;
 
 use crate::auth::require_auth;
 use crate::error::{ApiError, ErrorBody};
@@ -93,6 +94,10 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devboxes::update_disk_snapshot))
         .routes(routes!(devboxes::delete_disk_snapshot))
         .routes(routes!(devboxes::disk_snapshot_status))
+        .routes(routes!(devboxes::enable_tunnel))
+        .routes(routes!(devboxes::remove_tunnel))
+        .routes(routes!(devboxes::usage))
+        .routes(routes!(devboxes::send_std_in))
         .routes(routes!(metrics::stages))
         .routes(routes!(metrics::reset_stages))
         .routes(routes!(keys::create, keys::list))

@@ -19,7 +19,8 @@ pub struct ExecBody {
     #[serde(default)]
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 1e9)]
     optimistic_timeout: Option<Number>,
-    /// Not supported (must be absent or false).
+    /// Give the command a standard input fed by `send_std_in` (not for `execute_sync`);
+    /// otherwise it reads `/dev/null`.
     #[serde(default)]
     attach_stdin: Option<bool>,
     #[serde(default)]
@@ -47,21 +48,17 @@ async fn start(
     id: &str,
     body: ExecBody,
 ) -> ApiResult<Arc<Execution>> {
-    if body.attach_stdin == Some(true) {
-        return Err(ApiError::BadRequest(
-            "attach_stdin is not supported by Openloop yet; run the command without it".into(),
-        ));
-    }
     let _ = body.shell_name;
     state
         .devboxes
-        .execute(
+        .execute_with_stdin(
             id,
             principal,
             body.command,
             body.environment_variables.unwrap_or_default(),
             body.working_dir,
             body.command_id,
+            body.attach_stdin == Some(true),
         )
         .await
 }
@@ -81,6 +78,11 @@ pub async fn execute_sync(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> ApiResult<Json<ExecutionResult>> {
+    if body.attach_stdin == Some(true) {
+        return Err(ApiError::BadRequest(
+            "attach_stdin is not valid for execute_sync (nothing could send the input while it waits); use execute_async and send_std_in".into(),
+        ));
+    }
     let exec = start(&state, &principal, &id, body).await?;
     // No timeout: the command runs as long as it needs to.
     exec.wait_for(&[ExecutionStatus::Completed], Duration::MAX)

@@ -1,17 +1,19 @@
 //! `/v1/devboxes`: Runloop's devbox API.
 //!
 //! Executions are in [`executions`], files in [`files`], suspend and resume in [`suspend`],
-//! disk snapshots in [`snapshots`].
+//! disk snapshots in [`snapshots`], tunnels, usage and standard input in [`tunnels`].
 
 mod executions;
 mod files;
 mod snapshots;
 mod suspend;
+mod tunnels;
 
 pub use executions::*;
 pub use files::*;
 pub use snapshots::*;
 pub use suspend::*;
+pub use tunnels::*;
 
 use super::page_limit;
 use crate::auth::Principal;

@@ -8,6 +8,7 @@
 //! is dropped and the stream marked truncated. Values of the secrets the devbox was given are
 //! redacted before output is written, so every reader (views, streams) sees only the marker.
 
+use super::stdin::StdinPipe;
 use crate::model::{ExecutionResult, ExecutionStatus, ExecutionView};
 use crate::services::secrets::{Redactor, StreamRedactor};
 use openloop_sandbox::{Devbox, OutputChunk};
@@ -96,6 +97,8 @@ pub struct Execution {
     state: Mutex<State>,
     version: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The command's standard input (`attach_stdin`), see [`super::stdin`].
+    pub stdin: StdinPipe,
 }
 
 /// Which output stream.
@@ -115,7 +118,9 @@ impl Stream {
 }
 
 impl Execution {
-    /// Start `command` in `devbox`; output is written to `output` as it arrives.
+    /// Start `command` in `devbox`; output is written to `output` as it arrives. With
+    /// `attach_stdin`, its standard input is a pipe fed through [`Execution::stdin`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: String,
         devbox_id: String,
@@ -124,8 +129,16 @@ impl Execution {
         env: BTreeMap<String, String>,
         cwd: Option<String>,
         output: OutputStore,
+        attach_stdin: bool,
     ) -> Arc<Execution> {
+        let (stdin, stdin_rx) = if attach_stdin {
+            let (pipe, rx) = StdinPipe::attached();
+            (pipe, Some(rx))
+        } else {
+            (StdinPipe::detached(), None)
+        };
         let exec = Arc::new(Execution {
+            stdin,
             id,
             devbox_id,
             command: command.clone(),
@@ -145,7 +158,7 @@ impl Execution {
         let handle = tokio::spawn(async move {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let oom_before = devbox.oom_kills();
-            let run = devbox.exec(&command, env, cwd, 0, Some(tx));
+            let run = devbox.exec_attached(&command, env, cwd, 0, Some(tx), stdin_rx);
             let mut files = Files::default();
             let pump = async {
                 // Chunks that arrived while the last write went on are written together, so

@@ -93,8 +93,11 @@ impl Devboxes {
     }
 
     pub(super) async fn stop(&self, id: &str) {
+        // Its tunnel's URL answers 404 from now on.
+        self.tunnels.remove(id);
         let live = lock(&self.live).remove(id);
         if let Some(l) = live {
+            self.record_usage(id, &l.devbox).await;
             l.devbox.shutdown().await;
         }
         let gone: Vec<Arc<Execution>> = {

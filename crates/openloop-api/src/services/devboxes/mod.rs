@@ -1,6 +1,7 @@
 //! Devboxes: records in the store, sandboxes in `openloop-sandbox`, executions in memory.
 //!
 //! - here: the service, creating a devbox, and looking devboxes up for a caller;
+//! - `commands`: starting commands in a devbox and finding its executions;
 //! - [`executions`]: commands running in devboxes;
 //! - `shape`: what a devbox asks for (Runloop's create body) and the size, limits and network
 //!   it gets;
@@ -10,16 +11,23 @@
 //! - `suspend`: suspending a devbox (its processes end, its disk stays) and resuming it,
 //!   also after a restart;
 //! - `snapshots`: disk snapshots of devboxes, and devboxes started from them.
+//! - [`stdin`]: the standard input of executions started with `attach_stdin`;
+//! - [`tunnels`]: HTTP to a port inside a devbox, by host name (`routes::tunnel_proxy`);
+//! - `usage`: CPU, memory and disk a devbox used (Runloop's resource usage).
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
+mod commands;
 pub mod executions;
 mod lifecycle;
 mod pool;
 mod quota;
 mod shape;
 mod snapshots;
+pub mod stdin;
 mod suspend;
+pub mod tunnels;
+mod usage;
 
 use shape::Resources;
 pub use shape::{AfterIdle, CreateDevbox, LaunchParameters, Lifecycle, OnIdle};
@@ -102,6 +110,8 @@ pub struct Devboxes {
     /// The execution output of suspended devboxes (their killed executions stay readable),
     /// taken back when they resume.
     parked_output: Mutex<HashMap<String, OutputStore>>,
+    /// Live tunnels (they go with their devbox).
+    tunnels: tunnels::TunnelTable,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -144,6 +154,7 @@ impl Devboxes {
             ops: Mutex::new(HashMap::new()),
             snapshot_gate: tokio::sync::RwLock::new(()),
             parked_output: Mutex::new(HashMap::new()),
+            tunnels: tunnels::TunnelTable::default(),
         }
     }
 
@@ -201,6 +212,9 @@ impl Devboxes {
         principal: &Principal,
     ) -> ApiResult<DevboxView> {
         let mut res = self.resources(&req)?;
+        if let Some(tunnel) = &req.tunnel {
+            tunnel.check()?;
+        }
         let params = req.launch_parameters.clone().unwrap_or_default();
         self.apply_network_policy(&params, &mut res).await?;
         let mut env = req.environment_variables.clone().unwrap_or_default();
@@ -299,24 +313,33 @@ impl Devboxes {
         let idle = record.invocation_id.is_none() && !res.keep_alive.is_zero();
         // From here on, stopping the devbox gives its place back.
         reservation.keep();
-        self.bring_up(BringUp {
-            id: &id,
-            devbox,
-            keep_alive: if idle { res.keep_alive } else { Duration::ZERO },
-            on_idle: res.on_idle,
-            idle_reason: if res.after_idle {
-                "idle"
-            } else {
-                "keep_alive_timeout"
-            },
-            redactor,
-            output: None,
-            resumed: false,
-            file_mounts: req.file_mounts.as_ref(),
-            launch_commands: params.launch_commands.as_deref().unwrap_or_default(),
-            entrypoint: req.entrypoint.as_deref(),
-        })
-        .await
+        let view = self
+            .bring_up(BringUp {
+                id: &id,
+                devbox,
+                keep_alive: if idle { res.keep_alive } else { Duration::ZERO },
+                on_idle: res.on_idle,
+                idle_reason: if res.after_idle {
+                    "idle"
+                } else {
+                    "keep_alive_timeout"
+                },
+                redactor,
+                output: None,
+                resumed: false,
+                file_mounts: req.file_mounts.as_ref(),
+                launch_commands: params.launch_commands.as_deref().unwrap_or_default(),
+                entrypoint: req.entrypoint.as_deref(),
+            })
+            .await?;
+        // The tunnel asked for at creation (not again at a resume: it outlives a suspend).
+        match req.tunnel.clone() {
+            Some(tunnel) if view.status == DevboxStatus::Running => {
+                self.enable_tunnel(&id, principal, tunnel).await?;
+                self.view(&id).await
+            }
+            _ => Ok(view),
+        }
     }
 
     /// Apply `launch_parameters.network_policy_id`: outbound network under its rules.
@@ -431,6 +454,10 @@ impl Devboxes {
             .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
     }
 
+    fn is_live(&self, id: &str) -> bool {
+        lock(&self.live).contains_key(id)
+    }
+
     fn has_running_execution(&self, id: &str) -> bool {
         lock(&self.executions)
             .values()
@@ -521,72 +548,9 @@ impl Devboxes {
 
     /// The `DevboxView` of a record, with its status history.
     pub async fn view_of(&self, rec: &DevboxRecord) -> ApiResult<DevboxView> {
-        DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)
-    }
-
-    /// Start a command; returns its execution (already registered).
-    pub async fn execute(
-        &self,
-        id: &str,
-        principal: &Principal,
-        command: String,
-        env: BTreeMap<String, String>,
-        cwd: Option<String>,
-        command_id: Option<String>,
-    ) -> ApiResult<Arc<Execution>> {
-        if let Some(cid) = &command_id {
-            let known = lock(&self.by_command_id)
-                .get(&(id.to_string(), cid.clone()))
-                .cloned();
-            if let Some(eid) = known {
-                self.authorized(id, principal).await?;
-                return self.execution(id, &eid, principal).await;
-            }
-        }
-        let live = self.running_live(id, principal).await?;
-        let exec = Execution::start(
-            openloop_store::new_id("exe"),
-            id.to_string(),
-            live.devbox.clone(),
-            command,
-            env,
-            cwd,
-            live.output.clone(),
-        );
-        lock(&self.executions).insert(exec.id.clone(), exec.clone());
-        if let Some(cid) = command_id {
-            lock(&self.by_command_id).insert((id.to_string(), cid), exec.id.clone());
-        }
-        Ok(exec)
-    }
-
-    /// The executions of a devbox still held (they go with the devbox), oldest first.
-    pub fn executions_of(&self, devbox_id: &str) -> Vec<Arc<Execution>> {
-        let mut all: Vec<Arc<Execution>> = lock(&self.executions)
-            .values()
-            .filter(|e| e.devbox_id == devbox_id)
-            .cloned()
-            .collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
-    }
-
-    pub async fn execution(
-        &self,
-        devbox_id: &str,
-        execution_id: &str,
-        principal: &Principal,
-    ) -> ApiResult<Arc<Execution>> {
-        self.authorized(devbox_id, principal).await?;
-        lock(&self.executions)
-            .get(execution_id)
-            .cloned()
-            .filter(|e| e.devbox_id == devbox_id)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "execution '{execution_id}' of devbox '{devbox_id}' not found"
-                ))
-            })
+        let mut view = DevboxView::of(rec, &self.store.devbox_transitions(&rec.id).await?)?;
+        view.tunnel = self.tunnel_view(&rec.id);
+        Ok(view)
     }
 }
 

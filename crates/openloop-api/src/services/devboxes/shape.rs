@@ -98,6 +98,9 @@ pub struct CreateDevbox {
     /// from: its files lie under the devbox's own, shared read-only with other devboxes.
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// A tunnel to enable once the devbox runs (see `enable_tunnel`).
+    #[serde(default)]
+    pub tunnel: Option<super::tunnels::TunnelConfig>,
 }
 
 /// Size, limits and network a devbox gets.
