@@ -348,6 +348,8 @@ class Host:
         self.wake_r, self.wake_w = os.pipe()
         #: The next run's process, forked and isolated ahead of time.
         self.spares: collections.deque[Spare] = collections.deque()
+        #: Forking a spare failed (the process limit); set again when a process of ours ends.
+        self.fork_failed = False
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
@@ -359,10 +361,15 @@ class Host:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(self.control, selectors.EVENT_READ, "control")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self._try_fork_spare()
         self.send({"event": "ready", "functions": sorted(self.functions)})
         while True:
-            for key, _ in self.sel.select():
+            # Spares are replaced when nothing else waits: a request (a validation, the next
+            # run) never queues behind a fork.
+            ready = self.sel.select(timeout=0)
+            if not ready and len(self.spares) < SPARES and not self.fork_failed:
+                self._try_fork_spare()
+                continue
+            for key, _ in ready or self.sel.select():
                 if key.data == "wake":
                     try:
                         os.read(self.wake_r, 4096)
@@ -411,8 +418,6 @@ class Host:
             self.children[pid] = msg["invocation_id"]
             self.by_invocation[msg["invocation_id"]] = pid
             self.send({"id": msg["id"], "pid": pid, "spare": name})
-            # The next run's process is forked now, off that run's critical path.
-            self._try_fork_spare()
         elif op == "kill":
             inv_id = msg.get("invocation_id", "")
             pid = self.by_invocation.get(inv_id)
@@ -429,14 +434,14 @@ class Host:
                     self.killed_early.pop(next(iter(self.killed_early)))
 
     def _try_fork_spare(self) -> None:
-        """Fork the next runs' processes ahead of time, up to ``SPARES``, if the system lets
-        us (at its process limit it does not); a run forks its own otherwise."""
-        while len(self.spares) < SPARES:
-            try:
-                self._fork_spare()
-            except OSError as e:
-                print(f"openloop: could not fork a process ahead of time: {e}", file=sys.stderr)
-                return
+        """Fork one more run's process ahead of time if the system lets us (at its process
+        limit it does not: then no more is tried until a process of ours ends, and a run
+        forks its own)."""
+        try:
+            self._fork_spare()
+        except OSError as e:
+            self.fork_failed = True
+            print(f"openloop: could not fork a process ahead of time: {e}", file=sys.stderr)
 
     def _fork_spare(self) -> None:
         """Fork and isolate a run's process ahead of time; it waits on a pipe."""
@@ -566,6 +571,7 @@ class Host:
                 return
             if pid == 0:
                 return
+            self.fork_failed = False
             inv = self.children.pop(pid, None)
             if inv is None:
                 for spare in [s for s in self.spares if s.pid == pid]:
