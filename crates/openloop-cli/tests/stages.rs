@@ -97,4 +97,41 @@ async fn every_stage_of_a_warm_invocation_is_timed() {
         .unwrap();
     let cleared: Value = r.json().await.unwrap();
     assert_eq!(cleared["stages"], json!([]));
+
+    // `sleepy(seconds: float)`: JSON types alone decide its requests, so a request of the
+    // right types is not sent to the warm process to be validated...
+    let (code, v) = server
+        .invoke_sync("test_agent", "sleepy", json!({"seconds": 0.01}))
+        .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("success")), "{v}");
+    let stats = server.get_json("/v1/metrics/stages").await;
+    let names: Vec<&str> = stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    assert!(names.contains(&"insert"), "{names:?}");
+    assert!(!names.contains(&"validate"), "{names:?}");
+    // ...and any other still is: pydantic accepts "0.01" (lax mode), and names the field of
+    // a value it cannot read; a missing or unknown parameter is refused too.
+    let (code, v) = server
+        .invoke_sync("test_agent", "sleepy", json!({"seconds": "0.01"}))
+        .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("success")), "{v}");
+    for bad in [
+        json!({"seconds": "soon"}),
+        json!({}),
+        json!({"seconds": 0.01, "extra": 1}),
+    ] {
+        let r = server
+            .post("/v1/functions/test_agent/sleepy/invoke_sync")
+            .json(&json!({"request": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let stats = server.get_json("/v1/metrics/stages").await;
+    assert_eq!(stage(&stats, "validate")["count"], 4, "{stats:#}");
 }

@@ -15,6 +15,46 @@ pub struct FunctionSpec {
     pub retryable: bool,
     pub request_schema: serde_json::Value,
     pub response_schema: serde_json::Value,
+    /// JSON types alone decide the function's requests (every parameter a bare `str`, `int`,
+    /// `float` or `bool`, no validators): see [`FunctionSpec::plainly_valid`].
+    #[serde(default)]
+    pub request_exact: bool,
+}
+
+impl FunctionSpec {
+    /// Whether `request` is certainly valid without asking pydantic: the function's requests
+    /// are decided by JSON types alone (`request_exact`), every required parameter is there,
+    /// no other is, and each value has its parameter's JSON type. `false` means "ask", not
+    /// "invalid" (pydantic's lax mode accepts more, such as `"5"` for an `int`).
+    pub fn plainly_valid(&self, request: &serde_json::Value) -> bool {
+        let schema = &self.request_schema;
+        let (true, Some(req), Some(props)) = (
+            self.request_exact,
+            request.as_object(),
+            schema["properties"].as_object(),
+        ) else {
+            return false;
+        };
+        let required = schema["required"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if required
+            .iter()
+            .any(|r| r.as_str().is_none_or(|name| !req.contains_key(name)))
+        {
+            return false;
+        }
+        req.iter().all(
+            |(name, v)| match props.get(name).and_then(|p| p["type"].as_str()) {
+                Some("string") => v.is_string(),
+                Some("integer") => v.is_i64() || v.is_u64(),
+                Some("number") => v.is_number(),
+                Some("boolean") => v.is_boolean(),
+                _ => false,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,4 +138,54 @@ pub async fn read(
         let _ = log.send(format!("found function {}", f.name));
     }
     Ok(functions)
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::FunctionSpec;
+    use serde_json::json;
+
+    fn spec(exact: bool) -> FunctionSpec {
+        FunctionSpec {
+            name: "f".into(),
+            is_async: false,
+            retryable: false,
+            request_schema: json!({
+                "additionalProperties": false,
+                "properties": {
+                    "text": {"title": "Text", "type": "string"},
+                    "times": {"default": 1, "title": "Times", "type": "integer"},
+                    "ratio": {"title": "Ratio", "type": "number"},
+                    "loud": {"title": "Loud", "type": "boolean"}
+                },
+                "required": ["text", "ratio", "loud"],
+                "type": "object"
+            }),
+            response_schema: json!({}),
+            request_exact: exact,
+        }
+    }
+
+    #[test]
+    fn only_requests_of_the_exact_json_types_skip_pydantic() {
+        let s = spec(true);
+        assert!(s.plainly_valid(&json!({"text": "a", "ratio": 1, "loud": true})));
+        assert!(s.plainly_valid(&json!({"text": "a", "times": 3, "ratio": 0.5, "loud": false})));
+        // Each of these goes to pydantic (which may accept some in lax mode, or say why not).
+        for r in [
+            json!({"text": "a", "ratio": 1}),
+            json!({"text": "a", "ratio": 1, "loud": true, "other": 1}),
+            json!({"text": 5, "ratio": 1, "loud": true}),
+            json!({"text": "a", "times": "3", "ratio": 1, "loud": true}),
+            json!({"text": "a", "times": 1.5, "ratio": 1, "loud": true}),
+            json!({"text": "a", "ratio": "1", "loud": true}),
+            json!({"text": "a", "ratio": 1, "loud": 1}),
+            json!({"text": null, "ratio": 1, "loud": true}),
+            json!(["a"]),
+        ] {
+            assert!(!s.plainly_valid(&r), "{r}");
+        }
+        // A function whose requests JSON types do not decide always asks.
+        assert!(!spec(false).plainly_valid(&json!({"text": "a", "ratio": 1, "loud": true})));
+    }
 }

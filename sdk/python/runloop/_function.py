@@ -14,6 +14,9 @@ from ._errors import DefinitionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Parameter types whose JSON type alone decides validity (see ``request_exact``).
+_EXACT_TYPES: tuple[type, ...] = (str, int, float, bool)
+
 
 @dataclass
 class FunctionDefinition:
@@ -30,6 +33,25 @@ class FunctionDefinition:
 
     def request_schema(self) -> dict[str, Any]:
         return self.request_model.model_json_schema()
+
+    def request_exact(self) -> bool:
+        """Whether JSON types alone decide this function's requests: every parameter is a
+        bare ``str``, ``int``, ``float`` or ``bool`` (no constraints, no validators). A request
+        whose values have exactly those JSON types, with every required parameter and no
+        other, is then valid, and the server need not ask the warm process (any other
+        request still is checked by pydantic)."""
+        decorators = self.request_model.__pydantic_decorators__
+        if (
+            decorators.validators
+            or decorators.field_validators
+            or decorators.root_validators
+            or decorators.model_validators
+        ):
+            return False
+        return all(
+            f.annotation in _EXACT_TYPES and not f.metadata
+            for f in self.request_model.model_fields.values()
+        )
 
     def response_schema(self) -> dict[str, Any]:
         return self.return_adapter.json_schema()

@@ -39,6 +39,7 @@ def describe(module_dir: str, module: str) -> dict[str, Any]:
                 "is_async": f.is_async,
                 "retryable": f.retryable,
                 "request_schema": f.request_schema(),
+                "request_exact": f.request_exact(),
                 "response_schema": f.response_schema(),
             }
             for f in functions.values()

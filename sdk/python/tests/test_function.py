@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import runloop
 from runloop import DefinitionError, ExecResult
@@ -105,3 +105,32 @@ def test_retryable_form() -> None:
     assert registered_functions()["again"].retryable
     assert not registered_functions()["once"].retryable
     assert again(3) == 3
+
+
+def test_request_exact_only_for_bare_json_types() -> None:
+    @runloop.function
+    def plain_types(text: str, n: int, ratio: float = 0.5, loud: bool = False) -> str:
+        return text
+
+    @runloop.function
+    def with_model(item: Item) -> str:
+        return item.name
+
+    @runloop.function
+    def with_optional(text: Optional[str]) -> str:
+        return text or ""
+
+    @runloop.function
+    def with_constraint(n: Annotated[int, Field(gt=0)]) -> int:
+        return n
+
+    @runloop.function
+    def with_coordinator(text: str, coordinator: runloop.SystemCoordinator) -> str:
+        return text
+
+    fns = registered_functions()
+    assert fns["plain_types"].request_exact()
+    assert fns["with_coordinator"].request_exact()
+    assert not fns["with_model"].request_exact()
+    assert not fns["with_optional"].request_exact()
+    assert not fns["with_constraint"].request_exact()
