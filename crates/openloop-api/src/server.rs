@@ -142,7 +142,12 @@ pub async fn serve(
         network_policies,
         repositories,
     };
-    // Warm processes for every live deployment, then the queue left by a previous process.
+    // Warm processes for every live deployment, then the queue left by a previous process
+    // (read now, before any request can add a run of this process's own).
+    let leftovers = invocations
+        .leftovers()
+        .await
+        .map_err(crate::error::ApiError::from)?;
     let warm = invocations.clone();
     let warm_store = store.clone();
     tokio::spawn(async move {
@@ -153,7 +158,7 @@ pub async fn serve(
                 }
             }
         }
-        if let Err(e) = warm.recover().await {
+        if let Err(e) = warm.recover(leftovers).await {
             tracing::error!(error = %e, "could not recover invocations");
         }
     });
