@@ -49,3 +49,24 @@ fn sandboxes_and_runner_know_nothing_of_the_database_or_http() {
         }
     }
 }
+
+#[test]
+fn the_engine_knows_nothing_of_http_devboxes_or_auth() {
+    // What the engine needs from devboxes, auth, secrets and network policies reaches it
+    // through the narrow traits of `openloop_engine::ports`, implemented by `openloop-api`:
+    // so the engine can be driven (and, in a cluster, coordinated) without the HTTP layer.
+    let deps = dependencies("openloop-engine");
+    for banned in [
+        "openloop-api",
+        "openloop-dashboard",
+        "axum",
+        "hyper",
+        "utoipa",
+    ] {
+        assert!(
+            !deps.contains(&banned.to_string()),
+            "openloop-engine depends on {banned}"
+        );
+    }
+    assert!(dependencies("openloop-api").contains(&"openloop-engine".to_string()));
+}
