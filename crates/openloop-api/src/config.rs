@@ -77,6 +77,26 @@ pub struct ServerConfig {
     pub secrets_key: SecretsKeySource,
     /// Tunnels answer at `{port}-{tunnel_key}.tunnel.{tunnel_domain}` (default `localhost`).
     pub tunnel_domain: String,
+    /// This node's id, stable across restarts (see [`node_id_in`]).
+    pub node_id: String,
+    /// Where the other nodes of a cluster reach this one (default `http://{listen}`).
+    pub advertise_url: String,
+    /// How long a node may miss heartbeats before another takes over its work.
+    pub node_lease: Duration,
+}
+
+/// The node id kept in `data_dir/node-id`, made on the first start.
+pub fn node_id_in(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = openloop_store::new_id("node");
+            std::fs::write(&path, format!("{id}\n"))?;
+            Ok(id)
+        }
+    }
 }
 
 /// Where the key that seals secrets comes from. Its `Debug` never shows a key.
@@ -115,7 +135,19 @@ impl ServerConfig {
             run_tmp_mb: self.run_tmp_mb,
             warm_memory_mb: self.warm_memory_mb,
             run_logs: self.run_logs,
+            node: openloop_engine::NodeConfig {
+                id: self.node_id.clone(),
+                address: self.advertise_url.clone(),
+                lease: self.node_lease,
+                cluster_database_url: self.is_cluster().then(|| self.database_url.clone()),
+            },
         }
+    }
+
+    /// Whether this server is a node of a cluster: its database is PostgreSQL, which other
+    /// nodes may share. (On SQLite a server is always alone.)
+    pub fn is_cluster(&self) -> bool {
+        self.database_url.starts_with("postgres:") || self.database_url.starts_with("postgresql:")
     }
 
     pub fn devbox_dir(&self) -> PathBuf {

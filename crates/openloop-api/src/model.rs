@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+pub mod nodes;
 mod snapshots;
 pub use snapshots::*;
 

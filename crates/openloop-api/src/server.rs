@@ -111,6 +111,10 @@ pub async fn serve(
                 devboxes: devboxes.clone(),
                 secrets: secrets.clone(),
                 network_policies: network_policies.clone(),
+                builds: Arc::new(crate::services::ports::LocalBuilds {
+                    store: store.clone(),
+                    config: config.clone(),
+                }),
             },
         )
         .await?,
@@ -149,19 +153,14 @@ pub async fn serve(
         .await
         .map_err(crate::error::ApiError::from)?;
     let warm = invocations.clone();
-    let warm_store = store.clone();
     tokio::spawn(async move {
-        if let Ok(deps) = warm_store.active_deployments().await {
-            for d in deps {
-                if let Err(e) = warm.host_for(&d).await {
-                    tracing::warn!(deployment = %d.id, error = %e, "could not start the warm process");
-                }
-            }
-        }
+        warm.warm_up().await;
         if let Err(e) = warm.recover(leftovers).await {
             tracing::error!(error = %e, "could not recover invocations");
         }
     });
+    // Heartbeats; in a cluster, the shared queue, the bus and the watch for lost nodes.
+    invocations.join();
     // Build the devbox base image in the background so the first devbox does not wait for it.
     let image = devboxes.clone();
     tokio::spawn(async move {
@@ -212,5 +211,6 @@ pub async fn serve(
     crate::listener::serve(listener, tcp_app, limits, tcp_stop, SHUTDOWN_GRACE).await;
     let _ = unix_server.await;
     devboxes.shutdown_all().await;
+    invocations.leave().await;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //!
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
+mod cluster;
 mod dashboard;
 mod devbox_runtime;
 mod disks;
@@ -57,6 +58,16 @@ struct Args {
     /// PostgreSQL (dropped afterwards), and print PostgreSQL's cost over SQLite.
     #[arg(long)]
     postgres_url: Option<String>,
+    /// With --postgres-url: the cluster figures (throughput with one, two and three nodes on
+    /// one database, and the time from a node's death to its runs being taken over).
+    #[arg(long)]
+    cluster: bool,
+    /// Only the cluster figures (needs --postgres-url).
+    #[arg(long)]
+    only_cluster: bool,
+    /// The nodes' lease in the cluster figures, in seconds (the server's default is 15).
+    #[arg(long, default_value_t = 5)]
+    cluster_lease_seconds: u64,
 }
 
 struct Server {
@@ -96,6 +107,26 @@ async fn start_server_in(
     sleepers: usize,
     database_url: Option<&str>,
 ) -> Result<Server> {
+    let limit = (sleepers + 64).to_string();
+    start_node(
+        data,
+        database_url,
+        &["--max-concurrent-runs", &limit],
+        &[],
+        None,
+    )
+    .await
+}
+
+/// Start `openloop serve` with `extra` arguments and `env`; its API key is `key` (a node
+/// joining a database that has keys) or the admin key it makes on its first start.
+async fn start_node(
+    data: tempfile::TempDir,
+    database_url: Option<&str>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    key: Option<String>,
+) -> Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -109,7 +140,8 @@ async fn start_server_in(
     let mut cmd = Command::new(&openloop);
     cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(data.path())
-        .args(["--max-concurrent-runs", &(sleepers + 64).to_string()]);
+        .args(extra)
+        .envs(env.iter().copied());
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }
@@ -132,9 +164,12 @@ async fn start_server_in(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let key = std::fs::read_to_string(data.path().join("admin-key"))?
-        .trim()
-        .to_string();
+    let key = match key {
+        Some(k) => k,
+        None => std::fs::read_to_string(data.path().join("admin-key"))?
+            .trim()
+            .to_string(),
+    };
     Ok(Server {
         child,
         url,
@@ -341,6 +376,17 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent");
+    if args.only_cluster {
+        let admin = args
+            .postgres_url
+            .as_deref()
+            .context("--only-cluster needs --postgres-url")?;
+        let mut figures = serde_json::Map::new();
+        cluster::measure(admin, &agent, &args, &mut figures).await?;
+        println!("{}", Value::Object(figures));
+        return Ok(());
+    }
     if args.only_devbox_runtime {
         let b = Bench {
             s: start_server(16).await?,
@@ -354,7 +400,6 @@ async fn run(args: Args) -> Result<()> {
         println!("{}", Value::Object(figures));
         return Ok(());
     }
-    let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent");
     // Made first, so a machine that cannot run the peers fails before the long part.
     let peer_env = if args.no_peers {
         None
@@ -625,6 +670,11 @@ async fn run(args: Args) -> Result<()> {
             args.clients,
             &mut figures,
         );
+    }
+    if args.cluster {
+        if let Some(admin) = &args.postgres_url {
+            cluster::measure(admin, &agent, &args, &mut figures).await?;
+        }
     }
     println!("{}", Value::Object(figures));
     Ok(())

@@ -251,3 +251,50 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(clap::Args)]
+pub struct NodesArgs {
+    /// Print the JSON the server answers instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// `openloop nodes`: the nodes of the cluster, their heartbeats, runs and devboxes.
+pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let key = args.server.key()?;
+    let resp = http()
+        .get(args.server.url("/v1/nodes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {}", args.server.server))?;
+    let list: Value = check(resp).await?.json().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<8} {:>5} {:>10} {:>5} {:>8}  ADDRESS",
+        "NODE", "STATUS", "EPOCH", "HEARTBEAT", "RUNS", "DEVBOXES"
+    );
+    for n in list["nodes"].as_array().into_iter().flatten() {
+        let me = if n["this_node"].as_bool().unwrap_or(false) {
+            " (this node)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<40} {:<8} {:>5} {:>9.1}s {:>5} {:>8}  {}{me}",
+            n["id"].as_str().unwrap_or(""),
+            n["status"].as_str().unwrap_or(""),
+            n["epoch"],
+            n["heartbeat_age_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            n["running_invocations"],
+            n["live_devboxes"],
+            n["address"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

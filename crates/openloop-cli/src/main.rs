@@ -1,7 +1,7 @@
 //! `openloop`: the server and its command-line client.
 //!
 //! - `serve`: run the server ([`serve`]).
-//! - `deploy`, `logs`: talk to a server over HTTP ([`client`]).
+//! - `deploy`, `logs`, `nodes`: talk to a server over HTTP ([`client`]).
 //! - `keys`: manage API keys directly in the database ([`keys`]).
 //! - `repos`: connect git repositories for push-to-deploy, over HTTP ([`repos`]).
 //! - `image build`: build the devbox base image ahead of time.
@@ -30,6 +30,8 @@ enum Command {
     Deploy(client::DeployArgs),
     /// Print an invocation's logs.
     Logs(client::LogsArgs),
+    /// List the nodes of the cluster: heartbeats, lease epochs, runs and devboxes on each.
+    Nodes(client::NodesArgs),
     /// Manage API keys (works on the database directly; the server need not run).
     Keys(keys::KeysArgs),
     /// Push-to-deploy: connect git repositories whose pushes deploy a project.
@@ -102,6 +104,7 @@ async fn run() {
         Command::Serve(args) => serve::run(*args).await,
         Command::Deploy(args) => client::deploy(args).await,
         Command::Logs(args) => client::logs(args).await,
+        Command::Nodes(args) => client::nodes(args).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Repos(args) => repos::run(args).await,
         Command::Image {

@@ -148,6 +148,18 @@ pub struct ServeArgs {
     /// this server}/ (point a wildcard DNS name, or a proxy, at the server for other domains).
     #[arg(long, env = "OPENLOOP_TUNNEL_DOMAIN", default_value = "localhost", value_parser = parse_tunnel_domain)]
     tunnel_domain: String,
+    /// This node's id in a cluster (default: made on the first start and kept in
+    /// `<data-dir>/node-id`). Each node of a cluster has its own data directory and id.
+    #[arg(long, env = "OPENLOOP_NODE_ID")]
+    node_id: Option<String>,
+    /// The URL the other nodes of a cluster reach this node's API at (default
+    /// `http://{host}:{port}`; set it when listening on 0.0.0.0).
+    #[arg(long, env = "OPENLOOP_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Seconds a node of a cluster may miss heartbeats before another node takes over its
+    /// runs and marks its devboxes lost.
+    #[arg(long, env = "OPENLOOP_NODE_LEASE_SECONDS", default_value_t = 15)]
+    node_lease_seconds: u64,
 }
 
 /// A domain name: labels of letters, digits and hyphens, separated by dots.
@@ -252,8 +264,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = std::path::absolute(&args.store.data_dir).context("data directory")?;
     let secrets_key = secrets_key_source(args.secrets_key_file, &data_dir)?;
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => openloop_api::config::node_id_in(&data_dir).context("node id")?,
+    };
+    let listen = std::net::SocketAddr::new(args.host, args.port);
     let config = ServerConfig {
-        listen: std::net::SocketAddr::new(args.host, args.port),
+        node_id,
+        advertise_url: args
+            .advertise_url
+            .unwrap_or_else(|| format!("http://{listen}")),
+        node_lease: Duration::from_secs(args.node_lease_seconds.max(1)),
+        listen,
         database_url: args.store.url(),
         data_dir,
         image_dir: args.image_dir,

@@ -151,6 +151,42 @@ async fn build_in(
     })
 }
 
+/// Build a deployment again on another node of a cluster: unpack its stored source
+/// `archive` (content hash `hash`) into `dest` and build (or reuse) its environment, the
+/// same one its first node built (environments are cached by their requirements). Returns
+/// the environment and the source directory; the functions are the stored manifest's.
+pub async fn build_from_archive(
+    settings: &BuildSettings,
+    project: &str,
+    archive: &[u8],
+    hash: &str,
+    dest: PathBuf,
+    log: &LogSink,
+) -> Result<(PathBuf, PathBuf), DeployError> {
+    let cgroup = Cgroup::create(&settings.sandbox.cgroup_name, settings.sandbox.limits)?;
+    let mut sandbox = settings.sandbox.clone();
+    sandbox.procs = cgroup.procs_files();
+    let result = async {
+        let repo = dest.join("src");
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest)?;
+        }
+        crate::archive::unpack(archive, hash, &repo)?;
+        let requirements = std::fs::read_to_string(repo.join("requirements.txt")).map_err(|e| {
+            DeployError::Config(format!(
+                "requirements.txt is missing from the stored source: {e}"
+            ))
+        })?;
+        chown_tree(&repo, FUNCTION_HOST_UID)?;
+        let env = venv::ensure(&settings.venv, &sandbox, project, &repo, &requirements, log).await;
+        chown_tree(&repo, 0)?;
+        Ok((env?, repo))
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+    result
+}
+
 /// Give `dir` and everything below it (not following links) to `uid`.
 fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;

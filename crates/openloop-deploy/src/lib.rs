@@ -5,8 +5,11 @@
 //! - [`sdk`]: the `runloop` Python SDK, embedded in the binary so its version always matches.
 //! - [`venv`]: one virtual environment per requirements hash, built with `uv` and cached.
 //! - [`manifest`]: import the module in its environment and read the functions and schemas.
-//! - [`build`]: the whole pipeline, reporting each step to a build log.
+//! - [`build`]: the whole pipeline, reporting each step to a build log; and the same
+//!   environment built again from a stored source archive (another node of a cluster).
+//! - [`archive`]: a deployment's source as one content-addressed archive.
 
+pub mod archive;
 pub mod build;
 pub mod config;
 pub mod manifest;
@@ -14,7 +17,7 @@ pub mod sdk;
 pub mod source;
 pub mod venv;
 
-pub use build::{build, BuildOutput, BuildSandbox, BuildSettings};
+pub use build::{build, build_from_archive, BuildOutput, BuildSandbox, BuildSettings};
 pub use config::{ModuleConfig, RunloopToml};
 pub use manifest::{FunctionSpec, Manifest};
 

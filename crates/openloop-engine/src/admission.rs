@@ -2,7 +2,8 @@
 //! schema) and recording it, running at once when a slot is free, else queued.
 
 use crate::invocations::Invocations;
-use crate::notify::ANY_INVOCATION;
+use crate::lifecycle::Start;
+use crate::notify::{ANY_INVOCATION, QUEUED};
 use crate::slots::Permits;
 use crate::stage::span;
 use crate::{EngineError, EngineResult};
@@ -96,11 +97,16 @@ impl Invocations {
             started_at_ms: permits.as_ref().map(|_| created_at_ms),
             ended_at_ms: None,
         };
+        let owner = self.node.owner();
         self.store
-            .insert_invocation(&inv)
+            .insert_invocation(&inv, permits.as_ref().map(|_| owner))
             .instrument(span("insert"))
             .await?;
         self.notifier.notify(ANY_INVOCATION);
+        if permits.is_none() {
+            // Queued: any node with a free slot may take it (cluster mode).
+            self.notifier.notify(QUEUED);
+        }
         if let Some(caller) = inv
             .parent_invocation_id
             .as_deref()
@@ -108,7 +114,13 @@ impl Invocations {
         {
             caller.add_child(&inv.id);
         }
-        self.spawn_run(inv.id.clone(), Some((inv.clone(), permits)));
+        self.spawn_run(
+            inv.id.clone(),
+            Start {
+                record: Some(inv.clone()),
+                taken: permits.map(|p| (p, owner.epoch)),
+            },
+        );
         Ok(inv)
     }
 }

@@ -5,6 +5,9 @@ use crate::{EngineError, EngineResult};
 use openloop_store::invocations::Invocation;
 use openloop_sync::lock;
 
+/// How often a waiter in a cluster reads an invocation again without a notice.
+const CLUSTER_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Invocations {
     /// Cancel a queued or running invocation: its process tree is killed, its devboxes shut
     /// down, and its status becomes `canceled`.
@@ -32,10 +35,19 @@ impl Invocations {
                 }
             }
         };
-        if let Some(h) = host {
-            if let Err(e) = h.kill(id).await {
-                tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
+        match host {
+            Some(h) => {
+                if let Err(e) = h.kill(id).await {
+                    tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
+                }
             }
+            None if self.node.clustered() => {
+                // The run may be on another node: its node kills it (`cluster::bus`).
+                lock(&self.running).remove(id);
+                self.notifier
+                    .notify(&format!("{}{id}", crate::cluster::CANCEL_PREFIX));
+            }
+            None => {}
         }
         self.ports.devboxes.shutdown_for_invocation(id).await?;
         self.notifier.invocation_changed(id);
@@ -51,7 +63,35 @@ impl Invocations {
             if inv.is_finished() {
                 return Ok(inv);
             }
-            sub.changed().await;
+            if self.node.clustered() {
+                // Another node's notice may be lost with its connection: read again now
+                // and then.
+                let _ = tokio::time::timeout(CLUSTER_REREAD, sub.changed()).await;
+            } else {
+                sub.changed().await;
+            }
+        }
+    }
+
+    /// Kill a run of this node that another node canceled (it is recorded `canceled`). A
+    /// run taken but not yet started never starts.
+    pub(crate) async fn kill_local(&self, id: &str) {
+        let host = {
+            let mut running = lock(&self.running);
+            match running.get(id) {
+                Some(Running::Host(h)) => Some(h.clone()),
+                _ => {
+                    if lock(&self.in_flight).contains_key(id) {
+                        running.insert(id.to_string(), Running::CanceledEarly);
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(h) = host {
+            if let Err(e) = h.kill(id).await {
+                tracing::warn!(invocation = %id, error = %e, "could not kill a run canceled on another node");
+            }
         }
     }
 

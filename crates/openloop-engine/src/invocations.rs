@@ -2,6 +2,7 @@
 //! job: `admission` (new invocations), `lifecycle` (one run), `cancel` (canceling and
 //! waiting), `recovery` (after a restart), `registry` (warm processes and manifests).
 
+use crate::node::Node;
 use crate::notify::Notifier;
 use crate::ports::Collaborators;
 use crate::slots::RunSlots;
@@ -38,6 +39,12 @@ pub struct Invocations {
     pub(crate) loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     /// Project → its active deployment id, kept in step by [`Invocations::activate`].
     pub(crate) active: Mutex<HashMap<String, String>>,
+    /// This node, its lease epoch.
+    pub node: Arc<Node>,
+    /// Runs queued anywhere that this node may take when it has a free slot.
+    pub(crate) queue: crate::cluster::queue::QueueState,
+    /// Serialises building deployments another node built (cluster mode).
+    pub(crate) materializing: tokio::sync::Mutex<()>,
 }
 
 /// A run's entry in [`Invocations::running`]. Starting a run and canceling it meet under
@@ -90,7 +97,18 @@ impl Invocations {
         if removed > 0 {
             tracing::info!(removed, "removed cgroups left by a previous server process");
         }
+        // A new epoch: what this node ran under an older one is recovered, and nothing of
+        // that may be finished any more.
+        let epoch = store
+            .join_cluster(&config.node.id, &config.node.address)
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!(node = %config.node.id, epoch, clustered = config.node.cluster_database_url.is_some(), "node joined");
+        let node = Arc::new(Node::new(config.node.clone(), epoch));
         Ok(Invocations {
+            node,
+            queue: Default::default(),
+            materializing: tokio::sync::Mutex::new(()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
             store,
             config: Arc::new(config),

@@ -17,16 +17,22 @@
 //! - [`notify`]: "something about X changed", which waiting requests and live pages follow;
 //! - [`ports`]: what the engine needs from the rest of the server (run tokens, a run's
 //!   devboxes, secrets, network policies), as narrow traits the API implements;
-//! - [`stage`]: the spans that time each stage of an invocation's path.
+//! - [`stage`]: the spans that time each stage of an invocation's path;
+//! - [`node`]: this node's identity and lease epoch, which every run it takes records;
+//! - `cluster` (PostgreSQL only): the heartbeat and the taking over of lost nodes
+//!   (`cluster::lease`), the shared queue (`cluster::queue`), and the bus that carries
+//!   notifications and cancels between nodes (`cluster::bus`).
 //!
 //! The engine knows nothing of HTTP: `openloop-api` turns requests into calls here and
 //! [`EngineError`]s into responses.
 
 mod admission;
 mod cancel;
+mod cluster;
 pub mod invocations;
 mod lifecycle;
 mod logs;
+pub mod node;
 pub mod notify;
 pub mod ports;
 mod recovery;
@@ -35,6 +41,7 @@ pub mod slots;
 pub mod stage;
 
 pub use invocations::{manifest_of, Invocations, Loaded};
+pub use node::NodeConfig;
 
 use openloop_runner::{EngineLimits, LogLimits};
 use openloop_store::StoreError;
@@ -69,6 +76,8 @@ pub struct EngineConfig {
     pub warm_memory_mb: u64,
     /// Output of one run kept as log records.
     pub run_logs: LogLimits,
+    /// This node: its id, address, lease, and whether it is part of a cluster.
+    pub node: NodeConfig,
 }
 
 /// Why the engine refused or could not do something. `openloop-api` maps each to a status.

@@ -16,30 +16,52 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+/// How a run reaches its task.
+pub(crate) struct Start {
+    /// Its record, when this process just made it (not read back).
+    pub record: Option<Invocation>,
+    /// The slots it holds and the epoch it was recorded `running` under, when it already
+    /// is (recorded so at admission, or claimed from the shared queue); else it is queued
+    /// and its task takes slots and claims it.
+    pub taken: Option<(Permits, i64)>,
+}
+
 impl Invocations {
     /// Run a queued invocation in the background; it outlives the request that made it.
     pub fn spawn(self: &Arc<Self>, id: String) {
-        self.spawn_run(id, None)
+        self.spawn_run(
+            id,
+            Start {
+                record: None,
+                taken: None,
+            },
+        )
     }
 
-    /// Run an invocation in the background. One just recorded by this process comes with
-    /// its record (not read back) and, when it was recorded as running, the slots it took.
-    pub(crate) fn spawn_run(
-        self: &Arc<Self>,
-        id: String,
-        recorded: Option<(Invocation, Option<Permits>)>,
-    ) {
+    /// Run an invocation in the background.
+    pub(crate) fn spawn_run(self: &Arc<Self>, id: String, start: Start) {
         let this = Arc::clone(self);
         let queued = span("queue");
         tokio::spawn(async move {
             drop(queued);
-            if let Err(e) = this.execute(&id, recorded).await {
+            let mut epoch = start.taken.as_ref().map(|t| t.1);
+            if let Err(e) = this.execute(&id, start, &mut epoch).await {
                 tracing::error!(invocation = %id, error = %e, "invocation could not be run");
                 let err = serde_json::json!({"type": "PlatformError", "message": e.to_string(), "traceback": null});
-                let _ = this
-                    .store
-                    .finish_invocation(&id, "failure", None, Some(&err.to_string()))
-                    .await;
+                let err = err.to_string();
+                let _ = match epoch {
+                    // Taken by this node: recorded only while it is still this node's.
+                    Some(ep) => {
+                        this.store
+                            .finish_run(&id, this.node.owner_at(ep), "failure", None, Some(&err))
+                            .await
+                    }
+                    None => {
+                        this.store
+                            .finish_invocation(&id, "failure", None, Some(&err))
+                            .await
+                    }
+                };
                 this.notifier.invocation_changed(&id);
             }
         });
@@ -59,45 +81,49 @@ impl Invocations {
         )
     }
 
-    async fn execute(
-        &self,
-        id: &str,
-        recorded: Option<(Invocation, Option<Permits>)>,
-    ) -> EngineResult<()> {
+    /// `epoch` is set once the run is this node's (the epoch it was taken under).
+    async fn execute(&self, id: &str, start: Start, epoch: &mut Option<i64>) -> EngineResult<()> {
         let stopping = |_| EngineError::Unavailable("the server is stopping".into());
-        let (queued, taken, depth) = async {
-            let (queued, taken) = match recorded {
-                Some((inv, permits)) => (inv, permits),
-                None => (self.store.get_invocation(id).await?, None),
+        let (queued, depth) = async {
+            let queued = match start.record {
+                Some(inv) => inv,
+                None => self.store.get_invocation(id).await?,
             };
             let depth = self.depth_of(&queued).await?;
-            EngineResult::Ok((queued, taken, depth))
+            EngineResult::Ok((queued, depth))
         }
         .instrument(span("read"))
         .await?;
         let function_slots = self.function_slots(&queued.project_name, &queued.function_name);
-        let permits = match taken {
+        let (permits, taken_under) = match start.taken {
             // Recorded as running with these slots (a cancel since then left its mark in
             // `running`, checked below before anything starts).
-            Some(p) => p,
+            Some(taken) => taken,
             None => {
                 let permits = Permits::take(&self.slots, function_slots.as_ref())
                     .instrument(span("slots"))
                     .await
                     .map_err(stopping)?;
+                let owner = self.node.owner();
                 if !self
                     .store
-                    .mark_invocation_running(id)
+                    .mark_invocation_running(id, owner)
                     .instrument(span("mark_running"))
                     .await?
                 {
-                    // Canceled while queued: a cancel's mark, if any, is done with.
-                    lock(&self.running).remove(id);
+                    // Canceled while queued, or taken by another node (or by this node's
+                    // queue task, whose run of it may be in flight): only a cancel's mark is
+                    // done with.
+                    let mut running = lock(&self.running);
+                    if matches!(running.get(id), Some(Running::CanceledEarly)) {
+                        running.remove(id);
+                    }
                     return Ok(());
                 }
-                permits
+                (permits, owner.epoch)
             }
         };
+        *epoch = Some(taken_under);
         // Held until this returns, however it returns; lent to children while the run waits.
         let _in_flight = InFlight::enter(
             self,
@@ -188,22 +214,19 @@ impl Invocations {
             tracing::warn!(invocation = %id, error = %e, "could not shut down the run's devboxes");
         }
         let finish = span("finish");
-        match outcome {
-            RunOutcome::Success(v) => {
-                let v = redactor.redact_json(v);
-                self.store
-                    .finish_invocation(id, "success", Some(&v.to_string()), None)
-                    .instrument(finish)
-                    .await?
-            }
-            RunOutcome::Failure(e) => {
-                let e = redactor.redact_json(e);
-                self.store
-                    .finish_invocation(id, "failure", None, Some(&e.to_string()))
-                    .instrument(finish)
-                    .await?
-            }
+        let owner = self.node.owner_at(taken_under);
+        let (status, result, error) = match outcome {
+            RunOutcome::Success(v) => ("success", Some(redactor.redact_json(v).to_string()), None),
+            RunOutcome::Failure(e) => ("failure", None, Some(redactor.redact_json(e).to_string())),
         };
+        let recorded = self
+            .store
+            .finish_run(id, owner, status, result.as_deref(), error.as_deref())
+            .instrument(finish)
+            .await?;
+        if !recorded && self.node.epoch() != taken_under {
+            tracing::warn!(invocation = %id, epoch = taken_under, "the run's outcome is not recorded: this node lost its lease meanwhile and another node took the run over");
+        }
         self.notifier.invocation_changed(id);
         Ok(())
     }
@@ -213,6 +236,7 @@ impl Invocations {
 /// the run leaves the table (and its parent's children) and its slots go back.
 struct InFlight<'a> {
     table: &'a Mutex<HashMap<String, Arc<RunSlots>>>,
+    queue: &'a crate::cluster::queue::QueueState,
     id: String,
     run: Arc<RunSlots>,
 }
@@ -223,6 +247,7 @@ impl<'a> InFlight<'a> {
         lock(table).insert(id.to_string(), run.clone());
         InFlight {
             table,
+            queue: &invocations.queue,
             id: id.to_string(),
             run,
         }
@@ -239,5 +264,7 @@ impl Drop for InFlight<'_> {
             }
         }
         self.run.end();
+        // A slot is free: a run queued on another node may take it.
+        self.queue.slot_freed();
     }
 }

@@ -1,8 +1,11 @@
 //! "Something about X changed": one broadcast that waiting requests filter by key.
 //!
-//! Waiters subscribe *before* reading the current state, so no change is missed.
+//! Waiters subscribe *before* reading the current state, so no change is missed. In cluster
+//! mode every key is also forwarded to the other nodes (`cluster::bus`), whose waiters and
+//! live pages then read the new state from the shared database.
 
-use tokio::sync::broadcast;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{broadcast, mpsc};
 
 /// The key notified whenever any invocation is created or changes status (the dashboard's
 /// live list listens to it; log lines do not notify it).
@@ -11,15 +14,21 @@ pub const ANY_INVOCATION: &str = "invocations";
 /// The key notified whenever any deployment is created or changes status.
 pub const ANY_DEPLOYMENT: &str = "deployments";
 
+/// The key notified when a run was queued: a node with a free slot may take it.
+pub const QUEUED: &str = "queue";
+
 #[derive(Clone)]
 pub struct Notifier {
     tx: broadcast::Sender<String>,
+    /// The other nodes, in cluster mode.
+    remote: Arc<OnceLock<mpsc::UnboundedSender<String>>>,
 }
 
 impl Default for Notifier {
     fn default() -> Self {
         Notifier {
             tx: broadcast::channel(4096).0,
+            remote: Arc::new(OnceLock::new()),
         }
     }
 }
@@ -32,6 +41,19 @@ pub struct Subscription {
 impl Notifier {
     pub fn notify(&self, key: &str) {
         let _ = self.tx.send(key.to_string());
+        if let Some(remote) = self.remote.get() {
+            let _ = remote.send(key.to_string());
+        }
+    }
+
+    /// A change another node announced: told to this node's waiters only.
+    pub fn notify_local(&self, key: &str) {
+        let _ = self.tx.send(key.to_string());
+    }
+
+    /// From now on every key is also sent to `remote` (the cluster's bus).
+    pub fn forward_to(&self, remote: mpsc::UnboundedSender<String>) {
+        let _ = self.remote.set(remote);
     }
 
     /// An invocation was created or changed status: its waiters and the live lists.

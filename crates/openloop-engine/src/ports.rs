@@ -3,7 +3,9 @@
 //! [`Collaborators`].
 
 use crate::EngineResult;
+use openloop_deploy::Manifest;
 use openloop_sandbox::egress::EgressPolicy;
+use openloop_store::deployments::Deployment;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +28,17 @@ pub trait RunDevboxes: Send + Sync {
         &'a self,
         invocation_id: &'a str,
     ) -> BoxFuture<'a, EngineResult<()>>;
+
+    /// Every devbox on this node, when the node lost its lease (another node has marked
+    /// them failed already).
+    fn shutdown_all_local(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Deployments another node of the cluster built, built again on this one.
+pub trait Builds: Send + Sync {
+    /// `dep`'s manifest with the paths of this node's own build of it (its source unpacked
+    /// from the stored archive, its environment built or reused), built now if needed.
+    fn local_manifest<'a>(&'a self, dep: &'a Deployment) -> BoxFuture<'a, EngineResult<Manifest>>;
 }
 
 /// Hides secret values in what a run produces (its result, error and logs).
@@ -61,4 +74,5 @@ pub struct Collaborators {
     pub devboxes: Arc<dyn RunDevboxes>,
     pub secrets: Arc<dyn Secrets>,
     pub network_policies: Arc<dyn NetworkPolicies>,
+    pub builds: Arc<dyn Builds>,
 }

@@ -1,57 +1,68 @@
-//! After a restart: runs that were running are failed (or queued again when their function
-//! is retryable), and queued ones run.
+//! Runs cut short: after this node restarts (the runs of its previous epoch), or when another
+//! node is lost (its runs, taken over by this node). Each is failed, or queued again when its
+//! function is retryable; queued runs then run.
 
-use crate::invocations::Invocations;
+use crate::invocations::{manifest_of, Invocations};
 use crate::EngineResult;
+use openloop_store::nodes::OrphanedRun;
+use openloop_sync::lock;
 use std::sync::Arc;
 
 /// What a previous server process left: the invocations it was running and those still
 /// queued, read before this process takes any request (so that no run of its own is among
 /// them).
 pub struct Leftovers {
-    running: Vec<String>,
+    running: Vec<OrphanedRun>,
     queued: Vec<String>,
 }
 
+/// Why runs were cut short, as their error says.
+pub(crate) struct CutShort<'a> {
+    /// The node that ran them.
+    pub node: &'a str,
+    /// The error's `type`: `ServerRestarted` or `NodeLost`.
+    pub kind: &'a str,
+    pub message: &'a str,
+}
+
 impl Invocations {
-    /// The invocations a previous process left, to hand to [`Invocations::recover`]. Read
-    /// before the server serves: recovery itself waits for the warm processes, and runs
-    /// submitted meanwhile (recorded `running` at once when a slot is free) are not leftovers.
+    /// The invocations a previous process of this node left, to hand to
+    /// [`Invocations::recover`]. Read before the server serves: recovery itself waits for the
+    /// warm processes, and runs submitted meanwhile (recorded `running` at once when a slot is
+    /// free) are not leftovers: they carry this process's epoch.
     pub async fn leftovers(&self) -> EngineResult<Leftovers> {
-        Ok(Leftovers {
-            running: self.store.invocation_ids_with_status("running").await?,
-            queued: self.store.invocation_ids_with_status("queued").await?,
-        })
+        let running = self
+            .store
+            .runs_of_node(self.node.id(), self.node.epoch())
+            .await?;
+        // In a cluster the queue is shared: queued runs are taken by whichever node has a
+        // free slot (`cluster::queue`), not by the one that queued them.
+        let queued = if self.node.clustered() {
+            Vec::new()
+        } else {
+            self.store.invocation_ids_with_status("queued").await?
+        };
+        Ok(Leftovers { running, queued })
     }
 
     /// After a restart: runs that were running are failed (or queued again when retryable),
     /// queued ones run.
     pub async fn recover(self: &Arc<Self>, left: Leftovers) -> EngineResult<()> {
-        let mut queued = left.queued;
-        for id in left.running {
-            let inv = self.store.get_invocation(&id).await?;
-            let retryable = match self.deployment(&inv.deployment_id).await {
-                Ok(l) => l
-                    .manifest
-                    .function(&inv.function_name)
-                    .map(|f| f.retryable)
-                    .unwrap_or(false),
-                Err(_) => false,
-            };
-            if retryable && self.store.requeue_invocation(&id).await? {
-                tracing::info!(invocation = %id, "re-queued a retryable run cut short by the restart");
-                queued.push(id);
-                continue;
-            }
-            let err = serde_json::json!({
-                "type": "ServerRestarted",
-                "message": "the server stopped while this invocation was running; invoke it again (or mark the function retryable)",
-                "traceback": null,
-            });
-            self.store
-                .finish_invocation(&id, "failure", None, Some(&err.to_string()))
-                .await?;
+        let requeued = self
+            .cut_short(
+                left.running,
+                CutShort {
+                    node: self.node.id(),
+                    kind: "ServerRestarted",
+                    message: "the server stopped while this invocation was running; invoke it again (or mark the function retryable)",
+                },
+            )
+            .await?;
+        if self.node.clustered() {
+            self.queue.wake();
+            return Ok(());
         }
+        let queued: Vec<String> = left.queued.into_iter().chain(requeued).collect();
         if !queued.is_empty() {
             tracing::info!(count = queued.len(), "resuming queued invocations");
         }
@@ -59,5 +70,53 @@ impl Invocations {
             self.spawn(id);
         }
         Ok(())
+    }
+
+    /// Fail each run, or queue it again when its function is retryable; returns the ones
+    /// queued again. Each change is announced (in a cluster, to every node).
+    pub(crate) async fn cut_short(
+        &self,
+        runs: Vec<OrphanedRun>,
+        why: CutShort<'_>,
+    ) -> EngineResult<Vec<String>> {
+        let mut requeued = Vec::new();
+        for run in runs {
+            if self.retryable(&run.deployment_id, &run.function_name).await
+                && self.store.requeue_run_of_node(&run.id, why.node).await?
+            {
+                tracing::info!(invocation = %run.id, node = why.node, "re-queued a retryable run cut short ({})", why.kind);
+                requeued.push(run.id.clone());
+            } else {
+                let err = serde_json::json!({
+                    "type": why.kind,
+                    "message": why.message,
+                    "traceback": null,
+                });
+                self.store
+                    .fail_run_of_node(&run.id, why.node, &err.to_string())
+                    .await?;
+            }
+            self.notifier.invocation_changed(&run.id);
+        }
+        if !requeued.is_empty() {
+            self.notifier.notify(crate::notify::QUEUED);
+        }
+        Ok(requeued)
+    }
+
+    /// Whether a function may be run again after its run was cut short. Read from the stored
+    /// manifest: no node needs to have built the deployment to answer.
+    async fn retryable(&self, deployment_id: &str, function: &str) -> bool {
+        let cached = lock(&self.loaded).get(deployment_id).cloned();
+        let manifest = match cached {
+            Some(l) => Some(l.manifest.clone()),
+            None => match self.store.get_deployment(deployment_id).await {
+                Ok(dep) => manifest_of(&dep).ok(),
+                Err(_) => None,
+            },
+        };
+        manifest
+            .and_then(|m| m.function(function).map(|f| f.retryable))
+            .unwrap_or(false)
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::invocations::{manifest_of, Invocations, Loaded};
 use crate::{EngineError, EngineResult};
+use openloop_deploy::Manifest;
 use openloop_runner::{HostSpec, WarmHost};
 use openloop_sandbox::cgroup::Limits;
 use openloop_sandbox::jail::Network;
@@ -22,9 +23,9 @@ const WARM_PIDS: u64 = 64;
 static WARM_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Invocations {
-    fn cache(&self, dep: &Deployment) -> EngineResult<Arc<Loaded>> {
+    async fn cache(&self, dep: &Deployment) -> EngineResult<Arc<Loaded>> {
         let loaded = Arc::new(Loaded {
-            manifest: manifest_of(dep)?,
+            manifest: self.local_manifest(dep).await?,
             dep: dep.clone(),
         });
         if dep.status == "deployed" {
@@ -39,7 +40,51 @@ impl Invocations {
         if let Some(l) = cached {
             return Ok(l);
         }
-        self.cache(&self.store.get_deployment(id).await?)
+        self.cache(&self.store.get_deployment(id).await?).await
+    }
+
+    /// A deployment's manifest as this node runs it. A deployment another node of the
+    /// cluster built is built here first (once; see [`crate::ports::Builds`]): its stored
+    /// manifest names that node's paths.
+    async fn local_manifest(&self, dep: &Deployment) -> EngineResult<Manifest> {
+        let m = manifest_of(dep)?;
+        if !self.built_elsewhere(dep, &m) {
+            return Ok(m);
+        }
+        let _one_at_a_time = self.materializing.lock().await;
+        if let Some(l) = lock(&self.loaded).get(&dep.id).cloned() {
+            return Ok(l.manifest.clone());
+        }
+        tracing::info!(deployment = %dep.id, built_by = ?dep.node_id, "building a deployment another node built");
+        self.ports.builds.local_manifest(dep).await
+    }
+
+    fn built_elsewhere(&self, dep: &Deployment, m: &Manifest) -> bool {
+        self.node.clustered()
+            && dep.status == "deployed"
+            && !(dep.node_id.as_deref() == Some(self.node.id())
+                && Path::new(&m.venv).exists()
+                && Path::new(&m.source_dir).exists())
+    }
+
+    /// Start the warm processes of the live deployments this node built, after a restart.
+    /// (A deployment another node built is built here on its first run, not before.)
+    pub async fn warm_up(&self) {
+        let deps = match self.store.active_deployments().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the live deployments");
+                return;
+            }
+        };
+        for d in deps {
+            if self.node.clustered() && d.node_id.as_deref() != Some(self.node.id()) {
+                continue;
+            }
+            if let Err(e) = self.host_for(&d).await {
+                tracing::warn!(deployment = %d.id, error = %e, "could not start the warm process");
+            }
+        }
     }
 
     /// The deployment serving a project, if any.
@@ -55,7 +100,7 @@ impl Invocations {
             return Ok(None);
         };
         lock(&self.active).insert(project.to_string(), dep.id.clone());
-        self.cache(&dep).map(Some)
+        self.cache(&dep).await.map(Some)
     }
 
     /// Make `dep` the one warm process of its project. Older processes of the project leave
@@ -85,7 +130,11 @@ impl Invocations {
         if let Some(h) = self.live_host(&dep.id) {
             return Ok(h);
         }
-        let m = manifest_of(dep)?;
+        let cached = lock(&self.loaded).get(&dep.id).cloned();
+        let m = match cached {
+            Some(l) => l.manifest.clone(),
+            None => self.local_manifest(dep).await?,
+        };
         let mut sandbox = PythonSandbox::new(&self.config.launcher, WARM_TMP_BYTES)
             .bind(Path::new(&m.venv), python::VENV, false)
             .bind(Path::new(&m.source_dir), python::APP, false)

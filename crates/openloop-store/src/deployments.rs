@@ -18,6 +18,11 @@ pub struct Deployment {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
+    /// The node that built it (cluster mode: other nodes build it again, lazily).
+    pub node_id: Option<String>,
+    /// Content hash of its source archive in `deployment_sources` (cluster mode only).
+    #[serde(skip)]
+    pub source_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -33,6 +38,7 @@ impl Store {
         project: &str,
         source: &str,
         git_ref: Option<&str>,
+        node_id: &str,
     ) -> Result<Deployment> {
         let d = Deployment {
             id: new_id("dpl"),
@@ -45,9 +51,11 @@ impl Store {
             created_at_ms: now_ms(),
             started_at_ms: None,
             ended_at_ms: None,
+            node_id: Some(node_id.to_string()),
+            source_hash: None,
         };
         sqlx::query(
-            "INSERT INTO deployments (id, project_name, source, git_ref, status, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO deployments (id, project_name, source, git_ref, status, created_at_ms, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&d.id)
         .bind(&d.project_name)
@@ -55,6 +63,7 @@ impl Store {
         .bind(&d.git_ref)
         .bind(&d.status)
         .bind(d.created_at_ms)
+        .bind(&d.node_id)
         .execute(&self.pool)
         .await?;
         Ok(d)
@@ -62,7 +71,7 @@ impl Store {
 
     pub async fn get_deployment(&self, id: &str) -> Result<Deployment> {
         sqlx::query_as::<_, Deployment>(
-            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms FROM deployments WHERE id = $1",
+            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms, node_id, source_hash FROM deployments WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -77,7 +86,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as::<_, Deployment>(
-            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms FROM deployments WHERE ($1 IS NULL OR project_name = $1) ORDER BY created_at_ms DESC, id DESC LIMIT $2",
+            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms, node_id, source_hash FROM deployments WHERE ($1 IS NULL OR project_name = $1) ORDER BY created_at_ms DESC, id DESC LIMIT $2",
         )
         .bind(project)
         .bind(limit)
@@ -92,7 +101,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as::<_, Deployment>(
-            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms FROM deployments WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, project_name, source, git_ref, status, failure_reason, manifest, created_at_ms, started_at_ms, ended_at_ms, node_id, source_hash FROM deployments WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(before)
         .bind(limit)
@@ -120,17 +129,20 @@ impl Store {
     }
 
     /// Record success and make this the project's active deployment, in one transaction.
+    /// `source_hash` names the source archive other nodes build from (cluster mode).
     pub async fn mark_deployment_deployed(
         &self,
         id: &str,
         project: &str,
         manifest: &str,
+        source_hash: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        sqlx::query("UPDATE deployments SET status = 'deployed', manifest = $1, ended_at_ms = $2 WHERE id = $3")
+        sqlx::query("UPDATE deployments SET status = 'deployed', manifest = $1, ended_at_ms = $2, source_hash = $3 WHERE id = $4")
             .bind(manifest)
             .bind(now)
+            .bind(source_hash)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -151,13 +163,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deployments that never finished (the server stopped during the build).
-    pub async fn fail_unfinished_deployments(&self, reason: &str) -> Result<u64> {
+    /// Deployments this node (`node_id`) never finished building (it stopped during the
+    /// build); other nodes' builds are theirs to finish.
+    pub async fn fail_unfinished_deployments(&self, reason: &str, node_id: &str) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE deployments SET status = 'failed', failure_reason = $1, ended_at_ms = $2 WHERE status IN ('queued', 'building')",
+            "UPDATE deployments SET status = 'failed', failure_reason = $1, ended_at_ms = $2 WHERE status IN ('queued', 'building') AND (node_id = $3 OR node_id IS NULL)",
         )
         .bind(reason)
         .bind(now_ms())
+        .bind(node_id)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
@@ -179,7 +193,7 @@ impl Store {
     /// All projects' active deployments.
     pub async fn active_deployments(&self) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as::<_, Deployment>(
-            "SELECT d.id, d.project_name, d.source, d.git_ref, d.status, d.failure_reason, d.manifest, d.created_at_ms, d.started_at_ms, d.ended_at_ms FROM deployments d JOIN projects p ON p.active_deployment_id = d.id ORDER BY p.name",
+            "SELECT d.id, d.project_name, d.source, d.git_ref, d.status, d.failure_reason, d.manifest, d.created_at_ms, d.started_at_ms, d.ended_at_ms, d.node_id, d.source_hash FROM deployments d JOIN projects p ON p.active_deployment_id = d.id ORDER BY p.name",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -212,5 +226,32 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+impl Store {
+    /// Keep a deployment's source archive under its content hash (once per content).
+    pub async fn put_deployment_source(&self, hash: &str, archive: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deployment_sources (hash, size_bytes, archive, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(archive.len() as i64)
+        .bind(archive)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A source archive by its content hash.
+    pub async fn deployment_source(&self, hash: &str) -> Result<Vec<u8>> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT archive FROM deployment_sources WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.0)
+            .ok_or_else(|| StoreError::NotFound(format!("source archive '{hash}'")))
     }
 }

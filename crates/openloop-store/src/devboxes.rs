@@ -26,9 +26,11 @@ pub struct DevboxRecord {
     pub ended_at_ms: Option<i64>,
     /// The disk snapshot it was started from, if any.
     pub snapshot_id: Option<String>,
+    /// The node it lives on.
+    pub node_id: Option<String>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms, snapshot_id FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms, snapshot_id, node_id FROM devboxes";
 
 /// One entry of a devbox's status history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -50,7 +52,7 @@ pub struct StatusChange<'a> {
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms, snapshot_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms, snapshot_id, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -60,6 +62,7 @@ impl Store {
         .bind(&d.spec)
         .bind(d.created_at_ms)
         .bind(&d.snapshot_id)
+        .bind(&d.node_id)
         .execute(&self.pool)
         .await?;
         self.add_transition(&d.id, &d.status, d.created_at_ms, None)
@@ -112,7 +115,7 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    async fn add_transition(
+    pub(crate) async fn add_transition(
         &self,
         id: &str,
         status: &str,
@@ -164,25 +167,27 @@ impl Store {
         Ok(())
     }
 
-    /// Devboxes that were live when the server stopped: after a restart they are gone.
-    /// Suspended devboxes have no process to lose: they stay suspended.
-    pub async fn shut_down_live_devboxes(&self, reason: &str) -> Result<u64> {
+    /// Devboxes of this node (`node_id`) that were live when it stopped: after a restart
+    /// they are gone. Suspended devboxes have no process to lose: they stay suspended.
+    pub async fn shut_down_live_devboxes(&self, reason: &str, node_id: &str) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure', 'suspended')",
+            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure', 'suspended') AND (node_id = $3 OR node_id IS NULL)",
         )
         .bind(reason)
         .bind(now_ms())
+        .bind(node_id)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
     }
 
-    /// Devboxes that are suspended or were between running and suspended (`suspending`,
+    /// Devboxes of this node (`node_id`) that are suspended or were between running and suspended (`suspending`,
     /// `resuming`) when the server stopped, oldest first.
-    pub async fn suspended_devboxes(&self) -> Result<Vec<DevboxRecord>> {
+    pub async fn suspended_devboxes(&self, node_id: &str) -> Result<Vec<DevboxRecord>> {
         Ok(sqlx::query_as::<_, DevboxRecord>(&format!(
-            "{SELECT} WHERE status IN ('suspending', 'suspended', 'resuming') ORDER BY id"
+            "{SELECT} WHERE status IN ('suspending', 'suspended', 'resuming') AND (node_id = $1 OR node_id IS NULL) ORDER BY id"
         ))
+        .bind(node_id)
         .fetch_all(&self.pool)
         .await?)
     }

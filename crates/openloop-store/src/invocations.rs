@@ -39,6 +39,13 @@ pub struct InvocationLog {
     pub message: String,
 }
 
+/// The node that runs an invocation, and the lease epoch it took it under.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub node: &'a str,
+    pub epoch: i64,
+}
+
 /// Filters for listing invocations.
 #[derive(Debug, Default, Clone)]
 pub struct InvocationFilter {
@@ -53,9 +60,15 @@ pub struct InvocationFilter {
 const SELECT: &str = "SELECT id, project_name, function_name, deployment_id, status, request, result, error, parent_invocation_id, created_at_ms, started_at_ms, ended_at_ms FROM invocations";
 
 impl Store {
-    pub async fn insert_invocation(&self, inv: &Invocation) -> Result<()> {
+    /// Record a new invocation; `owner` is the node running it and its epoch when it is
+    /// recorded as running (none while it is queued).
+    pub async fn insert_invocation(
+        &self,
+        inv: &Invocation,
+        owner: Option<Owner<'_>>,
+    ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms, node_id, node_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&inv.id)
         .bind(&inv.project_name)
@@ -66,6 +79,8 @@ impl Store {
         .bind(&inv.parent_invocation_id)
         .bind(inv.created_at_ms)
         .bind(inv.started_at_ms)
+        .bind(owner.map(|o| o.node))
+        .bind(owner.map(|o| o.epoch))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -167,17 +182,47 @@ impl Store {
         .await?)
     }
 
-    /// Move a queued invocation to running. False when it was no longer queued (canceled).
-    pub async fn mark_invocation_running(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE invocations SET status = 'running', started_at_ms = $1 WHERE id = $2 AND status = 'queued'")
+    /// Move a queued invocation to running on `owner`. False when it was no longer queued
+    /// (canceled, or another node took it).
+    pub async fn mark_invocation_running(&self, id: &str, owner: Owner<'_>) -> Result<bool> {
+        let r = sqlx::query("UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 WHERE id = $4 AND status = 'queued'")
             .bind(now_ms())
+            .bind(owner.node)
+            .bind(owner.epoch)
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    /// Record the end of a run. Only a run that has not already finished is changed.
+    /// Record the outcome of a run its owner ran. Fenced: only while the run is still
+    /// `running` under this owner and epoch, so a node whose lease was taken over (and its
+    /// runs failed or re-run elsewhere) changes nothing. False when it changed nothing.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        owner: Owner<'_>,
+        status: &str,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = $1, result = $2, error = $3, ended_at_ms = $4 WHERE id = $5 AND status = 'running' AND node_id = $6 AND node_epoch = $7",
+        )
+        .bind(status)
+        .bind(result)
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner.node)
+        .bind(owner.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record the end of an invocation whatever node runs it (a cancel). Only one that has not
+    /// already finished is changed.
     pub async fn finish_invocation(
         &self,
         id: &str,

@@ -6,6 +6,8 @@
 //! - [`invocations`]: invocations and their logs.
 //! - [`devboxes`]: devbox records.
 //! - [`devbox_usage`]: what a devbox used, recorded as it stopped.
+//! - [`nodes`]: the nodes of a cluster, their heartbeats and lease epochs, taking over a
+//!   lost node's runs and devboxes, and claiming queued runs.
 //! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
@@ -22,6 +24,7 @@ pub mod devboxes;
 pub mod invocations;
 pub mod keys;
 pub mod network_policies;
+pub mod nodes;
 pub mod repositories;
 pub mod secrets;
 pub mod sessions;

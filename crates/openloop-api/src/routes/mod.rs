@@ -7,10 +7,12 @@
 
 mod deployments;
 mod devboxes;
+pub mod forward;
 mod functions;
 mod keys;
 mod metrics;
 mod network_policies;
+mod nodes;
 pub mod openapi;
 mod repositories;
 mod secrets;
@@ -100,6 +102,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devboxes::send_std_in))
         .routes(routes!(metrics::stages))
         .routes(routes!(metrics::reset_stages))
+        .routes(routes!(nodes::list))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(secrets::create, secrets::list))
@@ -122,10 +125,16 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let protected = protected_routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_auth,
-    ));
+    // Authentication first, then (cluster mode) a devbox call goes to the devbox's node.
+    let protected = protected_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_owner,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_auth,
+        ));
     let (router, _) = public_routes().merge(protected).split_for_parts();
     router
         .fallback(not_found)

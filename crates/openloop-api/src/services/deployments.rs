@@ -79,7 +79,7 @@ impl Deployments {
         }
         let dep = self
             .store
-            .create_deployment(&name, src, req.git_ref.as_deref())
+            .create_deployment(&name, src, req.git_ref.as_deref(), &self.config.node_id)
             .await?;
         self.notifier.notify(crate::notify::ANY_DEPLOYMENT);
         let this = Arc::clone(self);
@@ -125,7 +125,12 @@ impl Deployments {
     async fn go_live(&self, ready: &Deployment) -> ApiResult<()> {
         let manifest = ready.manifest.as_deref().unwrap_or("{}");
         self.store
-            .mark_deployment_deployed(&ready.id, &ready.project_name, manifest)
+            .mark_deployment_deployed(
+                &ready.id,
+                &ready.project_name,
+                manifest,
+                ready.source_hash.as_deref(),
+            )
             .await?;
         Ok(self.invocations.activate(ready).await?)
     }
@@ -139,27 +144,7 @@ impl Deployments {
         self.store.mark_deployment_building(id).await?;
         self.notifier.deployment_changed(id);
         let dep = self.store.get_deployment(id).await?;
-        let settings = BuildSettings {
-            venv: VenvSettings {
-                uv: self.config.uv.clone(),
-                python: self.config.python.clone(),
-                cache_dir: self.config.venv_dir(),
-                uv_cache_dir: self.config.data_dir.join("uv-cache"),
-            },
-            sandbox: BuildSandbox::new(
-                self.config.launcher.clone(),
-                self.config
-                    .data_dir
-                    .join("scratch")
-                    .join(format!("build-{id}")),
-                format!("build-{}-{id}", self.config.instance_tag()),
-                Limits {
-                    memory_bytes: self.config.build_memory_mb << 20,
-                    pids: 1024,
-                    cpu_shares: 1024,
-                },
-            ),
-        };
+        let settings = build_settings(&self.config, id);
         let dest = self.config.deployments_dir().join(id);
         let out = openloop_deploy::build(
             &settings,
@@ -175,8 +160,24 @@ impl Deployments {
         self.secrets.check_exist(&out.manifest.secrets).await?;
         let manifest =
             serde_json::to_string(&out.manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let _ = log.send("starting the warm Python process".into());
         let mut ready = dep;
+        if self.config.is_cluster() {
+            // The other nodes build the same environment from this archive, lazily.
+            let repo = std::path::PathBuf::from(&out.manifest.source_dir);
+            let (hash, archive) =
+                tokio::task::spawn_blocking(move || openloop_deploy::archive::pack(&repo))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            self.store.put_deployment_source(&hash, &archive).await?;
+            let _ = log.send(format!(
+                "stored the source ({} KiB, sha256 {}) for the cluster's other nodes",
+                archive.len().div_ceil(1024),
+                &hash[..12]
+            ));
+            ready.source_hash = Some(hash);
+        }
+        let _ = log.send("starting the warm Python process".into());
         ready.manifest = Some(manifest);
         self.invocations.host_for(&ready).await?;
         Ok(ready)
@@ -185,7 +186,10 @@ impl Deployments {
     /// After a restart: builds in progress are failed.
     pub async fn recover(&self) -> ApiResult<()> {
         self.store
-            .fail_unfinished_deployments("the server stopped during the build; deploy again")
+            .fail_unfinished_deployments(
+                "the server stopped during the build; deploy again",
+                &self.config.node_id,
+            )
             .await?;
         Ok(())
     }
@@ -204,5 +208,27 @@ async fn write_build_log(
             tracing::error!(deployment = %id, error = %e, "could not store a build log line");
         }
         notifier.notify(&id);
+    }
+}
+
+/// How this node builds a deployment (its environment cache, its build sandbox).
+pub(crate) fn build_settings(config: &ServerConfig, id: &str) -> BuildSettings {
+    BuildSettings {
+        venv: VenvSettings {
+            uv: config.uv.clone(),
+            python: config.python.clone(),
+            cache_dir: config.venv_dir(),
+            uv_cache_dir: config.data_dir.join("uv-cache"),
+        },
+        sandbox: BuildSandbox::new(
+            config.launcher.clone(),
+            config.data_dir.join("scratch").join(format!("build-{id}")),
+            format!("build-{}-{id}", config.instance_tag()),
+            Limits {
+                memory_bytes: config.build_memory_mb << 20,
+                pids: 1024,
+                cpu_shares: 1024,
+            },
+        ),
     }
 }

@@ -8,9 +8,11 @@ use crate::error::ApiError;
 use crate::services::devboxes::Devboxes;
 use crate::services::network_policies::NetworkPolicies;
 use crate::services::secrets::{Redactor, Secrets};
+use openloop_deploy::Manifest;
 use openloop_engine::ports::{self, BoxFuture, RunSecrets};
 use openloop_engine::{EngineError, EngineResult};
 use openloop_sandbox::egress::EgressPolicy;
+use openloop_store::deployments::Deployment;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +39,72 @@ impl ports::RunDevboxes for Devboxes {
             Devboxes::shutdown_for_invocation(self, invocation_id)
                 .await
                 .map_err(port)
+        })
+    }
+
+    fn shutdown_all_local(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Devboxes::shutdown_all(self))
+    }
+}
+
+/// Deployments another node built, built again here from their stored source archive.
+pub struct LocalBuilds {
+    pub store: openloop_store::Store,
+    pub config: Arc<crate::config::ServerConfig>,
+}
+
+impl ports::Builds for LocalBuilds {
+    fn local_manifest<'a>(&'a self, dep: &'a Deployment) -> BoxFuture<'a, EngineResult<Manifest>> {
+        Box::pin(async move {
+            let dest = self.config.deployments_dir().join(&dep.id);
+            let marker = dest.with_extension("json");
+            if let Ok(text) = tokio::fs::read_to_string(&marker).await {
+                if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
+                    return Ok(m);
+                }
+            }
+            let mut manifest = openloop_engine::manifest_of(dep)?;
+            let hash = dep.source_hash.as_deref().ok_or_else(|| {
+                EngineError::Unavailable(format!(
+                    "deployment {} was built before this server was part of a cluster and only its first node can run it; deploy the project again",
+                    dep.id
+                ))
+            })?;
+            let archive = self.store.deployment_source(hash).await?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let id = dep.id.clone();
+            let logger = tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    tracing::info!(deployment = %id, "{line}");
+                }
+            });
+            let built = openloop_deploy::build_from_archive(
+                &crate::services::deployments::build_settings(&self.config, &dep.id),
+                &dep.project_name,
+                &archive,
+                hash,
+                dest,
+                &tx,
+            )
+            .await;
+            drop(tx);
+            let _ = logger.await;
+            let (venv, repo) = built.map_err(|e| {
+                EngineError::Unavailable(format!(
+                    "building deployment {} on this node failed: {e}",
+                    dep.id
+                ))
+            })?;
+            manifest.venv = venv.to_string_lossy().into_owned();
+            manifest.source_dir = repo.to_string_lossy().into_owned();
+            let text = serde_json::to_string(&manifest)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let partial = marker.with_extension("json.partial");
+            tokio::fs::write(&partial, text)
+                .await
+                .and(tokio::fs::rename(&partial, &marker).await)
+                .map_err(|e| EngineError::Internal(format!("recording a local build: {e}")))?;
+            Ok(manifest)
         })
     }
 }

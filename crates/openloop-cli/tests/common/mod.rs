@@ -138,6 +138,29 @@ impl Server {
         Some(s)
     }
 
+    /// Start another node of `first`'s cluster: the same PostgreSQL database (and so the same
+    /// API keys), its own port and data directory, and `env` (which must give it the same
+    /// `OPENLOOP_SECRETS_KEY` as the others).
+    pub async fn join(first: &Server, env: &[(&str, &str)]) -> Server {
+        assert!(first.database_url.is_some(), "a cluster needs PostgreSQL");
+        let mut s = Server {
+            url: String::new(),
+            key: first.key.clone(),
+            data: tempfile::tempdir().unwrap(),
+            database_url: first.database_url.clone(),
+            port: free_port(),
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            http: reqwest::Client::new(),
+        };
+        s.url = format!("http://127.0.0.1:{}", s.port);
+        s.spawn().await;
+        s
+    }
+
     /// (Re)start the server process on the same port, data directory and database.
     pub async fn spawn(&mut self) {
         let mut cmd = Command::new(bin());

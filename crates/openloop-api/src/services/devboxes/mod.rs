@@ -283,6 +283,7 @@ impl Devboxes {
             created_at_ms: now_ms(),
             ended_at_ms: None,
             snapshot_id: req.snapshot_id.clone(),
+            node_id: Some(self.config.node_id.clone()),
         };
         self.store.insert_devbox(&record).await?;
         drop(gate);

@@ -1,0 +1,96 @@
+//! The bus between nodes: this node's change notifications go out with `pg_notify` (batched,
+//! several keys per message), the other nodes' come in through `LISTEN`.
+//!
+//! A message is the sending node's id, then one key per line. A key `cancel:<id>` asks the
+//! node running that invocation to kill it; any other key is told to this node's waiters.
+
+use crate::invocations::Invocations;
+use openloop_store::nodes::Listener;
+use openloop_store::Store;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The channel every node listens on.
+pub(crate) const CHANNEL: &str = "openloop_events";
+/// PostgreSQL refuses payloads of 8,000 bytes or more.
+const MAX_PAYLOAD: usize = 7_000;
+/// The key asking a run's node to kill it.
+pub(crate) const CANCEL_PREFIX: &str = "cancel:";
+
+pub(super) fn start(invocations: Arc<Invocations>, url: String) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    invocations.notifier.forward_to(tx);
+    tokio::spawn(send(
+        invocations.store.clone(),
+        invocations.node.id().to_string(),
+        rx,
+    ));
+    tokio::spawn(receive(invocations, url));
+}
+
+async fn send(store: Store, me: String, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = rx.recv().await {
+        let mut payload = format!("{me}\n{first}");
+        let mut seen = HashSet::from([first]);
+        while payload.len() < MAX_PAYLOAD {
+            match rx.try_recv() {
+                Ok(key) => {
+                    if seen.insert(key.clone()) {
+                        payload.push('\n');
+                        payload.push_str(&key);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.pg_notify(CHANNEL, &payload).await {
+            tracing::warn!(error = %e, "could not tell the other nodes about a change");
+        }
+    }
+}
+
+async fn receive(invocations: Arc<Invocations>, url: String) {
+    let me = invocations.node.id().to_string();
+    loop {
+        match Listener::connect(&url, CHANNEL).await {
+            Ok(mut listener) => {
+                // Changes may have been missed while not listening: waiters read again.
+                invocations
+                    .notifier
+                    .notify_local(crate::notify::ANY_INVOCATION);
+                invocations.queue.wake();
+                loop {
+                    match listener.recv().await {
+                        Ok(payload) => handle(&invocations, &me, &payload),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the cluster's notification channel; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the other nodes' changes; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn handle(invocations: &Arc<Invocations>, me: &str, payload: &str) {
+    let mut lines = payload.lines();
+    if lines.next() == Some(me) {
+        return;
+    }
+    for key in lines {
+        if let Some(id) = key.strip_prefix(CANCEL_PREFIX) {
+            let this = Arc::clone(invocations);
+            let id = id.to_string();
+            tokio::spawn(async move { this.kill_local(&id).await });
+        } else {
+            invocations.notifier.notify_local(key);
+        }
+    }
+}

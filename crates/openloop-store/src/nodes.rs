@@ -1,0 +1,296 @@
+//! Nodes of a cluster (several servers on one database) and what each owns: their
+//! heartbeats and lease epochs, and the taking over of a node that stopped heartbeating.
+//!
+//! The statements marked "PostgreSQL only" (`FOR UPDATE SKIP LOCKED`, `pg_notify`) are used
+//! only in cluster mode, which needs PostgreSQL; everything else is portable.
+
+use crate::invocations::Owner;
+use crate::{now_ms, Result, Store};
+use serde::Serialize;
+
+/// A node's row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Where other nodes reach its API (forwarded devbox calls).
+    pub address: String,
+    /// Grows at each start of the node and each time it rejoins after losing its lease.
+    pub epoch: i64,
+    /// `active`, `stopped` (shut down cleanly) or `lost` (stopped heartbeating; taken over).
+    pub status: String,
+    pub started_at_ms: i64,
+    pub heartbeat_at_ms: i64,
+    pub lost_at_ms: Option<i64>,
+    /// The node that took over its runs and devboxes, once it was lost.
+    pub taken_over_by: Option<String>,
+}
+
+/// A run the lost node was running, as taken over.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrphanedRun {
+    pub id: String,
+    pub deployment_id: String,
+    pub function_name: String,
+}
+
+/// Queued runs of one function of one deployment.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedGroup {
+    pub deployment_id: String,
+    pub project_name: String,
+    pub function_name: String,
+    pub oldest_ms: i64,
+}
+
+/// How many runs and devboxes a node holds now.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct NodeLoad {
+    pub node_id: String,
+    pub count: i64,
+}
+
+const SELECT: &str = "SELECT id, address, epoch, status, started_at_ms, heartbeat_at_ms, lost_at_ms, taken_over_by FROM nodes";
+
+impl Store {
+    /// Register (or re-register) a node as active; returns its new epoch, one more than any
+    /// it held before.
+    pub async fn join_cluster(&self, id: &str, address: &str) -> Result<i64> {
+        let now = now_ms();
+        let row: (i64,) = sqlx::query_as(
+            "INSERT INTO nodes (id, address, epoch, status, started_at_ms, heartbeat_at_ms) VALUES ($1, $2, 1, 'active', $3, $3) ON CONFLICT (id) DO UPDATE SET address = $2, epoch = nodes.epoch + 1, status = 'active', started_at_ms = $3, heartbeat_at_ms = $3, lost_at_ms = NULL, taken_over_by = NULL RETURNING epoch",
+        )
+        .bind(id)
+        .bind(address)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+
+    /// Renew a node's lease. False when the lease is no longer its own (it was taken over,
+    /// or the node rejoined under a newer epoch): the node must stop what it runs.
+    pub async fn heartbeat(&self, id: &str, epoch: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nodes SET heartbeat_at_ms = $1 WHERE id = $2 AND epoch = $3 AND status = 'active'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A node stopping cleanly.
+    pub async fn leave_cluster(&self, id: &str, epoch: i64) -> Result<()> {
+        sqlx::query("UPDATE nodes SET status = 'stopped' WHERE id = $1 AND epoch = $2")
+            .bind(id)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>> {
+        Ok(
+            sqlx::query_as::<_, NodeRecord>(&format!("{SELECT} ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        Ok(
+            sqlx::query_as::<_, NodeRecord>(&format!("{SELECT} WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Active nodes (other than `me`) whose last heartbeat is older than `cutoff_ms`.
+    pub async fn expired_nodes(&self, me: &str, cutoff_ms: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM nodes WHERE status = 'active' AND heartbeat_at_ms < $1 AND id <> $2 ORDER BY id",
+        )
+        .bind(cutoff_ms)
+        .bind(me)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Mark an expired node lost, taken over by `by`. Only one node wins: false when the node
+    /// heartbeated meanwhile or another node took it over first.
+    pub async fn take_over_node(&self, id: &str, by: &str, cutoff_ms: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nodes SET status = 'lost', lost_at_ms = $1, taken_over_by = $2 WHERE id = $3 AND status = 'active' AND heartbeat_at_ms < $4",
+        )
+        .bind(now_ms())
+        .bind(by)
+        .bind(id)
+        .bind(cutoff_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The runs this node was running under an epoch before `below_epoch` (a previous
+    /// process of it). Runs recorded before cluster mode have no node: they count as the
+    /// restarting node's own.
+    pub async fn runs_of_node(&self, id: &str, below_epoch: i64) -> Result<Vec<OrphanedRun>> {
+        Ok(sqlx::query_as::<_, OrphanedRun>(
+            "SELECT id, deployment_id, function_name FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
+        )
+        .bind(id)
+        .bind(below_epoch)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The runs another node was running when it was lost.
+    pub async fn runs_owned_by(&self, id: &str) -> Result<Vec<OrphanedRun>> {
+        Ok(sqlx::query_as::<_, OrphanedRun>(
+            "SELECT id, deployment_id, function_name FROM invocations WHERE status = 'running' AND node_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Put a run of a lost or restarted node back in the queue, for any node to take.
+    pub async fn requeue_run_of_node(&self, run: &str, node: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL WHERE id = $1 AND status = 'running' AND (node_id = $2 OR node_id IS NULL)",
+        )
+        .bind(run)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Fail a run of a lost or restarted node with `error` (JSON text).
+    pub async fn fail_run_of_node(&self, run: &str, node: &str, error: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = 'failure', error = $1, ended_at_ms = $2 WHERE id = $3 AND status = 'running' AND (node_id = $4 OR node_id IS NULL)",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(run)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Devboxes of a lost node that were live: marked failed (their sandboxes were on that
+    /// machine), never left reported as running. Suspended ones keep their disk there and
+    /// stay suspended. Returns their ids.
+    pub async fn lose_devboxes_of_node(&self, node: &str, message: &str) -> Result<Vec<String>> {
+        let now = now_ms();
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "UPDATE devboxes SET status = 'failure', failure_reason = 'execution_failed', status_message = $1, ended_at_ms = $2 WHERE node_id = $3 AND status NOT IN ('shutdown', 'failure', 'suspended') RETURNING id",
+        )
+        .bind(message)
+        .bind(now)
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<String> = ids.into_iter().map(|r| r.0).collect();
+        for id in &ids {
+            self.add_transition(id, "failure", now, Some("execution_failed"))
+                .await?;
+        }
+        Ok(ids)
+    }
+
+    /// Take up to `limit` queued runs of one function of a deployment for `owner`, oldest
+    /// first (PostgreSQL only: rows other nodes are taking at the same moment are skipped,
+    /// not waited for).
+    pub async fn claim_queued(
+        &self,
+        deployment_id: &str,
+        function_name: &str,
+        owner: Owner<'_>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            // The rows are picked once, in a CTE: as `WHERE id IN (SELECT … LIMIT n)` the
+            // planner may run the subquery again per row and take more than `n`.
+            "WITH picked AS (SELECT id FROM invocations WHERE status = 'queued' AND deployment_id = $4 AND function_name = $5 ORDER BY created_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 FROM picked WHERE invocations.id = picked.id AND invocations.status = 'queued' RETURNING invocations.id",
+        )
+        .bind(now_ms())
+        .bind(owner.node)
+        .bind(owner.epoch)
+        .bind(deployment_id)
+        .bind(function_name)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The functions with queued runs, with when their oldest was queued.
+    pub async fn queued_groups(&self) -> Result<Vec<QueuedGroup>> {
+        Ok(sqlx::query_as::<_, QueuedGroup>(
+            "SELECT deployment_id, project_name, function_name, MIN(created_at_ms) AS oldest_ms FROM invocations WHERE status = 'queued' GROUP BY deployment_id, project_name, function_name ORDER BY oldest_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Running invocations per node.
+    pub async fn runs_per_node(&self) -> Result<Vec<NodeLoad>> {
+        Ok(sqlx::query_as::<_, NodeLoad>(
+            "SELECT node_id, COUNT(*) AS count FROM invocations WHERE status = 'running' AND node_id IS NOT NULL GROUP BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Live devboxes per node.
+    pub async fn devboxes_per_node(&self) -> Result<Vec<NodeLoad>> {
+        Ok(sqlx::query_as::<_, NodeLoad>(
+            "SELECT node_id, COUNT(*) AS count FROM devboxes WHERE status NOT IN ('shutdown', 'failure') AND node_id IS NOT NULL GROUP BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Tell every node listening on `channel` (PostgreSQL only).
+    pub async fn pg_notify(&self, channel: &str, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The node a devbox lives on, if recorded.
+    pub async fn devbox_node(&self, devbox_id: &str) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT node_id FROM devboxes WHERE id = $1")
+                .bind(devbox_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|r| r.0))
+    }
+}
+
+/// A connection listening on one notification channel (PostgreSQL only).
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    pub async fn connect(url: &str, channel: &str) -> Result<Listener> {
+        let mut l = sqlx::postgres::PgListener::connect(url).await?;
+        l.listen(channel).await?;
+        Ok(Listener(l))
+    }
+
+    /// The next notification's payload.
+    pub async fn recv(&mut self) -> Result<String> {
+        Ok(self.0.recv().await?.payload().to_string())
+    }
+}
