@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 pub(crate) const CHANNEL: &str = "openloop_events";
 /// PostgreSQL refuses payloads of 8,000 bytes or more.
 const MAX_PAYLOAD: usize = 7_000;
+/// How long changes are gathered into one message.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// The key asking a run's node to kill it.
 pub(crate) const CANCEL_PREFIX: &str = "cancel:";
 
@@ -32,6 +34,10 @@ pub(super) fn start(invocations: Arc<Invocations>, url: String) {
 
 async fn send(store: Store, me: String, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(first) = rx.recv().await {
+        // What else changes within a few milliseconds goes in the same message: under load
+        // a run's changes (created, running, its logs, finished) share one `NOTIFY` with
+        // other runs' instead of costing one each. Waiters on this node were told at once.
+        tokio::time::sleep(BATCH_WINDOW).await;
         let mut payload = format!("{me}\n{first}");
         let mut seen = HashSet::from([first]);
         while payload.len() < MAX_PAYLOAD {
