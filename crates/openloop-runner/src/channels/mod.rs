@@ -9,70 +9,21 @@
 //! the two output streams must come from the process that connected `control` (the one the
 //! server moves into the run's cgroup), by the kernel's `SO_PEERCRED`.
 
+mod backoff;
+mod wire;
+
+pub use backoff::AcceptBackoff;
+pub use wire::Channel;
+use wire::{constant_time_eq, read_header, refuse, Header, Refusal, MAX_HEADER};
+
 use openloop_sync::lock;
 use rand::RngCore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-
-/// Longest header line accepted.
-const MAX_HEADER: usize = 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    Control,
-    Stdout,
-    Stderr,
-    /// A warm process's next run process, isolated and waiting: it registers ahead of its run
-    /// so that the server can move it into a cgroup off the run's path (any number of times
-    /// per registration, one connection per process). It becomes the run's control stream.
-    Spare,
-    /// A spare's output streams, connected ahead of its run like its control stream (and
-    /// held to the same process).
-    SpareStdout,
-    SpareStderr,
-}
-
-impl Channel {
-    fn parse(s: &str) -> Option<Channel> {
-        match s {
-            "control" => Some(Channel::Control),
-            "stdout" => Some(Channel::Stdout),
-            "stderr" => Some(Channel::Stderr),
-            "spare" => Some(Channel::Spare),
-            "spare_stdout" => Some(Channel::SpareStdout),
-            "spare_stderr" => Some(Channel::SpareStderr),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// A spare's stream: delivered to the warm process's spare registration at once.
-    pub fn is_spare(self) -> bool {
-        matches!(
-            self,
-            Channel::Spare | Channel::SpareStdout | Channel::SpareStderr
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Channel::Control => "control",
-            Channel::Stdout => "stdout",
-            Channel::Stderr => "stderr",
-            Channel::Spare => "spare",
-            Channel::SpareStdout => "spare_stdout",
-            Channel::SpareStderr => "spare_stderr",
-        }
-    }
-}
 
 /// Limits of the engine socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,23 +62,6 @@ pub struct Connection {
     pub spare: Option<String>,
     /// Its place among the open connections, given back when the stream is dropped.
     pub(crate) slot: OwnedSemaphorePermit,
-}
-
-/// Why a connection was turned away (written back to it as one JSON line, then closed).
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("the run already has its {0} connection")]
-    Repeated(&'static str),
-    #[error(
-        "the {channel} stream must come from the run's own process (pid {control}), not pid {peer}"
-    )]
-    OtherProcess {
-        channel: &'static str,
-        control: i32,
-        peer: i32,
-    },
-    #[error("the run's control connection did not arrive in time")]
-    NoControl,
 }
 
 struct Expected {
@@ -198,41 +132,6 @@ impl Drop for PendingSlot {
                 m.remove(&self.pid);
             }
         }
-    }
-}
-
-/// Sleep after an accept error that retrying at once cannot fix (out of file descriptors or
-/// memory, anything unexpected), doubling up to one second; errors that concern only the
-/// one connection (a peer that gave up) retry at once.
-pub struct AcceptBackoff {
-    delay: Duration,
-}
-
-impl Default for AcceptBackoff {
-    fn default() -> Self {
-        AcceptBackoff {
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-impl AcceptBackoff {
-    pub fn succeeded(&mut self) {
-        self.delay = Duration::ZERO;
-    }
-
-    /// Wait as long as `e` calls for.
-    pub async fn failed(&mut self, e: &std::io::Error) {
-        let one_connection = matches!(
-            e.raw_os_error(),
-            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO | libc::EPERM)
-        );
-        if one_connection {
-            return;
-        }
-        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        tracing::warn!(error = %e, backoff_ms = self.delay.as_millis() as u64, "accept failed; backing off");
-        tokio::time::sleep(self.delay).await;
     }
 }
 
@@ -480,55 +379,11 @@ impl Channels {
     }
 }
 
-/// Tell a connection why it was turned away (best effort, never waiting), then close it.
-async fn refuse(mut stream: UnixStream, why: Refusal) {
-    let line = format!("{}\n", serde_json::json!({"error": why.to_string()}));
-    let _ = stream.try_write(line.as_bytes());
-    let _ = stream.shutdown().await;
-}
-
-#[derive(serde::Deserialize)]
-struct Header {
-    invocation_id: String,
-    key: String,
-    channel: String,
-    /// A spare's own name (spare channels only).
-    #[serde(default)]
-    spare: Option<String>,
-}
-
-/// Read up to the header's newline (at most [`MAX_HEADER`] bytes); returns the header and
-/// the bytes that followed it.
-async fn read_header(stream: &UnixStream, mut buf: Vec<u8>) -> Option<(Header, Vec<u8>)> {
-    let mut chunk = [0u8; MAX_HEADER + 1];
-    let newline = loop {
-        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            break pos;
-        }
-        if buf.len() > MAX_HEADER {
-            return None;
-        }
-        stream.readable().await.ok()?;
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return None,
-        }
-    };
-    let early = buf.split_off(newline + 1);
-    let header = serde_json::from_slice::<Header>(&buf[..newline]).ok()?;
-    Some((header, early))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
 
     async fn connect(path: &Path, header: Option<serde_json::Value>) -> UnixStream {
         let mut s = UnixStream::connect(path).await.unwrap();
@@ -545,23 +400,6 @@ mod tests {
             Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
             Err(_) => None,
         }
-    }
-
-    #[tokio::test]
-    async fn accept_errors_back_off_unless_they_concern_one_connection() {
-        let mut b = AcceptBackoff::default();
-        let t = tokio::time::Instant::now();
-        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED))
-            .await;
-        assert!(t.elapsed() < Duration::from_millis(5));
-        for _ in 0..3 {
-            b.failed(&std::io::Error::from_raw_os_error(libc::EMFILE))
-                .await;
-        }
-        // 10 + 20 + 40 ms
-        assert!(t.elapsed() >= Duration::from_millis(70));
-        b.succeeded();
-        assert_eq!(b.delay, Duration::ZERO);
     }
 
     #[tokio::test]

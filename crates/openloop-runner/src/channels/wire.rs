@@ -1,0 +1,126 @@
+//! What travels on the engine socket before a stream is handed over: the header line a
+//! connection opens with (its invocation, key and channel), and the refusal written back to
+//! one that is turned away.
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+/// Longest header line accepted.
+pub(super) const MAX_HEADER: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Control,
+    Stdout,
+    Stderr,
+    /// A warm process's next run process, isolated and waiting: it registers ahead of its run
+    /// so that the server can move it into a cgroup off the run's path (any number of times
+    /// per registration, one connection per process). It becomes the run's control stream.
+    Spare,
+    /// A spare's output streams, connected ahead of its run like its control stream (and
+    /// held to the same process).
+    SpareStdout,
+    SpareStderr,
+}
+
+impl Channel {
+    pub(super) fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "control" => Some(Channel::Control),
+            "stdout" => Some(Channel::Stdout),
+            "stderr" => Some(Channel::Stderr),
+            "spare" => Some(Channel::Spare),
+            "spare_stdout" => Some(Channel::SpareStdout),
+            "spare_stderr" => Some(Channel::SpareStderr),
+            _ => None,
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A spare's stream: delivered to the warm process's spare registration at once.
+    pub fn is_spare(self) -> bool {
+        matches!(
+            self,
+            Channel::Spare | Channel::SpareStdout | Channel::SpareStderr
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Control => "control",
+            Channel::Stdout => "stdout",
+            Channel::Stderr => "stderr",
+            Channel::Spare => "spare",
+            Channel::SpareStdout => "spare_stdout",
+            Channel::SpareStderr => "spare_stderr",
+        }
+    }
+}
+
+/// Why a connection was turned away (written back to it as one JSON line, then closed).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("the run already has its {0} connection")]
+    Repeated(&'static str),
+    #[error(
+        "the {channel} stream must come from the run's own process (pid {control}), not pid {peer}"
+    )]
+    OtherProcess {
+        channel: &'static str,
+        control: i32,
+        peer: i32,
+    },
+    #[error("the run's control connection did not arrive in time")]
+    NoControl,
+}
+
+/// Tell a connection why it was turned away (best effort, never waiting), then close it.
+pub(super) async fn refuse(mut stream: UnixStream, why: Refusal) {
+    let line = format!("{}\n", serde_json::json!({"error": why.to_string()}));
+    let _ = stream.try_write(line.as_bytes());
+    let _ = stream.shutdown().await;
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Header {
+    pub(super) invocation_id: String,
+    pub(super) key: String,
+    pub(super) channel: String,
+    /// A spare's own name (spare channels only).
+    #[serde(default)]
+    pub(super) spare: Option<String>,
+}
+
+/// Read up to the header's newline (at most [`MAX_HEADER`] bytes); returns the header and
+/// the bytes that followed it.
+pub(super) async fn read_header(
+    stream: &UnixStream,
+    mut buf: Vec<u8>,
+) -> Option<(Header, Vec<u8>)> {
+    let mut chunk = [0u8; MAX_HEADER + 1];
+    let newline = loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            break pos;
+        }
+        if buf.len() > MAX_HEADER {
+            return None;
+        }
+        stream.readable().await.ok()?;
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    };
+    let early = buf.split_off(newline + 1);
+    let header = serde_json::from_slice::<Header>(&buf[..newline]).ok()?;
+    Some((header, early))
+}
+
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
