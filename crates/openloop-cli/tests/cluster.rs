@@ -308,3 +308,72 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_limit_holds_over_all_nodes() {
+    let key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand_bytes())
+    };
+    let mut env = node_env(&key);
+    env.push(("OPENLOOP_MAX_CONCURRENT_RUNS_PER_FUNCTION", "1".to_string()));
+    let Some(a) = Server::start_with(Db::Postgres, &borrowed(&env)).await else {
+        return;
+    };
+    let b = Server::join(&a, &borrowed(&env)).await;
+    a.deploy_ok(&fixture("test_agent"));
+    a.deploy_ok(&fixture("calls_agent"));
+    let (code, v) = b
+        .invoke_sync("test_agent", "echo", json!({"text": "b"}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+
+    // Six sleepers, half through each node: at most one runs at any moment, on either node.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            s.invoke_async("test_agent", "sleepy", json!({"seconds": 0.6}))
+                .await,
+        );
+    }
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = a
+            .get_json("/v1/functions/invocations?project=test_agent&function=sleepy&status=running")
+            .await["invocations"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert!(
+            running <= 1,
+            "{running} runs of a function limited to 1 at once"
+        );
+        most = most.max(running);
+        let mut done = 0;
+        for id in &ids {
+            let v = status_of(&a, id).await;
+            match v["status"].as_str().unwrap() {
+                "success" => done += 1,
+                "failure" | "canceled" => panic!("{v}"),
+                _ => {}
+            }
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sleepers did not all run");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(most, 1, "a sleeper was seen running");
+
+    // A run waiting on a call to its own function lends its slot, on whichever node the
+    // call runs: three levels of recursion finish under a limit of one.
+    let (code, v) = b
+        .invoke_sync("calls_agent", "recurse", json!({"depth": 3}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(v["result"], 3, "{v}");
+}

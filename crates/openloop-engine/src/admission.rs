@@ -75,7 +75,7 @@ impl Invocations {
         }
         // With a slot free now, the run is recorded as running at once (one statement, not
         // an insert and then an update); otherwise it waits in the queue for one.
-        let permits =
+        let mut permits =
             Permits::try_take(&self.slots, self.function_slots(project, function).as_ref());
         let created_at_ms = now_ms();
         let inv = Invocation {
@@ -98,10 +98,29 @@ impl Invocations {
             ended_at_ms: None,
         };
         let owner = self.node.owner();
-        self.store
-            .insert_invocation(&inv, permits.as_ref().map(|_| owner))
-            .instrument(span("insert"))
-            .await?;
+        let mut inv = inv;
+        match (permits.is_some(), self.cluster_limit()) {
+            // In a cluster with a per-function limit, the database decides (every node's runs
+            // of the function count).
+            (true, Some(limit)) => {
+                let running = self
+                    .store
+                    .insert_invocation_within(&inv, owner, limit)
+                    .instrument(span("insert"))
+                    .await?;
+                if !running {
+                    permits = None;
+                    inv.status = "queued".into();
+                    inv.started_at_ms = None;
+                }
+            }
+            _ => {
+                self.store
+                    .insert_invocation(&inv, permits.as_ref().map(|_| owner))
+                    .instrument(span("insert"))
+                    .await?
+            }
+        }
         self.notifier.notify(ANY_INVOCATION);
         if permits.is_none() {
             // Queued: any node with a free slot may take it (cluster mode).

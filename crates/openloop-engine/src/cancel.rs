@@ -99,12 +99,18 @@ impl Invocations {
     /// a run is). A run hands its slots back for the wait and takes them again before it goes
     /// on: the invocation it waits on may need them.
     pub async fn wait_for(&self, caller_run: Option<&str>, id: &str) -> EngineResult<Invocation> {
-        let Some(run) = caller_run.and_then(|c| self.run_slots(c)) else {
+        let Some((caller, run)) = caller_run.and_then(|c| self.run_slots(c).map(|r| (c, r))) else {
             return self.wait_finished(id).await;
         };
+        let held = run.holds_slots();
         let wait = run.wait();
+        if held {
+            // In a cluster, the function's slot is lent in the database as well.
+            self.lend_in_cluster(caller, &run).await?;
+        }
         let done = self.wait_finished(id).await;
         wait.resume().await;
+        self.take_back_in_cluster(caller, &run).await?;
         done
     }
 

@@ -2,12 +2,14 @@
 //! secrets, the hand-off to its warm process (`openloop_runner::run`), its logs, its
 //! devboxes shut down, and the outcome recorded, redacted, and notified.
 
+use crate::cluster::limits::freed_key;
 use crate::invocations::{Invocations, Running};
 use crate::logs::write_logs;
 use crate::slots::{Permits, RunSlots};
 use crate::stage::span;
 use crate::{EngineError, EngineResult};
 use openloop_runner::{run::RunOutcome, RunRequest};
+use openloop_store::function_slots::SlotClaim;
 use openloop_store::invocations::Invocation;
 use openloop_sync::lock;
 use serde_json::Value;
@@ -99,29 +101,65 @@ impl Invocations {
             // Recorded as running with these slots (a cancel since then left its mark in
             // `running`, checked below before anything starts).
             Some(taken) => taken,
-            None => {
+            None => loop {
+                // Subscribed before the attempt, so a slot freed meanwhile is not missed.
+                let mut freed = self.cluster_limit().map(|_| {
+                    self.notifier
+                        .subscribe(&freed_key(&queued.project_name, &queued.function_name))
+                });
                 let permits = Permits::take(&self.slots, function_slots.as_ref())
                     .instrument(span("slots"))
                     .await
                     .map_err(stopping)?;
                 let owner = self.node.owner();
-                if !self
-                    .store
-                    .mark_invocation_running(id, owner)
-                    .instrument(span("mark_running"))
-                    .await?
-                {
-                    // Canceled while queued, or taken by another node (or by this node's
-                    // queue task, whose run of it may be in flight): only a cancel's mark is
-                    // done with.
-                    let mut running = lock(&self.running);
-                    if matches!(running.get(id), Some(Running::CanceledEarly)) {
-                        running.remove(id);
+                let claim = match self.cluster_limit() {
+                    Some(limit) => {
+                        self.store
+                            .mark_running_within(
+                                id,
+                                &queued.project_name,
+                                &queued.function_name,
+                                owner,
+                                limit,
+                            )
+                            .instrument(span("mark_running"))
+                            .await?
                     }
-                    return Ok(());
+                    None => {
+                        if self
+                            .store
+                            .mark_invocation_running(id, owner)
+                            .instrument(span("mark_running"))
+                            .await?
+                        {
+                            SlotClaim::Taken
+                        } else {
+                            SlotClaim::NotQueued
+                        }
+                    }
+                };
+                match claim {
+                    SlotClaim::Taken => break (permits, owner.epoch),
+                    SlotClaim::Full => {
+                        // Every slot of the function is held on some node: this node's slots
+                        // go back while it waits for one.
+                        drop(permits);
+                        if let Some(f) = freed.as_mut() {
+                            self.wait_for_freed_slot(f).await;
+                        }
+                    }
+                    SlotClaim::NotQueued => {
+                        // Canceled while queued, or taken by another node (or by this node's
+                        // queue task, whose run of it may be in flight): only a cancel's mark
+                        // is done with.
+                        let mut running = lock(&self.running);
+                        if matches!(running.get(id), Some(Running::CanceledEarly)) {
+                            running.remove(id);
+                        }
+                        return Ok(());
+                    }
                 }
-                (permits, owner.epoch)
-            }
+            },
         };
         *epoch = Some(taken_under);
         // Held until this returns, however it returns; lent to children while the run waits.
@@ -228,6 +266,7 @@ impl Invocations {
             tracing::warn!(invocation = %id, epoch = taken_under, "the run's outcome is not recorded: this node lost its lease meanwhile and another node took the run over");
         }
         self.notifier.invocation_changed(id);
+        self.slot_freed(&inv.project_name, &inv.function_name);
         Ok(())
     }
 }

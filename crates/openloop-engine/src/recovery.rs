@@ -97,6 +97,7 @@ impl Invocations {
                     .await?;
             }
             self.notifier.invocation_changed(&run.id);
+            self.slot_freed(&run.project_name, &run.function_name);
         }
         if !requeued.is_empty() {
             self.notifier.notify(crate::notify::QUEUED);

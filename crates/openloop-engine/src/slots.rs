@@ -68,6 +68,8 @@ pub struct RunSlots {
     ended: watch::Sender<bool>,
     /// Invocations this run started that have not ended (canceled with it).
     children: Mutex<HashSet<String>>,
+    /// In a cluster: its function slot is lent in the database (`cluster::limits`).
+    pub cluster_lent: std::sync::atomic::AtomicBool,
 }
 
 impl RunSlots {
@@ -89,6 +91,7 @@ impl RunSlots {
             }),
             ended: watch::Sender::new(false),
             children: Mutex::new(HashSet::new()),
+            cluster_lent: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -19,6 +19,9 @@ CREATE TABLE nodes (
 ALTER TABLE invocations ADD COLUMN node_id TEXT;
 ALTER TABLE invocations ADD COLUMN node_epoch BIGINT;
 CREATE INDEX invocations_by_node ON invocations (node_id, status);
+-- 1 while a running invocation waits on another and has lent its function slot to it (a
+-- cluster's per-function limit counts the runs of a function that are running and not lending).
+ALTER TABLE invocations ADD COLUMN lending BIGINT NOT NULL DEFAULT 0;
 
 -- The node a devbox lives on (its calls are forwarded there).
 ALTER TABLE devboxes ADD COLUMN node_id TEXT;

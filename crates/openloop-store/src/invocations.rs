@@ -243,15 +243,6 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Put a running invocation back in the queue (after a crash, for retryable functions).
-    pub async fn requeue_invocation(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE invocations SET status = 'queued', started_at_ms = NULL WHERE id = $1 AND status = 'running'")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     /// Ids of invocations in a status, oldest first.
     pub async fn invocation_ids_with_status(&self, status: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> =

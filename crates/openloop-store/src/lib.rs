@@ -8,6 +8,7 @@
 //! - [`devbox_usage`]: what a devbox used, recorded as it stopped.
 //! - [`nodes`]: the nodes of a cluster, their heartbeats and lease epochs, taking over a
 //!   lost node's runs and devboxes, and claiming queued runs.
+//! - [`function_slots`]: a cluster's per-function concurrency limit, counted in the database.
 //! - [`network_policies`]: network policies (egress rules as a JSON document).
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
@@ -21,6 +22,7 @@ pub mod db;
 pub mod deployments;
 pub mod devbox_usage;
 pub mod devboxes;
+pub mod function_slots;
 pub mod invocations;
 pub mod keys;
 pub mod network_policies;

@@ -29,6 +29,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrphanedRun {
     pub id: String,
+    pub project_name: String,
     pub deployment_id: String,
     pub function_name: String,
 }
@@ -48,6 +49,11 @@ pub struct NodeLoad {
     pub node_id: String,
     pub count: i64,
 }
+
+/// Take up to `$6` queued runs of one function of a deployment (`$4`, `$5`) for a node (`$2`,
+/// epoch `$3`), oldest first, at `$1`. The rows are picked once, in a CTE: as `WHERE id IN
+/// (SELECT … LIMIT n)` the planner may run the subquery again per row and take more than `n`.
+pub(crate) const CLAIM_QUEUED: &str = "WITH picked AS (SELECT id FROM invocations WHERE status = 'queued' AND deployment_id = $4 AND function_name = $5 ORDER BY created_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 FROM picked WHERE invocations.id = picked.id AND invocations.status = 'queued' RETURNING invocations.id";
 
 const SELECT: &str = "SELECT id, address, epoch, status, started_at_ms, heartbeat_at_ms, lost_at_ms, taken_over_by FROM nodes";
 
@@ -140,7 +146,7 @@ impl Store {
     /// restarting node's own.
     pub async fn runs_of_node(&self, id: &str, below_epoch: i64) -> Result<Vec<OrphanedRun>> {
         Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, deployment_id, function_name FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
+            "SELECT id, project_name, deployment_id, function_name FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
         )
         .bind(id)
         .bind(below_epoch)
@@ -151,7 +157,7 @@ impl Store {
     /// The runs another node was running when it was lost.
     pub async fn runs_owned_by(&self, id: &str) -> Result<Vec<OrphanedRun>> {
         Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, deployment_id, function_name FROM invocations WHERE status = 'running' AND node_id = $1 ORDER BY id",
+            "SELECT id, project_name, deployment_id, function_name FROM invocations WHERE status = 'running' AND node_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -161,7 +167,7 @@ impl Store {
     /// Put a run of a lost or restarted node back in the queue, for any node to take.
     pub async fn requeue_run_of_node(&self, run: &str, node: &str) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL WHERE id = $1 AND status = 'running' AND (node_id = $2 OR node_id IS NULL)",
+            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL, lending = 0 WHERE id = $1 AND status = 'running' AND (node_id = $2 OR node_id IS NULL)",
         )
         .bind(run)
         .bind(node)
@@ -215,19 +221,15 @@ impl Store {
         owner: Owner<'_>,
         limit: i64,
     ) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            // The rows are picked once, in a CTE: as `WHERE id IN (SELECT … LIMIT n)` the
-            // planner may run the subquery again per row and take more than `n`.
-            "WITH picked AS (SELECT id FROM invocations WHERE status = 'queued' AND deployment_id = $4 AND function_name = $5 ORDER BY created_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 FROM picked WHERE invocations.id = picked.id AND invocations.status = 'queued' RETURNING invocations.id",
-        )
-        .bind(now_ms())
-        .bind(owner.node)
-        .bind(owner.epoch)
-        .bind(deployment_id)
-        .bind(function_name)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String,)> = sqlx::query_as(CLAIM_QUEUED)
+            .bind(now_ms())
+            .bind(owner.node)
+            .bind(owner.epoch)
+            .bind(deployment_id)
+            .bind(function_name)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 

@@ -6,6 +6,7 @@
 //! - `queue`: queued runs are shared: a node with a free slot takes them
 //!   (`FOR UPDATE SKIP LOCKED`), for deployments it has built, or any deployment once a run
 //!   has waited longer than a lease.
+//! - `limits`: a function's concurrency limit over all nodes, counted in the database.
 //! - `bus`: every change notification and cancel is sent to the other nodes with
 //!   `pg_notify`, and theirs are received with `LISTEN`, so `invoke_sync` on one node wakes
 //!   when another node finishes the run.
@@ -16,6 +17,7 @@
 mod bus;
 pub(crate) use bus::CANCEL_PREFIX;
 mod lease;
+pub(crate) mod limits;
 pub(crate) mod queue;
 
 use crate::invocations::Invocations;

@@ -86,15 +86,32 @@ impl Invocations {
                 }
                 let wanted = permits.len();
                 let epoch = self.node.epoch();
-                let ids = self
-                    .store
-                    .claim_queued(
-                        &group.deployment_id,
-                        &group.function_name,
-                        self.node.owner_at(epoch),
-                        wanted as i64,
-                    )
-                    .await?;
+                let owner = self.node.owner_at(epoch);
+                let ids = match self.cluster_limit() {
+                    // No more than the function's free slots over the whole cluster.
+                    Some(limit) => {
+                        self.store
+                            .claim_queued_within(
+                                &group.deployment_id,
+                                &group.project_name,
+                                &group.function_name,
+                                owner,
+                                wanted as i64,
+                                limit,
+                            )
+                            .await?
+                    }
+                    None => {
+                        self.store
+                            .claim_queued(
+                                &group.deployment_id,
+                                &group.function_name,
+                                owner,
+                                wanted as i64,
+                            )
+                            .await?
+                    }
+                };
                 let taken = ids.len();
                 for id in ids {
                     let Some(p) = permits.pop() else {
