@@ -46,6 +46,9 @@ pub struct DevboxSpec {
     /// devbox's own upper layer and the agent layer over the image; shared by every devbox
     /// started from it.
     pub lower: Option<PathBuf>,
+    /// A blueprint build: commands run as root of the build's own user namespace, over
+    /// idmapped layers (see [`crate::build`]).
+    pub build: bool,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -140,7 +143,12 @@ impl Devbox {
             snapshot: spec.lower.as_deref(),
             image: &config.image,
         };
-        mount_overlay(&layers, &dir).map_err(|e| {
+        let mounted = match spec.build {
+            true => crate::build::own_upper(&dir.join("disk/upper"))
+                .and_then(|_| mount_overlay(&layers, &dir, true)),
+            false => mount_overlay(&layers, &dir, false),
+        };
+        mounted.map_err(|e| {
             undo(&dir);
             start_err(
                 "mounting the overlay root (is the server running as root?)",
@@ -348,7 +356,7 @@ impl Devbox {
     }
 
     /// Kill the sandbox and its network, and wait until it has exited.
-    async fn halt(&self) {
+    pub(crate) async fn halt(&self) {
         if let Some(p) = &self.process {
             p.kill();
         }
@@ -432,46 +440,76 @@ async fn spawn(
     let mut cmd = tokio::process::Command::new("bwrap");
     // bwrap itself is the sandbox's first process: it sees nothing of the server's environment.
     cmd.env_clear();
-    let uid = SANDBOX_UID.to_string();
-    cmd.args([
-        "--unshare-all",
-        "--unshare-user",
-        "--uid",
-        &uid,
-        "--gid",
-        &uid,
-        "--hostname",
-        "devbox",
-    ])
-    .arg("--bind")
-    .arg(dir.join("root"))
-    .arg("/")
-    .args(["--proc", "/proc", "--dev", "/dev"])
-    .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
-    // No user namespace can be made inside (and the seccomp filter refuses them too).
-    .arg("--disable-userns")
-    .args(["--chdir", "/home/user", "--clearenv"])
-    .args([
-        "--setenv",
-        "HOME",
-        "/home/user",
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-    ])
-    .args(["--info-fd", "4", "--seccomp", "5"])
-    .args(["--", AGENT_PATH, "--control-fd", "3"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(false);
+    // A build enters the user namespace made for it (fd 6), as its root, keeping the
+    // capabilities root has there; a devbox gets a namespace of its own mapping `user`.
+    let userns =
+        match spec.build {
+            true => Some(crate::build::build_namespace().map_err(|e| {
+                SandboxError::Start(format!("making the build's user namespace: {e}"))
+            })?),
+            false => None,
+        };
+    let userns_fd = userns.as_ref().map(|u| u.as_raw_fd());
+    let uid = match spec.build {
+        true => "0".to_string(),
+        false => SANDBOX_UID.to_string(),
+    };
+    match spec.build {
+        true => cmd.args([
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--userns",
+            "6",
+        ]),
+        false => cmd.args(["--unshare-all", "--unshare-user"]),
+    };
+    let (home, caps): (&str, &[&str]) = match spec.build {
+        true => ("/root", crate::build::BUILD_CAPS),
+        false => ("/home/user", &[]),
+    };
+    cmd.args(["--uid", &uid, "--gid", &uid, "--hostname", "devbox"])
+        .arg("--bind")
+        .arg(dir.join("root"))
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev"])
+        .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
+        .args(caps.iter().flat_map(|c| ["--cap-add", c]))
+        // No user namespace can be made inside (and the seccomp filter refuses them too; bwrap
+        // offers this only for namespaces it makes, not a build's, where the filter alone does).
+        .args((!spec.build).then_some("--disable-userns"))
+        .args(["--chdir", home, "--clearenv"])
+        .args([
+            "--setenv",
+            "HOME",
+            home,
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+        ])
+        .args(["--info-fd", "4", "--seccomp", "5"])
+        .args(["--", AGENT_PATH, "--control-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
     let procs: Vec<CString> = cgroup.procs_files();
-    let host_uid = SANDBOX_HOST_UID;
+    let host_uid = match spec.build {
+        true => crate::build::BUILD_HOST_UID,
+        false => SANDBOX_HOST_UID,
+    };
     unsafe {
         cmd.pre_exec(move || {
             // dup2 clears close-on-exec on the new descriptors.
             for (from, to) in [(agent_fd, 3), (info_w, 4), (seccomp_fd, 5)] {
                 if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = userns_fd {
+                if libc::dup2(fd, 6) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -493,6 +531,7 @@ async fn spawn(
     }
     drop(agent_end);
     drop(seccomp);
+    drop(userns);
     let info = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(info_r) };
     let mut child = spawned.map_err(|e| {
         SandboxError::Start(format!(
@@ -695,22 +734,29 @@ struct Layers<'a> {
 /// devbox's mount table, which shows these options, names no host path. `redirect_dir` and
 /// `metacopy` are off so that an upper layer holds whole files and plain directories, and
 /// can itself become a snapshot's layer.
-fn mount_overlay(layers: &Layers<'_>, dir: &Path) -> std::io::Result<()> {
-    let open = |p: &Path| -> std::io::Result<std::fs::File> {
+/// A build's lower layers are idmapped mounts instead (`idmapped`, see [`crate::build`]).
+fn mount_overlay(layers: &Layers<'_>, dir: &Path, idmapped: bool) -> std::io::Result<()> {
+    let open = |p: &Path| -> std::io::Result<OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(p)
+            .map(OwnedFd::from)
     };
-    let mut lower = vec![open(layers.agent)?];
-    if let Some(snapshot) = layers.snapshot {
-        lower.push(open(snapshot)?);
-    }
-    lower.push(open(layers.image)?);
+    let mut paths = vec![layers.agent];
+    paths.extend(layers.snapshot);
+    paths.push(layers.image);
+    let lower: Vec<OwnedFd> = match idmapped {
+        true => crate::build::idmapped_layers(&paths)?,
+        false => paths
+            .into_iter()
+            .map(open)
+            .collect::<std::io::Result<_>>()?,
+    };
     let upper = open(&dir.join("disk/upper"))?;
     let work = open(&dir.join("disk/work"))?;
-    let fd = |f: &std::fs::File| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let fd = |f: &OwnedFd| format!("/proc/self/fd/{}", f.as_raw_fd());
     let lowerdir: Vec<String> = lower.iter().map(fd).collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",

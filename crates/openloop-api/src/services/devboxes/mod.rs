@@ -300,6 +300,7 @@ impl Devboxes {
                     network: res.network,
                     egress: res.egress.clone(),
                     lower,
+                    build: false,
                 };
                 match self.start_sandbox(spec).await {
                     Ok(d) => d,

@@ -31,6 +31,7 @@ impl Devboxes {
                         network: false,
                         egress: None,
                         lower: None,
+                        build: false,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {

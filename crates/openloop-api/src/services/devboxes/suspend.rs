@@ -239,6 +239,7 @@ impl Devboxes {
                 network: res.network,
                 egress: res.egress.clone(),
                 lower,
+                build: false,
             },
         )
         .await;
