@@ -151,7 +151,7 @@ pub(crate) fn own_upper(upper: &Path) -> std::io::Result<()> {
 /// host root, as the image's files are. Set-id bits, which `chown` clears, are kept.
 pub fn shift_to_host(root: &Path) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(root)?;
-    let map = |id: u32| (id == BUILD_HOST_UID).then_some(0).unwrap_or(id);
+    let map = |id: u32| if id == BUILD_HOST_UID { 0 } else { id };
     if meta.uid() == BUILD_HOST_UID || meta.gid() == BUILD_HOST_UID {
         std::os::unix::fs::lchown(root, Some(map(meta.uid())), Some(map(meta.gid())))?;
         if !meta.file_type().is_symlink() {

@@ -60,6 +60,8 @@ pub struct Devbox {
     pub(crate) lower: Option<PathBuf>,
     agent: AgentLink,
     env: std::sync::RwLock<BTreeMap<String, String>>,
+    /// Where commands start when they name no directory (`/home/user` if `None`).
+    workdir: std::sync::RwLock<Option<String>>,
     pub(crate) cgroup: Cgroup,
     /// The `bwrap` process (a pidfd: it is reaped by its waiting task, after which its pid
     /// may belong to anyone). `None` if it could not be opened (the sandbox had died).
@@ -198,6 +200,7 @@ impl Devbox {
             dir,
             lower: spec.lower,
             env: std::sync::RwLock::new(spec.env),
+            workdir: std::sync::RwLock::new(None),
             cgroup,
             process,
             exited,
@@ -214,6 +217,13 @@ impl Devbox {
     pub fn set_env(&self, env: BTreeMap<String, String>) {
         if let Ok(mut e) = self.env.write() {
             *e = env;
+        }
+    }
+
+    /// Set where commands start when they name no directory (a blueprint's `WORKDIR`).
+    pub fn set_workdir(&self, dir: Option<String>) {
+        if let Ok(mut w) = self.workdir.write() {
+            *w = dir;
         }
     }
 
@@ -260,6 +270,7 @@ impl Devbox {
         self.check_running()?;
         let mut all_env = self.env.read().map(|e| e.clone()).unwrap_or_default();
         all_env.extend(env);
+        let cwd = cwd.or_else(|| self.workdir.read().ok().and_then(|w| w.clone()));
         let req = Request::Exec {
             command: command.to_string(),
             env: all_env,

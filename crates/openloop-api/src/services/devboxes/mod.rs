@@ -11,12 +11,15 @@
 //! - `suspend`: suspending a devbox (its processes end, its disk stays) and resuming it,
 //!   also after a restart;
 //! - `snapshots`: disk snapshots of devboxes, and devboxes started from them.
+//! - [`blueprints`]: blueprints (a Dockerfile built once into a layer), and devboxes
+//!   started from them;
 //! - [`stdin`]: the standard input of executions started with `attach_stdin`;
 //! - [`tunnels`]: HTTP to a port inside a devbox, by host name (`routes::tunnel_proxy`);
 //! - `usage`: CPU, memory and disk a devbox used (Runloop's resource usage).
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
+pub mod blueprints;
 mod commands;
 pub mod executions;
 mod lifecycle;
@@ -29,6 +32,7 @@ mod suspend;
 pub mod tunnels;
 mod usage;
 
+pub use blueprints::{BlueprintListQuery, CreateBlueprint};
 use shape::Resources;
 pub use shape::{AfterIdle, CreateDevbox, LaunchParameters, Lifecycle, OnIdle};
 pub use snapshots::{SnapshotListQuery, SnapshotRequest};
@@ -104,14 +108,17 @@ pub struct Devboxes {
     network_policies: Arc<NetworkPolicies>,
     /// One lifecycle operation at a time per devbox (suspend, resume, snapshot, shutdown).
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Held for reading while a devbox that starts from a snapshot is recorded, for writing
-    /// while a snapshot is deleted: a snapshot in use is never deleted.
+    /// Held for reading while a devbox that starts from a snapshot or a blueprint is
+    /// recorded, for writing while a snapshot or blueprint is deleted: neither is deleted
+    /// while in use.
     snapshot_gate: tokio::sync::RwLock<()>,
     /// The execution output of suspended devboxes (their killed executions stay readable),
     /// taken back when they resume.
     parked_output: Mutex<HashMap<String, OutputStore>>,
     /// Live tunnels (they go with their devbox).
     tunnels: tunnels::TunnelTable,
+    /// Blueprint builds: their slots and per-content locks.
+    builds: blueprints::Builds,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -155,6 +162,7 @@ impl Devboxes {
             snapshot_gate: tokio::sync::RwLock::new(()),
             parked_output: Mutex::new(HashMap::new()),
             tunnels: tunnels::TunnelTable::default(),
+            builds: blueprints::Builds::default(),
         }
     }
 
@@ -208,16 +216,43 @@ impl Devboxes {
 
     pub async fn create(
         self: &Arc<Self>,
-        req: CreateDevbox,
+        mut req: CreateDevbox,
         principal: &Principal,
     ) -> ApiResult<DevboxView> {
+        // A snapshot or blueprint cannot be deleted between its check and the record naming it.
+        let gate = match req.snapshot_id.is_some()
+            || req.blueprint_id.is_some()
+            || req.blueprint_name.is_some()
+        {
+            true => Some(self.snapshot_gate.read().await),
+            false => None,
+        };
+        let blueprint = self.blueprint_for_devbox(&req, principal).await?;
+        if let Some((bp, _)) = &blueprint {
+            // Its launch parameters serve a devbox that gives none.
+            if req.launch_parameters.is_none() {
+                let params: Value = serde_json::from_str(&bp.parameters).unwrap_or(Value::Null);
+                if let Some(lp) = params.get("launch_parameters").filter(|v| !v.is_null()) {
+                    req.launch_parameters = serde_json::from_value(lp.clone()).ok();
+                }
+            }
+        }
         let mut res = self.resources(&req)?;
         if let Some(tunnel) = &req.tunnel {
             tunnel.check()?;
         }
         let params = req.launch_parameters.clone().unwrap_or_default();
         self.apply_network_policy(&params, &mut res).await?;
-        let mut env = req.environment_variables.clone().unwrap_or_default();
+        // The blueprint's ENV, under the request's own variables.
+        let mut given_env = blueprint
+            .as_ref()
+            .map(|(_, image)| image.env.clone())
+            .unwrap_or_default();
+        given_env.extend(req.environment_variables.clone().unwrap_or_default());
+        let workdir = blueprint
+            .as_ref()
+            .and_then(|(_, image)| image.workdir.clone());
+        let mut env = given_env.clone();
         // Opened here, only to be set in the sandbox; output of its commands is redacted.
         let given = self
             .secrets
@@ -232,14 +267,10 @@ impl Devboxes {
                 )));
             }
         }
-        // A snapshot cannot be deleted between this check and the record naming it.
-        let gate = match &req.snapshot_id {
-            Some(_) => Some(self.snapshot_gate.read().await),
-            None => None,
-        };
-        let lower = match &req.snapshot_id {
-            Some(s) => Some(self.usable_snapshot(s, principal).await?),
-            None => None,
+        let lower = match (&req.snapshot_id, &blueprint) {
+            (Some(s), _) => Some(self.usable_snapshot(s, principal).await?),
+            (None, Some((bp, _))) => Some(self.blueprint_layer(&bp.content_hash)),
+            (None, None) => None,
         };
         // A sandbox started ahead of time serves any devbox of the default shape.
         let warm = match lower {
@@ -267,7 +298,8 @@ impl Devboxes {
             "network": if res.network { "outbound" } else { "none" },
             // What a resume needs to start it again: its variables (sealed) and the names of
             // the secrets it was given (never their values).
-            "environment": self.seal_env(&id, &req.environment_variables.clone().unwrap_or_default())?,
+            "environment": self.seal_env(&id, &given_env)?,
+            "workdir": workdir,
             "secrets": req.secrets.clone().unwrap_or_default(),
         });
         let record = DevboxRecord {
@@ -283,12 +315,14 @@ impl Devboxes {
             created_at_ms: now_ms(),
             ended_at_ms: None,
             snapshot_id: req.snapshot_id.clone(),
+            blueprint_id: blueprint.as_ref().map(|(bp, _)| bp.id.clone()),
         };
         self.store.insert_devbox(&record).await?;
         drop(gate);
         let devbox = match warm {
             Some(d) => {
                 d.set_env(env);
+                d.set_workdir(workdir);
                 d
             }
             None => {
@@ -303,7 +337,10 @@ impl Devboxes {
                     build: false,
                 };
                 match self.start_sandbox(spec).await {
-                    Ok(d) => d,
+                    Ok(d) => {
+                        d.set_workdir(workdir);
+                        d
+                    }
                     Err(e) => {
                         self.fail(&id, "execution_failed", &e.to_string()).await?;
                         return Err(e);

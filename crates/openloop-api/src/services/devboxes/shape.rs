@@ -98,6 +98,13 @@ pub struct CreateDevbox {
     /// from: its files lie under the devbox's own, shared read-only with other devboxes.
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// A built blueprint (`POST /v1/blueprints`) of this caller's to start from: its layer
+    /// lies under the devbox's own, its ENV and WORKDIR apply.
+    #[serde(default)]
+    pub blueprint_id: Option<String>,
+    /// The newest built blueprint of this caller's with this name.
+    #[serde(default)]
+    pub blueprint_name: Option<String>,
     /// A tunnel to enable once the devbox runs (see `enable_tunnel`).
     #[serde(default)]
     pub tunnel: Option<super::tunnels::TunnelConfig>,

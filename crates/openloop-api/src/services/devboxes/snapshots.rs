@@ -285,7 +285,7 @@ impl Devboxes {
                 live.devbox.snapshot_disk(dest).await
             }
             "suspended" => {
-                let parent = rec.snapshot_id.as_deref().map(|s| self.snapshot_layer(s));
+                let parent = self.lower_layer_of(&rec).await?;
                 openloop_sandbox::snapshot::snapshot_suspended(
                     &self.config.devbox_dir().join(devbox_id),
                     parent,

@@ -221,7 +221,7 @@ impl Devboxes {
         } else {
             Some(self.reserve_for(id, owner)?)
         };
-        let lower = rec.snapshot_id.as_deref().map(|s| self.snapshot_layer(s));
+        let lower = self.lower_layer_of(&rec).await.map_err(still_suspended)?;
         self.set_status(id, status("resuming")).await?;
         let sandbox = SandboxConfig {
             devbox_dir: self.config.devbox_dir(),
@@ -244,7 +244,14 @@ impl Devboxes {
         )
         .await;
         let devbox = match started {
-            Ok(d) => Arc::new(d),
+            Ok(d) => {
+                d.set_workdir(
+                    spec.get("workdir")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                );
+                Arc::new(d)
+            }
             Err(e) => {
                 // Its disk is kept: it can be resumed again (or shut down).
                 let message = format!("resuming failed ({e}); try again, or shut it down");

@@ -1,0 +1,232 @@
+//! Blueprints: Runloop's own client drives every method (`clients/runloop_blueprint_check.py`);
+//! the host side (the shared layer, its owners, a devbox from a blueprint starting without a
+//! copy, another key seeing nothing, a restart) is checked here, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{Db, Server};
+use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn blueprints_with_the_runloop_client() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let out = common::run_client_check(
+        &server,
+        "runloop_blueprint_check.py",
+        &[],
+        "all blueprint calls worked",
+    )
+    .await;
+    for line in out.lines().filter(|l| l.contains("build:")) {
+        eprintln!("{line}");
+    }
+    // The two blueprints of identical content share one layer directory, kept after one
+    // of them was deleted; the layer's root files are host root's.
+    let kept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kept blueprint: "))
+        .unwrap();
+    let v = server.get_json(&format!("/v1/blueprints/{kept}")).await;
+    assert_eq!(v["status"], "build_complete", "{v}");
+    let layers: Vec<_> = std::fs::read_dir(server.data.path().join("blueprints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // bp-base (shared by its identical twin), bp-child, bp-grandchild, bp-pip.
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    let with_marker = layers
+        .iter()
+        .find(|l| {
+            l.join("usr/local/share/bp/marker").exists() && !l.join("opt/app/child.txt").exists()
+        })
+        .expect("the base blueprint's layer");
+    let meta = |p: &str| std::fs::symlink_metadata(with_marker.join(p)).unwrap();
+    assert_eq!(meta("usr/local/share/bp/marker").uid(), 0);
+    assert_eq!(meta("opt/app/built.txt").uid(), 0);
+    assert_eq!(meta("home/user/notes.txt").uid(), 100_000);
+}
+
+async fn post_json(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = server.post(path).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Create a blueprint over HTTP and wait for the end of its build.
+async fn build(server: &Server, body: Value) -> Value {
+    let (status, v) = post_json(server, "/v1/blueprints", body).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let v = server.get_json(&format!("/v1/blueprints/{id}")).await;
+        if !matches!(v["status"].as_str(), Some("queued" | "building")) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "build did not end: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn owners_layers_and_restart(db: Db) {
+    let Some(mut server) = Server::start(db).await else {
+        return;
+    };
+    let bp = build(
+        &server,
+        json!({
+            "name": "host-side",
+            "dockerfile": "FROM openloop-base\nENV WHERE=layer\nWORKDIR /srv\nRUN head -c 1048576 /dev/urandom > blob && sha256sum blob > blob.sum\n",
+        }),
+    )
+    .await;
+    assert_eq!(bp["status"], "build_complete", "{bp}");
+    let id = bp["id"].as_str().unwrap().to_string();
+
+    // Starting from it copies nothing: the devbox's own disk holds only what it writes.
+    let plain = Instant::now();
+    let base_box = server
+        .create_devbox(json!({"network": "none", "launch_parameters": {"custom_cpu_cores": 2}}))
+        .await;
+    let plain = plain.elapsed();
+    let started = Instant::now();
+    let dbx = server
+        .create_devbox(json!({"blueprint_id": id, "launch_parameters": {"custom_cpu_cores": 2}}))
+        .await;
+    let from_blueprint = started.elapsed();
+    eprintln!(
+        "devbox create: {:.0} ms from the base image, {:.0} ms from a blueprint with a 1 MiB layer",
+        plain.as_secs_f64() * 1e3,
+        from_blueprint.as_secs_f64() * 1e3
+    );
+    let (code, out, err) = server
+        .exec(&dbx, "pwd; echo $WHERE; sha256sum -c blob.sum")
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out, "/srv\nlayer\nblob: OK\n");
+    let upper = server
+        .data
+        .path()
+        .join("devboxes")
+        .join(&dbx)
+        .join("disk/upper");
+    let copied: u64 = walk_bytes(&upper);
+    assert!(
+        copied < 64 * 1024,
+        "the devbox's own layer holds {copied} bytes"
+    );
+    server.shutdown_devbox(&base_box).await;
+
+    // Another key sees nothing of it.
+    let (status, other) = post_json(&server, "/v1/keys", json!({"name": "other"})).await;
+    assert_eq!(status, 201, "{other}");
+    let other_key = other["secret"].as_str().unwrap().to_string();
+    for path in [
+        format!("/v1/blueprints/{id}"),
+        format!("/v1/blueprints/{id}/logs"),
+    ] {
+        let r = server
+            .http
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(&other_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    for (path, body) in [
+        (format!("/v1/blueprints/{id}/delete"), json!({})),
+        ("/v1/devboxes".to_string(), json!({"blueprint_id": id})),
+        (
+            "/v1/devboxes".to_string(),
+            json!({"blueprint_name": "host-side"}),
+        ),
+        (
+            "/v1/blueprints".to_string(),
+            json!({"name": "x", "dockerfile": "FROM host-side\n"}),
+        ),
+    ] {
+        let r = server
+            .http
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(&other_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert!(matches!(status, 400 | 404), "{path}: {status}");
+    }
+    let r = server
+        .http
+        .get(format!("{}/v1/blueprints", server.url))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["blueprints"].clone(), v["total_count"].clone()),
+        (json!([]), json!(0)),
+        "{v}"
+    );
+
+    // A restart keeps built blueprints and their layers; suspend and resume keep WORKDIR.
+    let (status, v) = post_json(&server, &format!("/v1/devboxes/{dbx}/suspend"), json!({})).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+    server.kill9();
+    server.spawn().await;
+    let (status, v) = post_json(&server, &format!("/v1/devboxes/{dbx}/resume"), json!({})).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("running")),
+        "{v}"
+    );
+    let (_, out, _) = server
+        .exec(&dbx, "pwd; echo $WHERE; sha256sum -c blob.sum")
+        .await;
+    assert_eq!(out, "/srv\nlayer\nblob: OK\n");
+    let (status, v) = post_json(&server, &format!("/v1/blueprints/{id}/delete"), json!({})).await;
+    assert_eq!(status, 409, "a suspended devbox still uses it: {v}");
+    server.shutdown_devbox(&dbx).await;
+    let (status, v) = post_json(&server, &format!("/v1/blueprints/{id}/delete"), json!({})).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("deleted")), "{v}");
+    let left = std::fs::read_dir(server.data.path().join("blueprints"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        left, 0,
+        "the last blueprint of a content takes its layer along"
+    );
+    let witness = server.create_devbox(json!({})).await;
+    server.assert_healthy(&witness).await;
+}
+
+fn walk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            walk_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+#[tokio::test]
+async fn owners_layers_and_restart_sqlite() {
+    owners_layers_and_restart(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn owners_layers_and_restart_postgres() {
+    owners_layers_and_restart(Db::Postgres).await;
+}
