@@ -27,6 +27,7 @@ CREATE TABLE blueprints (
 CREATE INDEX blueprints_by_owner ON blueprints (owner, state, id);
 CREATE INDEX blueprints_by_name ON blueprints (owner, name, status, id);
 CREATE INDEX blueprints_by_hash ON blueprints (content_hash, state);
+CREATE INDEX blueprints_by_base ON blueprints (base_blueprint_id, status);
 
 CREATE TABLE blueprint_logs (
     blueprint_id TEXT NOT NULL,

@@ -171,6 +171,18 @@ impl Store {
         Ok(row.0)
     }
 
+    /// How many builds that have not ended are `FROM` blueprint `id` (their sandboxes stack
+    /// its layer, and they copy its files).
+    pub async fn builds_from_blueprint(&self, id: &str) -> Result<i64> {
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM blueprints WHERE base_blueprint_id = $1 AND status IN ('queued', 'building')",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+
     /// Builds a stopped server left unfinished: they fail. Returns their ids.
     pub async fn fail_unfinished_blueprints(&self, now_ms: i64) -> Result<Vec<String>> {
         let rows: Vec<(String,)> =

@@ -121,6 +121,11 @@ sh(box.id, "echo changed > /home/user/notes.txt")
 by_name = client.devboxes.create_and_await_running(blueprint_name="bp-base-again")
 assert by_name.blueprint_id == again.id, by_name
 assert sh(by_name.id, "cat built.txt /home/user/notes.txt") == "bonjour from root\nnotes\n"
+# A snapshot of a devbox from a blueprint holds the blueprint's files too.
+snap = client.devboxes.snapshot_disk(by_name.id, name="from-blueprint")
+from_snap = client.devboxes.create_and_await_running(snapshot_id=snap.id)
+assert sh(from_snap.id, "cat /opt/app/built.txt /home/user/notes.txt") == "bonjour from root\nnotes\n"
+client.devboxes.shutdown(from_snap.id)
 print(f"devbox ids: {box.id} {by_name.id}")
 
 # ------------------------------------------------------------------ stacking

@@ -92,7 +92,7 @@ pub struct SnapshotListQuery {
     pub limit: Option<crate::numbers::Number>,
     /// The last id of the previous page.
     pub starting_after: Option<String>,
-    /// Openloop has no blueprints: any value matches no snapshot.
+    /// Snapshots hold their blueprint's files and depend on none: any value matches no snapshot.
     pub source_blueprint_id: Option<String>,
 }
 

@@ -80,6 +80,8 @@ impl Devboxes {
         principal: &Principal,
     ) -> ApiResult<BlueprintView> {
         let owner = owner_of(principal)?;
+        // The parent cannot be deleted between its check and the record naming it.
+        let gate = self.snapshot_gate.read().await;
         let plan = self.plan(&req, &owner).await?;
         let egress = match req.network_policy_id.as_deref().filter(|p| !p.is_empty()) {
             Some(p) => Some(self.network_policies.resolve(p).await?),
@@ -108,6 +110,7 @@ impl Devboxes {
             build_finish_time_ms: None,
         };
         self.store.insert_blueprint(&record).await?;
+        drop(gate);
         let view = BlueprintView::of(&record)?;
         let this = Arc::clone(self);
         tokio::spawn(async move { this.build_blueprint(record, plan, egress, secrets).await });
@@ -219,6 +222,12 @@ impl Devboxes {
         if matches!(rec.status.as_str(), "queued" | "building") {
             return Err(ApiError::Conflict(format!(
                 "blueprint {id} is still building; delete it once its status is build_complete or failed"
+            )));
+        }
+        let children = self.store.builds_from_blueprint(id).await?;
+        if children > 0 {
+            return Err(ApiError::Conflict(format!(
+                "blueprint {id} is the base of {children} build(s) still running; delete it once they end"
             )));
         }
         let users = self.store.devboxes_using_blueprint(id).await?;
