@@ -11,8 +11,8 @@ const MAX_NAME: usize = 256;
 /// Runloop's blueprint create (and preview) body.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CreateBlueprint {
-    /// Required.
-    #[serde(default)]
+    /// Required: 1 to 256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     /// Build on this blueprint of yours (instead of `FROM` in the Dockerfile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
