@@ -230,3 +230,81 @@ async fn owners_layers_and_restart_sqlite() {
 async fn owners_layers_and_restart_postgres() {
     owners_layers_and_restart(Db::Postgres).await;
 }
+
+/// A build the server was running when it died fails at the next start, with a log line
+/// saying so; nothing of it is left on disk; the same content then builds.
+#[tokio::test]
+async fn a_build_cut_by_a_restart_fails_and_leaves_nothing() {
+    let mut server = Server::start(Db::Sqlite).await.unwrap();
+    let body = json!({
+        "name": "cut",
+        "dockerfile": "FROM openloop-base\nRUN echo started && sleep 600\n",
+    });
+    let (status, v) = post_json(&server, "/v1/blueprints", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = server.get_json(&format!("/v1/blueprints/{id}/logs")).await;
+        if logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"] == "started")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the build did not start: {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the per-key limit of unfinished builds, a create is refused (429), not queued.
+    let mut queued = Vec::new();
+    let refused = loop {
+        let (status, v) = post_json(
+            &server,
+            "/v1/blueprints",
+            json!({"name": "pile", "system_setup_commands": [format!("sleep 600 # {}", queued.len())]}),
+        )
+        .await;
+        if status != 200 {
+            break (status, v);
+        }
+        queued.push(v["id"].as_str().unwrap().to_string());
+        assert!(queued.len() < 100, "no limit on unfinished builds");
+    };
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert_eq!(queued.len(), 15, "16 unfinished builds per key");
+
+    server.kill9();
+    server.spawn().await;
+    let v = server.get_json(&format!("/v1/blueprints/{id}")).await;
+    assert_eq!(
+        (v["status"].as_str(), v["failure_reason"].as_str()),
+        (Some("failed"), Some("build_failed")),
+        "{v}"
+    );
+    let logs = server.get_json(&format!("/v1/blueprints/{id}/logs")).await;
+    let last = logs["logs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["level"], "error", "{logs}");
+    assert!(
+        last["message"].as_str().unwrap().contains("server stopped"),
+        "{logs}"
+    );
+    for q in &queued {
+        let v = server.get_json(&format!("/v1/blueprints/{q}")).await;
+        assert_eq!(v["status"], "failed", "{v}");
+    }
+    let devboxes = std::fs::read_dir(server.data.path().join("devboxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let layers = std::fs::read_dir(server.data.path().join("blueprints"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    // At most the warm pool's sandboxes are left in the devbox directory.
+    assert!(
+        devboxes <= 2 && layers == 0,
+        "{devboxes} devbox dirs, {layers} layers"
+    );
+    let quick = json!({"name": "cut", "dockerfile": "FROM openloop-base\nRUN echo again\n"});
+    assert_eq!(build(&server, quick).await["status"], "build_complete");
+}

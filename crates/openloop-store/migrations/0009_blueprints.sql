@@ -25,6 +25,7 @@ CREATE TABLE blueprints (
     build_finish_time_ms BIGINT
 );
 CREATE INDEX blueprints_by_owner ON blueprints (owner, state, id);
+CREATE INDEX blueprints_by_status ON blueprints (owner, status, id);
 CREATE INDEX blueprints_by_name ON blueprints (owner, name, status, id);
 CREATE INDEX blueprints_by_hash ON blueprints (content_hash, state);
 CREATE INDEX blueprints_by_base ON blueprints (base_blueprint_id, status);

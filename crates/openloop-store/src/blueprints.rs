@@ -171,6 +171,17 @@ impl Store {
         Ok(row.0)
     }
 
+    /// How many of `owner`'s builds have not ended (`queued` or `building`).
+    pub async fn unfinished_blueprints(&self, owner: &str) -> Result<i64> {
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM blueprints WHERE owner = $1 AND status IN ('queued', 'building')",
+        )
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+
     /// How many builds that have not ended are `FROM` blueprint `id` (their sandboxes stack
     /// its layer, and they copy its files).
     pub async fn builds_from_blueprint(&self, id: &str) -> Result<i64> {

@@ -35,6 +35,8 @@ pub use plan::CreateBlueprint;
 /// Default and largest page of `GET /v1/blueprints` (Runloop's).
 const DEFAULT_PAGE: u64 = 20;
 const MAX_PAGE: u64 = 5000;
+/// Most builds of one API key queued or building at once.
+const MAX_UNFINISHED_BUILDS: i64 = 16;
 
 /// Runloop's `blueprints.list` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -90,6 +92,13 @@ impl Devboxes {
         let secret_names = req.secrets.clone().unwrap_or_default();
         let secrets = self.secrets.resolve_for(principal, &secret_names).await?;
         let hash = Self::content_hash(&plan, &owner, &secret_names)?;
+        // Queued builds are records and tasks: a key cannot pile them up without bound.
+        let unfinished = self.store.unfinished_blueprints(&owner).await?;
+        if unfinished >= MAX_UNFINISHED_BUILDS {
+            return Err(ApiError::QuotaExceeded(format!(
+                "{unfinished} blueprints of this key are still queued or building (at most {MAX_UNFINISHED_BUILDS}); wait for some to finish"
+            )));
+        }
         let parameters =
             serde_json::to_string(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         let record = BlueprintRecord {
