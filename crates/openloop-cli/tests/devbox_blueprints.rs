@@ -34,8 +34,8 @@ async fn blueprints_with_the_runloop_client() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    // bp-base (shared by its identical twin), bp-child, bp-grandchild, bp-pip.
-    assert_eq!(layers.len(), 4, "{layers:?}");
+    // bp-base (shared by its identical twin), bp-child, bp-grandchild, bp-pip, bp-root.
+    assert_eq!(layers.len(), 5, "{layers:?}");
     let with_marker = layers
         .iter()
         .find(|l| {
@@ -46,6 +46,27 @@ async fn blueprints_with_the_runloop_client() {
     assert_eq!(meta("usr/local/share/bp/marker").uid(), 0);
     assert_eq!(meta("opt/app/built.txt").uid(), 0);
     assert_eq!(meta("home/user/notes.txt").uid(), 100_000);
+    // No captured layer (blueprint or snapshot, of builds and root devboxes alike) holds a
+    // file of the uid root of a build or root devbox runs as.
+    for dir in ["blueprints", "snapshots"] {
+        let owned = owned_by(&server.data.path().join(dir), 100_002);
+        assert_eq!(owned, Vec::<std::path::PathBuf>::new(), "{dir}");
+    }
+}
+
+/// Paths under `dir` owned (uid or gid) by `id`.
+fn owned_by(dir: &std::path::Path, id: u32) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        if m.uid() == id || m.gid() == id {
+            out.push(e.path());
+        }
+        if m.is_dir() {
+            out.extend(owned_by(&e.path(), id));
+        }
+    }
+    out
 }
 
 async fn post_json(server: &Server, path: &str, body: Value) -> (u16, Value) {

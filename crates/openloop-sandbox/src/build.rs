@@ -169,7 +169,7 @@ pub fn shift_to_host(root: &Path) -> std::io::Result<()> {
 impl crate::Devbox {
     /// End a build sandbox and capture what it wrote (over `parent`'s files, so the layer
     /// stands alone, as a snapshot does) into `dest`, its owners shifted to the host's
-    /// ([`shift_to_host`]). Returns the layer's size in bytes. Call
+    /// ([`shift_to_host`], as every captured layer's). Returns the layer's size in bytes. Call
     /// [`shutdown`](crate::Devbox::shutdown) afterwards.
     pub async fn capture_build(
         &self,
@@ -179,14 +179,7 @@ impl crate::Devbox {
         self.halt().await;
         let upper = self.dir.join("disk/upper");
         tokio::task::spawn_blocking(move || {
-            let staging = dest.with_extension("captured");
-            crate::snapshot::remove(&staging)?;
-            let size = crate::snapshot::capture(&upper, parent.as_deref(), &staging)?;
-            let shifted = shift_to_host(&staging).and_then(|_| std::fs::rename(&staging, &dest));
-            if shifted.is_err() {
-                let _ = crate::snapshot::remove(&staging);
-            }
-            shifted.map(|_| size)
+            crate::snapshot::capture(&upper, parent.as_deref(), &dest)
         })
         .await
         .map_err(|e| crate::SandboxError::Start(e.to_string()))?

@@ -46,9 +46,9 @@ pub struct DevboxSpec {
     /// devbox's own upper layer and the agent layer over the image; shared by every devbox
     /// started from it.
     pub lower: Option<PathBuf>,
-    /// A blueprint build: commands run as root of the build's own user namespace, over
-    /// idmapped layers (see [`crate::build`]).
-    pub build: bool,
+    /// Commands run as root of the sandbox's own user namespace, over idmapped layers (see
+    /// [`crate::build`]): blueprint builds, and devboxes whose user is root.
+    pub root: bool,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -145,7 +145,7 @@ impl Devbox {
             snapshot: spec.lower.as_deref(),
             image: &config.image,
         };
-        let mounted = match spec.build {
+        let mounted = match spec.root {
             true => crate::build::own_upper(&dir.join("disk/upper"))
                 .and_then(|_| mount_overlay(&layers, &dir, true)),
             false => mount_overlay(&layers, &dir, false),
@@ -454,18 +454,18 @@ async fn spawn(
     // A build enters the user namespace made for it (fd 6), as its root, keeping the
     // capabilities root has there; a devbox gets a namespace of its own mapping `user`.
     let userns =
-        match spec.build {
+        match spec.root {
             true => Some(crate::build::build_namespace().map_err(|e| {
                 SandboxError::Start(format!("making the build's user namespace: {e}"))
             })?),
             false => None,
         };
     let userns_fd = userns.as_ref().map(|u| u.as_raw_fd());
-    let uid = match spec.build {
+    let uid = match spec.root {
         true => "0".to_string(),
         false => SANDBOX_UID.to_string(),
     };
-    match spec.build {
+    match spec.root {
         true => cmd.args([
             "--unshare-ipc",
             "--unshare-pid",
@@ -477,7 +477,7 @@ async fn spawn(
         ]),
         false => cmd.args(["--unshare-all", "--unshare-user"]),
     };
-    let (home, caps): (&str, &[&str]) = match spec.build {
+    let (home, caps): (&str, &[&str]) = match spec.root {
         true => ("/root", crate::build::BUILD_CAPS),
         false => ("/home/user", &[]),
     };
@@ -490,7 +490,7 @@ async fn spawn(
         .args(caps.iter().flat_map(|c| ["--cap-add", c]))
         // No user namespace can be made inside (and the seccomp filter refuses them too; bwrap
         // offers this only for namespaces it makes, not a build's, where the filter alone does).
-        .args((!spec.build).then_some("--disable-userns"))
+        .args((!spec.root).then_some("--disable-userns"))
         .args(["--chdir", home, "--clearenv"])
         .args([
             "--setenv",
@@ -507,7 +507,7 @@ async fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let procs: Vec<CString> = cgroup.procs_files();
-    let host_uid = match spec.build {
+    let host_uid = match spec.root {
         true => crate::build::BUILD_HOST_UID,
         false => SANDBOX_HOST_UID,
     };

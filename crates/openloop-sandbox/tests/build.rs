@@ -50,7 +50,7 @@ fn spec(id: &str, lower: Option<PathBuf>, build: bool) -> DevboxSpec {
         network: false,
         egress: None,
         lower,
-        build,
+        root: build,
     }
 }
 

@@ -46,7 +46,7 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         network,
         egress: None,
         lower: None,
-        build: false,
+        root: false,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }

@@ -185,7 +185,7 @@ for kwargs, needle in [
     (dict(dockerfile="FROM no-such-blueprint\n"), "no built blueprint of yours"),
     (dict(dockerfile="FROM openloop-base\nCOPY missing.txt /x\n"), "not in the build context"),
     (dict(dockerfile="FROM openloop-base\nCOPY ../../etc/passwd /x\n"), "leaves the build context"),
-    (dict(dockerfile="FROM openloop-base\nUSER root\n"), "must end as `USER user`"),
+    (dict(dockerfile="FROM openloop-base\nUSER nobody\n"), "does not exist in the image"),
     (dict(dockerfile="FROM openloop-base\n", base_blueprint_id=bp.id), "names its parent in FROM"),
     (dict(build_context={"type": "object", "object_id": "obj_1"}), "no object store"),
     (dict(file_mounts={"../escape": "x"}), "leaves the build context"),
@@ -214,6 +214,40 @@ client.devboxes.shutdown(by_name.id)
 check = client.devboxes.create_and_await_running(blueprint_id=again.id)
 assert sh(check.id, "cat built.txt") == "bonjour from root\n"
 client.devboxes.shutdown(check.id)
+
+# ------------------------------------------------------------------ root devboxes
+# Runloop's user_parameters: root of the devbox's own user namespace, confined as a build is.
+ROOT = {"user_parameters": {"username": "root", "uid": 0}}
+r = client.devboxes.create_and_await_running(launch_parameters=ROOT)
+out = sh(r.id, "id -u; echo $HOME; pwd; echo evil > /usr/bin/evil && cat /usr/bin/evil; wc -l < /proc/self/uid_map")
+assert out == "0\n/root\n/root\nevil\n2\n", out
+for cmd in ["mount -t tmpfs none /mnt", "unshare -r true", "chroot / true", "ip link set lo down"]:
+    assert client.devboxes.execute_sync(r.id, command=cmd).exit_status != 0, cmd
+plain = client.devboxes.create_and_await_running(launch_parameters={"user_parameters": {"username": "user", "uid": 1000}})
+assert client.devboxes.execute_sync(plain.id, command="test -e /usr/bin/evil").exit_status != 0
+client.devboxes.shutdown(plain.id)
+client.devboxes.suspend(r.id)
+client.devboxes.await_suspended(r.id, polling_config=wait)
+client.devboxes.resume(r.id)
+client.devboxes.await_running(r.id, polling_config=wait)
+assert sh(r.id, "id -u; cat /usr/bin/evil") == "0\nevil\n"
+snap = client.devboxes.snapshot_disk(r.id, name="root-made")
+u = client.devboxes.create_and_await_running(snapshot_id=snap.id)
+assert sh(u.id, "cat /usr/bin/evil; id -u; (echo x >> /usr/bin/evil) 2>/dev/null || echo refused") == "evil\n1000\nrefused\n"
+client.devboxes.shutdown(u.id)
+client.devboxes.shutdown(r.id)
+rb = client.blueprints.create_and_await_build_complete(
+    name="bp-root", dockerfile="FROM openloop-base\nUSER root\n", polling_config=wait
+)
+rd = client.devboxes.create_and_await_running(blueprint_id=rb.id)
+assert sh(rd.id, "id -u; pwd") == "0\n/root\n"
+client.devboxes.shutdown(rd.id)
+refused(
+    bad,
+    lambda: strict.devboxes.create(launch_parameters={"user_parameters": {"username": "admin", "uid": 0}}),
+    "user_parameters",
+)
+print(f"root snapshot: {snap.id}")
 
 print(f"kept blueprint: {again.id}")
 print("all blueprint calls worked")

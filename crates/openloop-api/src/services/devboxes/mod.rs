@@ -243,15 +243,30 @@ impl Devboxes {
         }
         let params = req.launch_parameters.clone().unwrap_or_default();
         self.apply_network_policy(&params, &mut res).await?;
-        // The blueprint's ENV, under the request's own variables.
-        let mut given_env = blueprint
-            .as_ref()
-            .map(|(_, image)| image.env.clone())
-            .unwrap_or_default();
+        // A blueprint whose last USER is root makes root devboxes.
+        if let Some((_, image)) = &blueprint {
+            res.root |= image
+                .user
+                .as_deref()
+                .is_some_and(|u| blueprints::dockerfile::is_root_user(u).unwrap_or(false));
+        }
+        // Root's home for a root devbox, then the blueprint's ENV, under the request's own
+        // variables.
+        let mut given_env: BTreeMap<String, String> = match res.root {
+            true => [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            false => BTreeMap::new(),
+        };
+        if let Some((_, image)) = &blueprint {
+            given_env.extend(image.env.clone());
+        }
         given_env.extend(req.environment_variables.clone().unwrap_or_default());
         let workdir = blueprint
             .as_ref()
-            .and_then(|(_, image)| image.workdir.clone());
+            .and_then(|(_, image)| image.workdir.clone())
+            .or_else(|| res.root.then(|| "/root".to_string()));
         let mut env = given_env.clone();
         // Opened here, only to be set in the sandbox; output of its commands is redacted.
         let given = self
@@ -300,6 +315,7 @@ impl Devboxes {
             // the secrets it was given (never their values).
             "environment": self.seal_env(&id, &given_env)?,
             "workdir": workdir,
+            "root": res.root,
             "secrets": req.secrets.clone().unwrap_or_default(),
         });
         let record = DevboxRecord {
@@ -334,7 +350,7 @@ impl Devboxes {
                     network: res.network,
                     egress: res.egress.clone(),
                     lower,
-                    build: false,
+                    root: res.root,
                 };
                 match self.start_sandbox(spec).await {
                     Ok(d) => {

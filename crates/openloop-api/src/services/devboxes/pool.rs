@@ -31,7 +31,7 @@ impl Devboxes {
                         network: false,
                         egress: None,
                         lower: None,
-                        build: false,
+                        root: false,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {
@@ -51,6 +51,7 @@ impl Devboxes {
     pub(super) fn take_warm(&self, res: &Resources) -> Option<Arc<Devbox>> {
         let default = self.default_resources()?;
         let same = !res.network
+            && !res.root
             && res.disk_bytes == default.disk_bytes
             && res.limits.memory_bytes == default.limits.memory_bytes
             && res.limits.pids == default.limits.pids

@@ -202,6 +202,8 @@ impl Devboxes {
             ..Default::default()
         };
         let mut res = self.resources(&req)?;
+        // A root devbox (asked for, or from a blueprint ending as root) stays one.
+        res.root |= spec.get("root").and_then(Value::as_bool).unwrap_or(false);
         // Everything that can refuse the resume comes before it changes anything.
         let still_suspended = |e: ApiError| -> ApiError {
             ApiError::Conflict(format!("devbox {id} stays suspended: {e}"))
@@ -239,7 +241,7 @@ impl Devboxes {
                 network: res.network,
                 egress: res.egress.clone(),
                 lower,
-                build: false,
+                root: res.root,
             },
         )
         .await;

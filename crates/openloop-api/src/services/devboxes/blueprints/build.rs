@@ -185,7 +185,7 @@ impl Devboxes {
             network: true,
             egress,
             lower: parent.clone(),
-            build: true,
+            root: true,
         };
         let sandbox = self
             .start_sandbox(spec)

@@ -331,8 +331,8 @@ pub fn parse(text: &str) -> Result<Dockerfile, String> {
     Ok(Dockerfile { from, steps })
 }
 
-/// What `USER` may name: devboxes run as `user` (uid 1000); a build step may also run as
-/// `root`. Returns whether it is root.
+/// What `USER` may name: `user` (uid 1000, devboxes' default) or `root` (a blueprint that
+/// ends as root makes root devboxes). Returns whether it is root.
 pub fn is_root_user(who: &str) -> Result<bool, String> {
     let name = who.split(':').next().unwrap_or_default();
     match name {

@@ -290,13 +290,6 @@ impl Devboxes {
                 Step::Run(_) | Step::Arg(..) => {}
             }
         }
-        if let Some(who) = &image.user {
-            if dockerfile::is_root_user(who).map_err(bad)? {
-                return Err(bad(
-                    "devboxes run as `user`: a Dockerfile may switch to `USER root` for its steps, but must end as `USER user` (or name no USER)",
-                ));
-            }
-        }
         Ok(Plan {
             text,
             dockerfile,
