@@ -49,6 +49,10 @@ pub struct DevboxSpec {
     /// Commands run as root of the sandbox's own user namespace, over idmapped layers (see
     /// [`crate::build`]): blueprint builds, and devboxes whose user is root.
     pub root: bool,
+    /// The devbox user may run commands as root with `sudo`: the sandbox is a root one (as
+    /// with `root`), but its agent serves every request as the user and runs `sudo`'s
+    /// commands as root (`openloop-devbox-agent --as-user`).
+    pub sudo: bool,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -145,7 +149,7 @@ impl Devbox {
             snapshot: spec.lower.as_deref(),
             image: &config.image,
         };
-        let mounted = match spec.root {
+        let mounted = match spec.root || spec.sudo {
             true => crate::build::own_upper(&dir.join("disk/upper"))
                 .and_then(|_| mount_overlay(&layers, &dir, true)),
             false => mount_overlay(&layers, &dir, false),
@@ -451,21 +455,23 @@ async fn spawn(
     let mut cmd = tokio::process::Command::new("bwrap");
     // bwrap itself is the sandbox's first process: it sees nothing of the server's environment.
     cmd.env_clear();
-    // A build enters the user namespace made for it (fd 6), as its root, keeping the
-    // capabilities root has there; a devbox gets a namespace of its own mapping `user`.
+    // A build, a root devbox or one with sudo enters the user namespace made for it (fd 6),
+    // as its root, keeping the capabilities root has there; a devbox gets a namespace of its
+    // own mapping `user`.
+    let root_mode = spec.root || spec.sudo;
     let userns =
-        match spec.root {
+        match root_mode {
             true => Some(crate::build::build_namespace().map_err(|e| {
                 SandboxError::Start(format!("making the build's user namespace: {e}"))
             })?),
             false => None,
         };
     let userns_fd = userns.as_ref().map(|u| u.as_raw_fd());
-    let uid = match spec.root {
+    let uid = match root_mode {
         true => "0".to_string(),
         false => SANDBOX_UID.to_string(),
     };
-    match spec.root {
+    match root_mode {
         true => cmd.args([
             "--unshare-ipc",
             "--unshare-pid",
@@ -477,9 +483,10 @@ async fn spawn(
         ]),
         false => cmd.args(["--unshare-all", "--unshare-user"]),
     };
-    let (home, caps): (&str, &[&str]) = match spec.root {
-        true => ("/root", crate::build::BUILD_CAPS),
-        false => ("/home/user", &[]),
+    let (home, caps): (&str, &[&str]) = match (spec.root, spec.sudo) {
+        (true, _) => ("/root", crate::build::BUILD_CAPS),
+        (false, true) => ("/home/user", crate::build::BUILD_CAPS),
+        (false, false) => ("/home/user", &[]),
     };
     cmd.args(["--uid", &uid, "--gid", &uid, "--hostname", "devbox"])
         .arg("--bind")
@@ -490,7 +497,7 @@ async fn spawn(
         .args(caps.iter().flat_map(|c| ["--cap-add", c]))
         // No user namespace can be made inside (and the seccomp filter refuses them too; bwrap
         // offers this only for namespaces it makes, not a build's, where the filter alone does).
-        .args((!spec.root).then_some("--disable-userns"))
+        .args((!root_mode).then_some("--disable-userns"))
         .args(["--chdir", home, "--clearenv"])
         .args([
             "--setenv",
@@ -502,12 +509,13 @@ async fn spawn(
         ])
         .args(["--info-fd", "4", "--seccomp", "5"])
         .args(["--", AGENT_PATH, "--control-fd", "3"])
+        .args(spec.sudo.then_some("--as-user"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let procs: Vec<CString> = cgroup.procs_files();
-    let host_uid = match spec.root {
+    let host_uid = match root_mode {
         true => crate::build::BUILD_HOST_UID,
         false => SANDBOX_HOST_UID,
     };
@@ -716,7 +724,7 @@ pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()
     let target = layer.join("opt/openloop/agent");
     let wanted = std::fs::read(agent_bin)?;
     if std::fs::read(&target).ok().as_deref() == Some(&wanted[..]) {
-        return Ok(());
+        return link_sudo(layer);
     }
     std::fs::create_dir_all(layer.join("opt/openloop"))?;
     for d in [
@@ -729,7 +737,23 @@ pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()
     let tmp = layer.join("opt/openloop/.agent.new");
     std::fs::write(&tmp, &wanted)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &target)
+    std::fs::rename(&tmp, &target)?;
+    link_sudo(layer)
+}
+
+/// `usr/bin/sudo` in the agent layer: the agent under that name (see the agent's `sudo`
+/// module; without `--devbox-sudo` it says sudo is not available and fails).
+fn link_sudo(layer: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(layer.join("usr/bin"))?;
+    for d in [layer.join("usr"), layer.join("usr/bin")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let sudo = layer.join("usr/bin/sudo");
+    if std::fs::read_link(&sudo).ok().as_deref() != Some(Path::new(AGENT_PATH)) {
+        let _ = std::fs::remove_file(&sudo);
+        std::os::unix::fs::symlink(AGENT_PATH, &sudo)?;
+    }
+    Ok(())
 }
 
 /// The read-only layers under a devbox's own upper layer, top first.

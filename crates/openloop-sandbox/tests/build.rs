@@ -51,6 +51,7 @@ fn spec(id: &str, lower: Option<PathBuf>, build: bool) -> DevboxSpec {
         egress: None,
         lower,
         root: build,
+        sudo: false,
     }
 }
 

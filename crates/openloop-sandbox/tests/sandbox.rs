@@ -47,6 +47,7 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         egress: None,
         lower: None,
         root: false,
+        sudo: false,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }

@@ -351,6 +351,7 @@ impl Devboxes {
                     egress: res.egress.clone(),
                     lower,
                     root: res.root,
+                    sudo: self.config.devbox_sudo && !res.root,
                 };
                 match self.start_sandbox(spec).await {
                     Ok(d) => {

@@ -32,6 +32,7 @@ impl Devboxes {
                         egress: None,
                         lower: None,
                         root: false,
+                        sudo: this.config.devbox_sudo,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {

@@ -242,6 +242,7 @@ impl Devboxes {
                 egress: res.egress.clone(),
                 lower,
                 root: res.root,
+                sudo: self.config.devbox_sudo && !res.root,
             },
         )
         .await;

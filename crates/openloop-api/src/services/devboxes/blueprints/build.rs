@@ -186,6 +186,7 @@ impl Devboxes {
             egress,
             lower: parent.clone(),
             root: true,
+            sudo: false,
         };
         let sandbox = self
             .start_sandbox(spec)
