@@ -137,9 +137,18 @@ fn idmapped(path: &Path, userns: &OwnedFd) -> std::io::Result<OwnedFd> {
 }
 
 /// The read-only layers of a build, each an idmapped mount (see the module's documentation).
+/// The idmapping's user namespace is made once per process (it never changes, and only
+/// names the mapping); each sandbox still gets a user namespace of its own to run in.
 pub(crate) fn idmapped_layers(paths: &[&Path]) -> std::io::Result<Vec<OwnedFd>> {
-    let userns = user_namespace(0, LAYER_MAP)?;
-    paths.iter().map(|p| idmapped(p, &userns)).collect()
+    static LAYER_NS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    let userns = match LAYER_NS.get() {
+        Some(ns) => ns,
+        None => {
+            let made = user_namespace(0, LAYER_MAP)?;
+            LAYER_NS.get_or_init(|| made)
+        }
+    };
+    paths.iter().map(|p| idmapped(p, userns)).collect()
 }
 
 /// Give the top of a build's upper layer to its root, so `mkdir /app` works in the build.
