@@ -34,8 +34,9 @@ async fn blueprints_with_the_runloop_client() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    // bp-base (shared by its identical twin), bp-child, bp-grandchild, bp-pip, bp-root.
-    assert_eq!(layers.len(), 5, "{layers:?}");
+    // bp-base (shared by its identical twin), bp-child, bp-grandchild, bp-pip, bp-secret,
+    // bp-root.
+    assert_eq!(layers.len(), 6, "{layers:?}");
     let with_marker = layers
         .iter()
         .find(|l| {

@@ -164,6 +164,21 @@ p = client.devboxes.create_and_await_running(blueprint_id=pip.id)
 assert sh(p.id, "cd /tmp && python3 -c 'import bpdemo; print(bpdemo.VALUE)'") == "installed offline\n"
 client.devboxes.shutdown(p.id)
 
+# ------------------------------------------------------------------ secrets: the build's only
+client.secrets.create(name="BP_TOKEN", value="s3cr3t-build-value")
+sec = client.blueprints.create_and_await_build_complete(
+    name="bp-secret",
+    dockerfile="FROM openloop-base\nRUN echo token=$TOKEN && test -n \"$TOKEN\"\n",
+    secrets={"TOKEN": "BP_TOKEN"},
+    polling_config=wait,
+)
+messages = [line.message for line in client.blueprints.logs(sec.id).logs]
+assert "token=[REDACTED:BP_TOKEN]" in messages, messages
+assert not any("s3cr3t-build-value" in m for m in messages), messages
+s_box = client.devboxes.create_and_await_running(blueprint_id=sec.id)
+assert sh(s_box.id, "echo \"[$TOKEN]\"") == "[]\n"
+client.devboxes.shutdown(s_box.id)
+
 # ------------------------------------------------------------------ a failing build
 failing = client.blueprints.create(name="bp-fails", dockerfile="FROM openloop-base\nRUN echo about-to-fail && exit 3\n")
 try:
