@@ -11,6 +11,7 @@ use openloop_sandbox::agent::OutputChunk;
 const STEP_OUTPUT: usize = 64 * 1024;
 
 /// What the steps so far have set.
+#[derive(Clone)]
 pub(super) struct State {
     env: BTreeMap<String, String>,
     args: BTreeMap<String, String>,
@@ -76,7 +77,7 @@ impl Devboxes {
                     log.info(&format!("WORKDIR {}", state.workdir)).await;
                     let as_root = State {
                         root: true,
-                        ..clone_state(&state)
+                        ..state.clone()
                     };
                     let cmd = format!("mkdir -p -- {}", shell_quote(&state.workdir));
                     self.run_quiet(sandbox, &cmd, &as_root).await?;
@@ -148,7 +149,7 @@ impl Devboxes {
             let quoted: Vec<String> = written.iter().map(|p| shell_quote(p)).collect();
             let as_root = State {
                 root: true,
-                ..clone_state(state)
+                ..state.clone()
             };
             let cmd = format!("chown {ids} -- {}", quoted.join(" "));
             self.run_quiet(sandbox, &cmd, &as_root).await?;
@@ -245,14 +246,5 @@ impl Devboxes {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))),
         }
-    }
-}
-
-fn clone_state(s: &State) -> State {
-    State {
-        env: s.env.clone(),
-        args: s.args.clone(),
-        workdir: s.workdir.clone(),
-        root: s.root,
     }
 }
