@@ -192,6 +192,19 @@ messages = [line.message for line in client.blueprints.logs(failing.id).logs]
 assert "about-to-fail" in messages, messages
 assert any("exited with 3" in m for m in messages), messages
 refused(runloop_api_client.ConflictError, lambda: strict.devboxes.create(blueprint_id=failing.id), "build_complete")
+# A build that fills its disk says so (fallocate: no data written).
+full = client.blueprints.create(
+    name="bp-full",
+    dockerfile="FROM openloop-base\n"
+    "RUN fallocate -l $(( $(df --output=avail -B1 / | tail -1) - 8388608 )) /fill && fallocate -l 64M /more\n",
+)
+try:
+    client.blueprints.await_build_complete(full.id, polling_config=wait)
+    raise AssertionError("a full disk must fail the build")
+except runloop_api_client.RunloopError:
+    pass
+full = client.blueprints.retrieve(full.id)
+assert full.status == "failed" and full.failure_reason == "out_of_disk", full
 
 # ------------------------------------------------------------------ what cannot build: 400
 bad = runloop_api_client.BadRequestError
@@ -212,7 +225,7 @@ for kwargs, needle in [
 page = client.blueprints.list(name="bp-base")
 assert [b.id for b in page] == [bp.id], page
 failed = client.blueprints.list(status="failed")
-assert [b.id for b in failed] == [failing.id], failed
+assert [b.id for b in failed] == [full.id, failing.id], failed
 first_page = client.blueprints.list(limit=2)
 assert len(first_page.blueprints) == 2 and first_page.has_more, first_page
 assert client.blueprints.list_public().blueprints == []

@@ -195,8 +195,15 @@ impl Devboxes {
         let ran = self.run_plan(&sandbox, plan, secret_env, log).await;
         let ran = match ran {
             Err(mut f) => {
+                let usage = sandbox.usage();
+                let disk_full = matches!(
+                    (usage.disk_used_bytes, usage.disk_size_bytes),
+                    (Some(used), Some(size)) if used + (16 << 20) >= size
+                );
                 if sandbox.oom_killed() {
                     f.reason = "out_of_memory";
+                } else if disk_full {
+                    f.reason = "out_of_disk";
                 }
                 Err(f)
             }
