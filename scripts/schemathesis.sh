@@ -72,6 +72,10 @@ REPO=$(curl -fsS -X POST "$URL/v1/repositories" -H "$AUTH" -H 'Content-Type: app
     python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 curl -sS -o /dev/null -X POST "$URL/v1/repositories/$REPO/webhook" -H 'X-GitHub-Event: push' \
     -H 'Content-Type: application/json' --data '{}'
+# A built blueprint, so its reads are fuzzed past the 404.
+BLUEPRINT=$(curl -fsS -X POST "$URL/v1/blueprints" -H "$AUTH" -H 'Content-Type: application/json' \
+    --data '{"name": "schemathesis", "system_setup_commands": ["true"]}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 
 cat >"$WORK/schemathesis.toml" <<'EOF'
 # Devbox creation starts real sandboxes: a few examples are enough.
@@ -86,6 +90,10 @@ cat >>"$WORK/schemathesis.toml" <<EOF
 [[operations]]
 include-operation-id-regex = "^repositories_(get|deliveries|webhook)\$"
 parameters = { "path.id" = "$REPO" }
+# The blueprint's reads, by its real id.
+[[operations]]
+include-operation-id-regex = "^blueprints_(get|logs)\$"
+parameters = { "path.id" = "$BLUEPRINT" }
 EOF
 
 set +e

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub devbox_disk_pool: usize,
     /// Sandboxes of the default shape kept started ahead of time (0: none).
     pub devbox_warm_pool: usize,
+    /// The devbox user may `sudo` (root of the devbox's own user namespace, as a root
+    /// devbox's; see `openloop_sandbox::build` and the agent's `sudo`).
+    pub devbox_sudo: bool,
     /// The engine socket: header deadline, connections without a header (node-wide and per
     /// process), connections overall.
     pub engine: EngineLimits,

@@ -13,8 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod blueprints;
 pub mod nodes;
 mod snapshots;
+pub use blueprints::*;
 pub use snapshots::*;
 
 /// Declares a status enum (snake_case on the wire and in the store) with `as_str`, a checked
@@ -354,9 +356,8 @@ pub struct DevboxView {
     /// The devbox's tunnel, while it has one (`enable_tunnel`, or `tunnel` at creation).
     pub tunnel: Option<TunnelView>,
     pub capabilities: Vec<String>,
-    /// Always null (Openloop has no blueprints).
-    #[schema(value_type = Option<String>)]
-    pub blueprint_id: Option<()>,
+    /// The blueprint the devbox was started from, if any.
+    pub blueprint_id: Option<String>,
     /// The disk snapshot the devbox was started from, if any.
     pub snapshot_id: Option<String>,
 }
@@ -391,7 +392,7 @@ impl DevboxView {
             network: field("network", Value::String("none".into())),
             tunnel: None,
             capabilities: Vec::new(),
-            blueprint_id: None,
+            blueprint_id: r.blueprint_id.clone(),
             snapshot_id: r.snapshot_id.clone(),
         })
     }

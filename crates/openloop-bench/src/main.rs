@@ -3,6 +3,7 @@
 //!
 //! Run it with `cargo run --release -p openloop-bench` (build the workspace in release first).
 
+mod blueprints;
 mod cluster;
 mod dashboard;
 mod devbox_runtime;
@@ -45,6 +46,11 @@ struct Args {
     disk_rounds: usize,
     #[arg(long)]
     no_disks: bool,
+    /// Rounds of the blueprint figures (a build with `RUN pip install`, first and cached).
+    #[arg(long, default_value_t = 3)]
+    blueprint_rounds: usize,
+    #[arg(long)]
+    no_blueprints: bool,
     /// Only the devbox tunnel and stdin figures (`devbox_runtime`), on a server of their own.
     #[arg(long)]
     only_devbox_runtime: bool,
@@ -631,6 +637,12 @@ async fn run(args: Args) -> Result<()> {
 
     if !args.no_disks {
         for (name, value, unit) in disks::measure(&b, args.disk_rounds).await? {
+            put(&name, value, unit);
+        }
+    }
+
+    if !args.no_blueprints {
+        for (name, value, unit) in blueprints::measure(&b, args.blueprint_rounds).await? {
             put(&name, value, unit);
         }
     }

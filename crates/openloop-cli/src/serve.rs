@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Devbox sandboxes of the default shape kept started, so a create answers in milliseconds.
     #[arg(long, env = "OPENLOOP_DEVBOX_WARM_POOL", default_value_t = 2)]
     devbox_warm_pool: usize,
+    /// Let the devbox user run commands as root with `sudo` (Runloop's default user may),
+    /// root of the devbox's own user namespace only: confined by the devbox's sandbox.
+    #[arg(long, env = "OPENLOOP_DEVBOX_SUDO")]
+    devbox_sudo: bool,
     /// Live devboxes one run (invocation) may have at once.
     #[arg(long, env = "OPENLOOP_DEVBOX_MAX_PER_RUN", default_value_t = 16)]
     devbox_max_per_run: usize,
@@ -300,6 +304,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         devbox_idle_seconds: args.devbox_idle_seconds,
         devbox_disk_pool: args.devbox_disk_pool,
         devbox_warm_pool: args.devbox_warm_pool,
+        devbox_sudo: args.devbox_sudo,
         engine: openloop_api::config::EngineLimits {
             header_timeout: Duration::from_secs(args.engine_header_timeout),
             max_pending: args.engine_max_pending,

@@ -45,10 +45,15 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Own process group, so the whole command tree can be killed at once.
+    let as_user = crate::as_user();
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // An agent running as root (a devbox with sudo) runs commands as the user.
+            if as_user {
+                crate::sudo::become_user()?;
+            }
             Ok(())
         });
     }

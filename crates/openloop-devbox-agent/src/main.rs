@@ -8,6 +8,7 @@
 
 mod exec;
 mod files;
+mod sudo;
 mod tunnel;
 
 use openloop_agent_proto::{fdpass, kind, read_frame, write_frame, AgentError, Request};
@@ -17,16 +18,39 @@ use std::os::unix::net::UnixStream;
 
 pub const HOME: &str = "/home/user";
 
+/// Whether the agent runs as root and serves every request as the devbox user
+/// (`--as-user`: a devbox with `sudo`, see [`sudo`]).
+static AS_USER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn as_user() -> bool {
+    AS_USER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let fd = match args.as_slice() {
-        [_, flag, n] if flag == "--control-fd" => n.parse::<i32>().ok(),
-        _ => None,
+    // Installed as `/usr/bin/sudo` in the agent's layer.
+    let name = args.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    if name == Some("sudo") {
+        sudo::client(&args);
+    }
+    let (fd, as_user) = match args.as_slice() {
+        [_, flag, n] if flag == "--control-fd" => (n.parse::<i32>().ok(), false),
+        [_, flag, n, user] if flag == "--control-fd" && user == "--as-user" => {
+            (n.parse::<i32>().ok(), true)
+        }
+        _ => (None, false),
     };
     let Some(fd) = fd else {
-        eprintln!("usage: openloop-devbox-agent --control-fd N");
+        eprintln!("usage: openloop-devbox-agent --control-fd N [--as-user]");
         std::process::exit(2);
     };
+    if as_user {
+        AS_USER.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = sudo::listen() {
+            eprintln!("openloop-devbox-agent: cannot offer sudo: {e}");
+            std::process::exit(1);
+        }
+    }
     let control = unsafe { OwnedFd::from_raw_fd(fd) };
     // Commands never inherit the control socket.
     unsafe {
@@ -55,6 +79,15 @@ fn main() {
 }
 
 fn serve(mut stream: UnixStream) {
+    if as_user() {
+        // This thread's file system identity is the devbox user's (its files are the
+        // user's, its checks the user's: the file capabilities go with it); a command
+        // becomes the user altogether (`exec`).
+        unsafe {
+            libc::setfsgid(sudo::USER_ID);
+            libc::setfsuid(sudo::USER_ID);
+        }
+    }
     let request = match read_frame(&mut stream) {
         Ok(Some((kind::REQUEST, payload))) => serde_json::from_slice::<Request>(&payload),
         _ => return,

@@ -46,6 +46,13 @@ pub struct DevboxSpec {
     /// devbox's own upper layer and the agent layer over the image; shared by every devbox
     /// started from it.
     pub lower: Option<PathBuf>,
+    /// Commands run as root of the sandbox's own user namespace, over idmapped layers (see
+    /// [`crate::build`]): blueprint builds, and devboxes whose user is root.
+    pub root: bool,
+    /// The devbox user may run commands as root with `sudo`: the sandbox is a root one (as
+    /// with `root`), but its agent serves every request as the user and runs `sudo`'s
+    /// commands as root (`openloop-devbox-agent --as-user`).
+    pub sudo: bool,
 }
 
 /// A running devbox. Dropping it does not stop it; call [`Devbox::shutdown`].
@@ -57,6 +64,8 @@ pub struct Devbox {
     pub(crate) lower: Option<PathBuf>,
     agent: AgentLink,
     env: std::sync::RwLock<BTreeMap<String, String>>,
+    /// Where commands start when they name no directory (`/home/user` if `None`).
+    workdir: std::sync::RwLock<Option<String>>,
     pub(crate) cgroup: Cgroup,
     /// The `bwrap` process (a pidfd: it is reaped by its waiting task, after which its pid
     /// may belong to anyone). `None` if it could not be opened (the sandbox had died).
@@ -140,7 +149,12 @@ impl Devbox {
             snapshot: spec.lower.as_deref(),
             image: &config.image,
         };
-        mount_overlay(&layers, &dir).map_err(|e| {
+        let mounted = match spec.root || spec.sudo {
+            true => crate::build::own_upper(&dir.join("disk/upper"))
+                .and_then(|_| mount_overlay(&layers, &dir, true)),
+            false => mount_overlay(&layers, &dir, false),
+        };
+        mounted.map_err(|e| {
             undo(&dir);
             start_err(
                 "mounting the overlay root (is the server running as root?)",
@@ -190,6 +204,7 @@ impl Devbox {
             dir,
             lower: spec.lower,
             env: std::sync::RwLock::new(spec.env),
+            workdir: std::sync::RwLock::new(None),
             cgroup,
             process,
             exited,
@@ -206,6 +221,13 @@ impl Devbox {
     pub fn set_env(&self, env: BTreeMap<String, String>) {
         if let Ok(mut e) = self.env.write() {
             *e = env;
+        }
+    }
+
+    /// Set where commands start when they name no directory (a blueprint's `WORKDIR`).
+    pub fn set_workdir(&self, dir: Option<String>) {
+        if let Ok(mut w) = self.workdir.write() {
+            *w = dir;
         }
     }
 
@@ -252,6 +274,7 @@ impl Devbox {
         self.check_running()?;
         let mut all_env = self.env.read().map(|e| e.clone()).unwrap_or_default();
         all_env.extend(env);
+        let cwd = cwd.or_else(|| self.workdir.read().ok().and_then(|w| w.clone()));
         let req = Request::Exec {
             command: command.to_string(),
             env: all_env,
@@ -348,7 +371,7 @@ impl Devbox {
     }
 
     /// Kill the sandbox and its network, and wait until it has exited.
-    async fn halt(&self) {
+    pub(crate) async fn halt(&self) {
         if let Some(p) = &self.process {
             p.kill();
         }
@@ -432,46 +455,80 @@ async fn spawn(
     let mut cmd = tokio::process::Command::new("bwrap");
     // bwrap itself is the sandbox's first process: it sees nothing of the server's environment.
     cmd.env_clear();
-    let uid = SANDBOX_UID.to_string();
-    cmd.args([
-        "--unshare-all",
-        "--unshare-user",
-        "--uid",
-        &uid,
-        "--gid",
-        &uid,
-        "--hostname",
-        "devbox",
-    ])
-    .arg("--bind")
-    .arg(dir.join("root"))
-    .arg("/")
-    .args(["--proc", "/proc", "--dev", "/dev"])
-    .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
-    // No user namespace can be made inside (and the seccomp filter refuses them too).
-    .arg("--disable-userns")
-    .args(["--chdir", "/home/user", "--clearenv"])
-    .args([
-        "--setenv",
-        "HOME",
-        "/home/user",
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-    ])
-    .args(["--info-fd", "4", "--seccomp", "5"])
-    .args(["--", AGENT_PATH, "--control-fd", "3"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(false);
+    // A build, a root devbox or one with sudo enters the user namespace made for it (fd 6),
+    // as its root, keeping the capabilities root has there; a devbox gets a namespace of its
+    // own mapping `user`.
+    let root_mode = spec.root || spec.sudo;
+    let userns =
+        match root_mode {
+            true => Some(crate::build::build_namespace().map_err(|e| {
+                SandboxError::Start(format!("making the build's user namespace: {e}"))
+            })?),
+            false => None,
+        };
+    let userns_fd = userns.as_ref().map(|u| u.as_raw_fd());
+    let uid = match root_mode {
+        true => "0".to_string(),
+        false => SANDBOX_UID.to_string(),
+    };
+    match root_mode {
+        true => cmd.args([
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--userns",
+            "6",
+        ]),
+        false => cmd.args(["--unshare-all", "--unshare-user"]),
+    };
+    let (home, caps): (&str, &[&str]) = match (spec.root, spec.sudo) {
+        (true, _) => ("/root", crate::build::BUILD_CAPS),
+        (false, true) => ("/home/user", crate::build::BUILD_CAPS),
+        (false, false) => ("/home/user", &[]),
+    };
+    cmd.args(["--uid", &uid, "--gid", &uid, "--hostname", "devbox"])
+        .arg("--bind")
+        .arg(dir.join("root"))
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev"])
+        .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL"])
+        .args(caps.iter().flat_map(|c| ["--cap-add", c]))
+        // No user namespace can be made inside (and the seccomp filter refuses them too; bwrap
+        // offers this only for namespaces it makes, not a build's, where the filter alone does).
+        .args((!root_mode).then_some("--disable-userns"))
+        .args(["--chdir", home, "--clearenv"])
+        .args([
+            "--setenv",
+            "HOME",
+            home,
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+        ])
+        .args(["--info-fd", "4", "--seccomp", "5"])
+        .args(["--", AGENT_PATH, "--control-fd", "3"])
+        .args(spec.sudo.then_some("--as-user"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
     let procs: Vec<CString> = cgroup.procs_files();
-    let host_uid = SANDBOX_HOST_UID;
+    let host_uid = match root_mode {
+        true => crate::build::BUILD_HOST_UID,
+        false => SANDBOX_HOST_UID,
+    };
     unsafe {
         cmd.pre_exec(move || {
             // dup2 clears close-on-exec on the new descriptors.
             for (from, to) in [(agent_fd, 3), (info_w, 4), (seccomp_fd, 5)] {
                 if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = userns_fd {
+                if libc::dup2(fd, 6) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -493,6 +550,7 @@ async fn spawn(
     }
     drop(agent_end);
     drop(seccomp);
+    drop(userns);
     let info = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(info_r) };
     let mut child = spawned.map_err(|e| {
         SandboxError::Start(format!(
@@ -666,7 +724,7 @@ pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()
     let target = layer.join("opt/openloop/agent");
     let wanted = std::fs::read(agent_bin)?;
     if std::fs::read(&target).ok().as_deref() == Some(&wanted[..]) {
-        return Ok(());
+        return link_sudo(layer);
     }
     std::fs::create_dir_all(layer.join("opt/openloop"))?;
     for d in [
@@ -679,7 +737,23 @@ pub fn prepare_agent_layer(agent_bin: &Path, layer: &Path) -> std::io::Result<()
     let tmp = layer.join("opt/openloop/.agent.new");
     std::fs::write(&tmp, &wanted)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &target)
+    std::fs::rename(&tmp, &target)?;
+    link_sudo(layer)
+}
+
+/// `usr/bin/sudo` in the agent layer: the agent under that name (see the agent's `sudo`
+/// module; without `--devbox-sudo` it says sudo is not available and fails).
+fn link_sudo(layer: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(layer.join("usr/bin"))?;
+    for d in [layer.join("usr"), layer.join("usr/bin")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let sudo = layer.join("usr/bin/sudo");
+    if std::fs::read_link(&sudo).ok().as_deref() != Some(Path::new(AGENT_PATH)) {
+        let _ = std::fs::remove_file(&sudo);
+        std::os::unix::fs::symlink(AGENT_PATH, &sudo)?;
+    }
+    Ok(())
 }
 
 /// The read-only layers under a devbox's own upper layer, top first.
@@ -695,22 +769,29 @@ struct Layers<'a> {
 /// devbox's mount table, which shows these options, names no host path. `redirect_dir` and
 /// `metacopy` are off so that an upper layer holds whole files and plain directories, and
 /// can itself become a snapshot's layer.
-fn mount_overlay(layers: &Layers<'_>, dir: &Path) -> std::io::Result<()> {
-    let open = |p: &Path| -> std::io::Result<std::fs::File> {
+/// A build's lower layers are idmapped mounts instead (`idmapped`, see [`crate::build`]).
+fn mount_overlay(layers: &Layers<'_>, dir: &Path, idmapped: bool) -> std::io::Result<()> {
+    let open = |p: &Path| -> std::io::Result<OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(p)
+            .map(OwnedFd::from)
     };
-    let mut lower = vec![open(layers.agent)?];
-    if let Some(snapshot) = layers.snapshot {
-        lower.push(open(snapshot)?);
-    }
-    lower.push(open(layers.image)?);
+    let mut paths = vec![layers.agent];
+    paths.extend(layers.snapshot);
+    paths.push(layers.image);
+    let lower: Vec<OwnedFd> = match idmapped {
+        true => crate::build::idmapped_layers(&paths)?,
+        false => paths
+            .into_iter()
+            .map(open)
+            .collect::<std::io::Result<_>>()?,
+    };
     let upper = open(&dir.join("disk/upper"))?;
     let work = open(&dir.join("disk/work"))?;
-    let fd = |f: &std::fs::File| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let fd = |f: &OwnedFd| format!("/proc/self/fd/{}", f.as_raw_fd());
     let lowerdir: Vec<String> = lower.iter().map(fd).collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",

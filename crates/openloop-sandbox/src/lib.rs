@@ -24,6 +24,7 @@
 //! This crate knows nothing of the database or of HTTP.
 
 pub mod agent;
+pub mod build;
 pub mod cgroup;
 pub mod devbox;
 pub mod disk;

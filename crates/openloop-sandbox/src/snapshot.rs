@@ -87,6 +87,9 @@ pub fn capture(upper: &Path, parent: Option<&Path>, dest: &Path) -> std::io::Res
             clear_conflicts(upper, &partial)?;
         }
         copy_tree(upper, &partial)?;
+        // What root of a build or of a root devbox wrote becomes host root's (see
+        // `crate::build`): no layer holds a file its next user's root would own.
+        crate::build::shift_to_host(&partial)?;
         // The root of a layer: anyone may enter (the devbox's own user reads through it).
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
         let size = tree_bytes(&partial)?;

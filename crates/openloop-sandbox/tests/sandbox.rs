@@ -46,6 +46,8 @@ async fn start_with(tmp: &tempfile::TempDir, id: &str, network: bool, disk_bytes
         network,
         egress: None,
         lower: None,
+        root: false,
+        sudo: false,
     };
     Devbox::start(&config, spec).await.expect("devbox starts")
 }

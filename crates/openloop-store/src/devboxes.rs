@@ -28,9 +28,11 @@ pub struct DevboxRecord {
     pub snapshot_id: Option<String>,
     /// The node it lives on.
     pub node_id: Option<String>,
+    /// The blueprint it was started from, if any.
+    pub blueprint_id: Option<String>,
 }
 
-const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms, snapshot_id, node_id FROM devboxes";
+const SELECT: &str = "SELECT id, name, status, invocation_id, key_id, failure_reason, shutdown_reason, status_message, spec, created_at_ms, ended_at_ms, snapshot_id, node_id, blueprint_id FROM devboxes";
 
 /// One entry of a devbox's status history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -52,7 +54,7 @@ pub struct StatusChange<'a> {
 impl Store {
     pub async fn insert_devbox(&self, d: &DevboxRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms, snapshot_id, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO devboxes (id, name, status, invocation_id, key_id, spec, created_at_ms, snapshot_id, node_id, blueprint_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -63,6 +65,7 @@ impl Store {
         .bind(d.created_at_ms)
         .bind(&d.snapshot_id)
         .bind(&d.node_id)
+        .bind(&d.blueprint_id)
         .execute(&self.pool)
         .await?;
         self.add_transition(&d.id, &d.status, d.created_at_ms, None)
@@ -190,6 +193,18 @@ impl Store {
         .bind(node_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// How many devboxes that may still run (anything but `shutdown` and `failure`) were
+    /// started from the blueprint `blueprint_id`.
+    pub async fn devboxes_using_blueprint(&self, blueprint_id: &str) -> Result<i64> {
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM devboxes WHERE blueprint_id = $1 AND status NOT IN ('shutdown', 'failure')",
+        )
+        .bind(blueprint_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
     }
 
     /// How many devboxes that may still run (anything but `shutdown` and `failure`) were

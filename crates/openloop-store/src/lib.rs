@@ -13,11 +13,13 @@
 //! - [`secrets`]: secrets, sealed (the store never sees a value in clear).
 //! - [`sessions`]: dashboard sign-in sessions (token hashes, tied to a live API key).
 //! - [`snapshots`]: devbox disk snapshot records (their files are in the data directory).
+//! - [`blueprints`]: blueprint records and build logs (their layers are in the data directory).
 //! - [`repositories`]: connected git repositories (push-to-deploy) and their deliveries.
 //!
 //! All SQL is static text with bound parameters (`$1`, `$2`, …), portable between both
 //! databases; no SQL is built by string formatting.
 
+pub mod blueprints;
 pub mod db;
 pub mod deployments;
 pub mod devbox_usage;

@@ -31,7 +31,7 @@ pub struct DevboxSnapshotView {
     /// Bytes of the files the snapshot holds (the devbox's changes over the base image);
     /// null until the copy is complete.
     pub size_bytes: Option<i64>,
-    /// Always null (Openloop has no blueprints).
+    /// Always null: a snapshot holds its blueprint's files and depends on no blueprint.
     #[schema(value_type = Option<String>)]
     pub source_blueprint_id: Option<()>,
 }

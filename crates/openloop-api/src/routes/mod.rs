@@ -5,6 +5,7 @@
 //! router: a route cannot be served without being documented (checked by the tests in
 //! [`openapi`]).
 
+mod blueprints;
 mod deployments;
 mod devboxes;
 pub mod forward;
@@ -96,6 +97,12 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devboxes::update_disk_snapshot))
         .routes(routes!(devboxes::delete_disk_snapshot))
         .routes(routes!(devboxes::disk_snapshot_status))
+        .routes(routes!(blueprints::create, blueprints::list))
+        .routes(routes!(blueprints::list_public))
+        .routes(routes!(blueprints::get))
+        .routes(routes!(blueprints::delete))
+        .routes(routes!(blueprints::logs))
+        .routes(routes!(blueprints::preview))
         .routes(routes!(devboxes::enable_tunnel))
         .routes(routes!(devboxes::remove_tunnel))
         .routes(routes!(devboxes::usage))

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         (name = "functions", description = "Invoking functions and reading invocations"),
         (name = "deployments", description = "Building repositories into deployments"),
         (name = "devboxes", description = "Runloop's devbox API"),
+        (name = "blueprints", description = "Runloop's blueprints: Dockerfiles built once into devbox layers"),
         (name = "keys", description = "API keys"),
         (name = "repositories", description = "Push-to-deploy: connected git repositories and their webhooks"),
     ),

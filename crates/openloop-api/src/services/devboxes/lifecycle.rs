@@ -186,6 +186,7 @@ impl Devboxes {
             )
             .await?;
         self.recover_snapshots().await?;
+        self.recover_blueprints().await?;
         let outputs = self.config.exec_output_dir();
         if let Err(e) = tokio::fs::remove_dir_all(&outputs).await {
             if e.kind() != std::io::ErrorKind::NotFound {

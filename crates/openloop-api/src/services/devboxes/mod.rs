@@ -11,12 +11,15 @@
 //! - `suspend`: suspending a devbox (its processes end, its disk stays) and resuming it,
 //!   also after a restart;
 //! - `snapshots`: disk snapshots of devboxes, and devboxes started from them.
+//! - [`blueprints`]: blueprints (a Dockerfile built once into a layer), and devboxes
+//!   started from them;
 //! - [`stdin`]: the standard input of executions started with `attach_stdin`;
 //! - [`tunnels`]: HTTP to a port inside a devbox, by host name (`routes::tunnel_proxy`);
 //! - `usage`: CPU, memory and disk a devbox used (Runloop's resource usage).
 //!
 //! Runloop's `DevboxView` is [`crate::model::DevboxView`].
 
+pub mod blueprints;
 mod commands;
 pub mod executions;
 mod lifecycle;
@@ -29,6 +32,7 @@ mod suspend;
 pub mod tunnels;
 mod usage;
 
+pub use blueprints::{BlueprintListQuery, CreateBlueprint};
 use shape::Resources;
 pub use shape::{AfterIdle, CreateDevbox, LaunchParameters, Lifecycle, OnIdle};
 pub use snapshots::{SnapshotListQuery, SnapshotRequest};
@@ -104,14 +108,17 @@ pub struct Devboxes {
     network_policies: Arc<NetworkPolicies>,
     /// One lifecycle operation at a time per devbox (suspend, resume, snapshot, shutdown).
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Held for reading while a devbox that starts from a snapshot is recorded, for writing
-    /// while a snapshot is deleted: a snapshot in use is never deleted.
+    /// Held for reading while a devbox that starts from a snapshot or a blueprint is
+    /// recorded, for writing while a snapshot or blueprint is deleted: neither is deleted
+    /// while in use.
     snapshot_gate: tokio::sync::RwLock<()>,
     /// The execution output of suspended devboxes (their killed executions stay readable),
     /// taken back when they resume.
     parked_output: Mutex<HashMap<String, OutputStore>>,
     /// Live tunnels (they go with their devbox).
     tunnels: tunnels::TunnelTable,
+    /// Blueprint builds: their slots and per-content locks.
+    builds: blueprints::Builds,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -155,6 +162,7 @@ impl Devboxes {
             snapshot_gate: tokio::sync::RwLock::new(()),
             parked_output: Mutex::new(HashMap::new()),
             tunnels: tunnels::TunnelTable::default(),
+            builds: blueprints::Builds::default(),
         }
     }
 
@@ -208,16 +216,58 @@ impl Devboxes {
 
     pub async fn create(
         self: &Arc<Self>,
-        req: CreateDevbox,
+        mut req: CreateDevbox,
         principal: &Principal,
     ) -> ApiResult<DevboxView> {
+        // A snapshot or blueprint cannot be deleted between its check and the record naming it.
+        let gate = match req.snapshot_id.is_some()
+            || req.blueprint_id.is_some()
+            || req.blueprint_name.is_some()
+        {
+            true => Some(self.snapshot_gate.read().await),
+            false => None,
+        };
+        let blueprint = self.blueprint_for_devbox(&req, principal).await?;
+        if let Some((bp, _)) = &blueprint {
+            // Its launch parameters serve a devbox that gives none.
+            if req.launch_parameters.is_none() {
+                let params: Value = serde_json::from_str(&bp.parameters).unwrap_or(Value::Null);
+                if let Some(lp) = params.get("launch_parameters").filter(|v| !v.is_null()) {
+                    req.launch_parameters = serde_json::from_value(lp.clone()).ok();
+                }
+            }
+        }
         let mut res = self.resources(&req)?;
         if let Some(tunnel) = &req.tunnel {
             tunnel.check()?;
         }
         let params = req.launch_parameters.clone().unwrap_or_default();
         self.apply_network_policy(&params, &mut res).await?;
-        let mut env = req.environment_variables.clone().unwrap_or_default();
+        // A blueprint whose last USER is root makes root devboxes.
+        if let Some((_, image)) = &blueprint {
+            res.root |= image
+                .user
+                .as_deref()
+                .is_some_and(|u| blueprints::dockerfile::is_root_user(u).unwrap_or(false));
+        }
+        // Root's home for a root devbox, then the blueprint's ENV, under the request's own
+        // variables.
+        let mut given_env: BTreeMap<String, String> = match res.root {
+            true => [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            false => BTreeMap::new(),
+        };
+        if let Some((_, image)) = &blueprint {
+            given_env.extend(image.env.clone());
+        }
+        given_env.extend(req.environment_variables.clone().unwrap_or_default());
+        let workdir = blueprint
+            .as_ref()
+            .and_then(|(_, image)| image.workdir.clone())
+            .or_else(|| res.root.then(|| "/root".to_string()));
+        let mut env = given_env.clone();
         // Opened here, only to be set in the sandbox; output of its commands is redacted.
         let given = self
             .secrets
@@ -232,14 +282,10 @@ impl Devboxes {
                 )));
             }
         }
-        // A snapshot cannot be deleted between this check and the record naming it.
-        let gate = match &req.snapshot_id {
-            Some(_) => Some(self.snapshot_gate.read().await),
-            None => None,
-        };
-        let lower = match &req.snapshot_id {
-            Some(s) => Some(self.usable_snapshot(s, principal).await?),
-            None => None,
+        let lower = match (&req.snapshot_id, &blueprint) {
+            (Some(s), _) => Some(self.usable_snapshot(s, principal).await?),
+            (None, Some((bp, _))) => Some(self.blueprint_layer(&bp.content_hash)),
+            (None, None) => None,
         };
         // A sandbox started ahead of time serves any devbox of the default shape.
         let warm = match lower {
@@ -267,7 +313,9 @@ impl Devboxes {
             "network": if res.network { "outbound" } else { "none" },
             // What a resume needs to start it again: its variables (sealed) and the names of
             // the secrets it was given (never their values).
-            "environment": self.seal_env(&id, &req.environment_variables.clone().unwrap_or_default())?,
+            "environment": self.seal_env(&id, &given_env)?,
+            "workdir": workdir,
+            "root": res.root,
             "secrets": req.secrets.clone().unwrap_or_default(),
         });
         let record = DevboxRecord {
@@ -284,12 +332,14 @@ impl Devboxes {
             ended_at_ms: None,
             snapshot_id: req.snapshot_id.clone(),
             node_id: Some(self.config.node_id.clone()),
+            blueprint_id: blueprint.as_ref().map(|(bp, _)| bp.id.clone()),
         };
         self.store.insert_devbox(&record).await?;
         drop(gate);
         let devbox = match warm {
             Some(d) => {
                 d.set_env(env);
+                d.set_workdir(workdir);
                 d
             }
             None => {
@@ -301,9 +351,14 @@ impl Devboxes {
                     network: res.network,
                     egress: res.egress.clone(),
                     lower,
+                    root: res.root,
+                    sudo: self.config.devbox_sudo && !res.root,
                 };
                 match self.start_sandbox(spec).await {
-                    Ok(d) => d,
+                    Ok(d) => {
+                        d.set_workdir(workdir);
+                        d
+                    }
                     Err(e) => {
                         self.fail(&id, "execution_failed", &e.to_string()).await?;
                         return Err(e);

@@ -31,6 +31,8 @@ impl Devboxes {
                         network: false,
                         egress: None,
                         lower: None,
+                        root: false,
+                        sudo: this.config.devbox_sudo,
                     };
                     match this.start_sandbox(spec).await {
                         Ok(d) => {
@@ -50,6 +52,7 @@ impl Devboxes {
     pub(super) fn take_warm(&self, res: &Resources) -> Option<Arc<Devbox>> {
         let default = self.default_resources()?;
         let same = !res.network
+            && !res.root
             && res.disk_bytes == default.disk_bytes
             && res.limits.memory_bytes == default.limits.memory_bytes
             && res.limits.pids == default.limits.pids

@@ -98,6 +98,13 @@ pub struct CreateDevbox {
     /// from: its files lie under the devbox's own, shared read-only with other devboxes.
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// A built blueprint (`POST /v1/blueprints`) of this caller's to start from: its layer
+    /// lies under the devbox's own, its ENV and WORKDIR apply.
+    #[serde(default)]
+    pub blueprint_id: Option<String>,
+    /// The newest built blueprint of this caller's with this name.
+    #[serde(default)]
+    pub blueprint_name: Option<String>,
     /// A tunnel to enable once the devbox runs (see `enable_tunnel`).
     #[serde(default)]
     pub tunnel: Option<super::tunnels::TunnelConfig>,
@@ -115,6 +122,28 @@ pub(super) struct Resources {
     pub(super) on_idle: OnIdle,
     /// Whether `keep_alive` came from `after_idle` (its shutdown reason is then `idle`).
     pub(super) after_idle: bool,
+    /// Its user is root (of its own user namespace, like a blueprint build), not `user`.
+    pub(super) root: bool,
+}
+
+/// Whether `launch_parameters.user_parameters` (Runloop's `{username, uid}`) asks for root:
+/// a devbox's user is `user` (uid 1000, the default) or `root` (uid 0).
+fn root_user(params: &LaunchParameters) -> ApiResult<bool> {
+    let Some(u) = params.other.get("user_parameters").filter(|v| !v.is_null()) else {
+        return Ok(false);
+    };
+    let name = u.get("username").and_then(Value::as_str);
+    let uid = u.get("uid").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+    });
+    match (name, uid) {
+        (Some("root"), Some(0)) => Ok(true),
+        (Some("user"), Some(1000)) => Ok(false),
+        _ => Err(ApiError::BadRequest(
+            "launch_parameters.user_parameters: a devbox's user is {\"username\": \"user\", \"uid\": 1000} (the default) or {\"username\": \"root\", \"uid\": 0}".into(),
+        )),
+    }
 }
 
 impl Devboxes {
@@ -210,6 +239,7 @@ impl Devboxes {
             keep_alive,
             on_idle: after_idle.map(|a| a.on_idle).unwrap_or_default(),
             after_idle: after_idle.is_some(),
+            root: root_user(&params)?,
         })
     }
 }

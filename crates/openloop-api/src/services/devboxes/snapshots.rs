@@ -92,7 +92,7 @@ pub struct SnapshotListQuery {
     pub limit: Option<crate::numbers::Number>,
     /// The last id of the previous page.
     pub starting_after: Option<String>,
-    /// Openloop has no blueprints: any value matches no snapshot.
+    /// Snapshots hold their blueprint's files and depend on none: any value matches no snapshot.
     pub source_blueprint_id: Option<String>,
 }
 
@@ -285,7 +285,7 @@ impl Devboxes {
                 live.devbox.snapshot_disk(dest).await
             }
             "suspended" => {
-                let parent = rec.snapshot_id.as_deref().map(|s| self.snapshot_layer(s));
+                let parent = self.lower_layer_of(&rec).await?;
                 openloop_sandbox::snapshot::snapshot_suspended(
                     &self.config.devbox_dir().join(devbox_id),
                     parent,

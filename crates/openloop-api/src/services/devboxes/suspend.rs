@@ -202,6 +202,8 @@ impl Devboxes {
             ..Default::default()
         };
         let mut res = self.resources(&req)?;
+        // A root devbox (asked for, or from a blueprint ending as root) stays one.
+        res.root |= spec.get("root").and_then(Value::as_bool).unwrap_or(false);
         // Everything that can refuse the resume comes before it changes anything.
         let still_suspended = |e: ApiError| -> ApiError {
             ApiError::Conflict(format!("devbox {id} stays suspended: {e}"))
@@ -221,7 +223,7 @@ impl Devboxes {
         } else {
             Some(self.reserve_for(id, owner)?)
         };
-        let lower = rec.snapshot_id.as_deref().map(|s| self.snapshot_layer(s));
+        let lower = self.lower_layer_of(&rec).await.map_err(still_suspended)?;
         self.set_status(id, status("resuming")).await?;
         let sandbox = SandboxConfig {
             devbox_dir: self.config.devbox_dir(),
@@ -239,11 +241,20 @@ impl Devboxes {
                 network: res.network,
                 egress: res.egress.clone(),
                 lower,
+                root: res.root,
+                sudo: self.config.devbox_sudo && !res.root,
             },
         )
         .await;
         let devbox = match started {
-            Ok(d) => Arc::new(d),
+            Ok(d) => {
+                d.set_workdir(
+                    spec.get("workdir")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                );
+                Arc::new(d)
+            }
             Err(e) => {
                 // Its disk is kept: it can be resumed again (or shut down).
                 let message = format!("resuming failed ({e}); try again, or shut it down");
