@@ -147,6 +147,13 @@ impl ServerConfig {
         }
     }
 
+    /// What this node recovers at its start: in a cluster its own records only (the other
+    /// nodes' are theirs, or taken over when they are lost); alone on SQLite, every record,
+    /// whatever node id it was written under.
+    pub fn scope(&self) -> Option<&str> {
+        self.is_cluster().then_some(self.node_id.as_str())
+    }
+
     /// Whether this server is a node of a cluster: its database is PostgreSQL, which other
     /// nodes may share. (On SQLite a server is always alone.)
     pub fn is_cluster(&self) -> bool {

@@ -12,20 +12,50 @@ pub const MAX_ARCHIVE_BYTES: usize = 128 << 20;
 /// Pack `repo` (without `.git`) into a tar archive; returns its SHA-256 (hex) and bytes.
 /// Symbolic links are kept as links, never followed.
 pub fn pack(repo: &Path) -> Result<(String, Vec<u8>), DeployError> {
+    // Sized first, from the files' metadata: nothing past the limit is read into memory.
+    let size = tree_size(repo, true)?;
+    if size > MAX_ARCHIVE_BYTES as u64 {
+        return Err(too_large(size));
+    }
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Deterministic);
     add_dir(&mut builder, repo, Path::new(""))?;
     let bytes = builder.into_inner()?;
     if bytes.len() > MAX_ARCHIVE_BYTES {
-        return Err(DeployError::Source(format!(
-            "the source is {} MiB, more than the {} MiB a cluster keeps per deployment; leave large files out of the repository",
-            bytes.len() >> 20,
-            MAX_ARCHIVE_BYTES >> 20
-        )));
+        return Err(too_large(bytes.len() as u64));
     }
     let hash = hex::encode(Sha256::digest(&bytes));
     Ok((hash, bytes))
+}
+
+fn too_large(bytes: u64) -> DeployError {
+    DeployError::Source(format!(
+        "the source is {} MiB, more than the {} MiB a cluster keeps per deployment; leave large files out of the repository",
+        bytes >> 20,
+        MAX_ARCHIVE_BYTES >> 20
+    ))
+}
+
+/// Bytes of the regular files below `dir` (not following links; `.git` at the top left out).
+fn tree_size(dir: &Path, top: bool) -> Result<u64, DeployError> {
+    let mut total = 0u64;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if top && e.file_name() == ".git" {
+            continue;
+        }
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            total += tree_size(&e.path(), false)?;
+        } else if kind.is_file() {
+            total += e.metadata()?.len();
+        }
+        if total > MAX_ARCHIVE_BYTES as u64 {
+            break;
+        }
+    }
+    Ok(total)
 }
 
 /// Entries in name order, so the same content always packs to the same bytes.
@@ -97,6 +127,16 @@ mod tests {
         assert!(!b.path().join(".git").exists());
         std::fs::write(a.path().join("pkg/sub/mod.py"), "x = 2\n").unwrap();
         assert_ne!(pack(a.path()).unwrap().0, h1);
+    }
+
+    #[test]
+    fn a_source_past_the_limit_is_refused_before_it_is_read() {
+        let a = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(a.path().join("huge")).unwrap();
+        // Sparse: the size is there, the bytes are not.
+        f.set_len(MAX_ARCHIVE_BYTES as u64 * 4).unwrap();
+        let e = pack(a.path()).unwrap_err().to_string();
+        assert!(e.contains("MiB"), "{e}");
     }
 
     #[test]

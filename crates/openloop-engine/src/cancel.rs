@@ -4,6 +4,7 @@ use crate::invocations::{Invocations, Running};
 use crate::{EngineError, EngineResult};
 use openloop_store::invocations::Invocation;
 use openloop_sync::lock;
+use std::time::Instant;
 
 /// How often a waiter in a cluster reads an invocation again without a notice.
 const CLUSTER_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
@@ -30,7 +31,8 @@ impl Invocations {
             match running.get(id) {
                 Some(Running::Host(h)) => Some(h.clone()),
                 _ => {
-                    running.insert(id.to_string(), Running::CanceledEarly);
+                    // Not started here (yet): if it comes here, it never starts.
+                    running.insert(id.to_string(), Running::CanceledEarly(Instant::now()));
                     None
                 }
             }
@@ -41,12 +43,10 @@ impl Invocations {
                     tracing::warn!(invocation = %id, error = %e, "could not kill the canceled run");
                 }
             }
-            None if self.node.clustered() => {
-                // The run may be on another node: its node kills it (`cluster::bus`).
-                lock(&self.running).remove(id);
-                self.notifier
-                    .notify(&format!("{}{id}", crate::cluster::CANCEL_PREFIX));
-            }
+            // It may run on another node: that node kills it (`cluster::bus`).
+            None if self.node.clustered() => self
+                .notifier
+                .notify(&format!("{}{id}", crate::cluster::CANCEL_PREFIX)),
             None => {}
         }
         self.ports.devboxes.shutdown_for_invocation(id).await?;
@@ -73,17 +73,17 @@ impl Invocations {
         }
     }
 
-    /// Kill a run of this node that another node canceled (it is recorded `canceled`). A
-    /// run taken but not yet started never starts.
+    /// Kill a run of this node that another node canceled (it is recorded `canceled`), and
+    /// cancel what it started. A run taken but not yet started never starts.
     pub(crate) async fn kill_local(&self, id: &str) {
+        let children = self.run_slots(id).map(|r| r.children()).unwrap_or_default();
         let host = {
             let mut running = lock(&self.running);
             match running.get(id) {
                 Some(Running::Host(h)) => Some(h.clone()),
-                _ => {
-                    if lock(&self.in_flight).contains_key(id) {
-                        running.insert(id.to_string(), Running::CanceledEarly);
-                    }
+                Some(Running::CanceledEarly(_)) => return,
+                None => {
+                    running.insert(id.to_string(), Running::CanceledEarly(Instant::now()));
                     None
                 }
             }
@@ -93,6 +93,7 @@ impl Invocations {
                 tracing::warn!(invocation = %id, error = %e, "could not kill a run canceled on another node");
             }
         }
+        self.cancel_children(id, children).await;
     }
 
     /// Wait until `id` has finished, on behalf of a caller (`caller_run`: the run calling, if

@@ -53,7 +53,9 @@ pub struct Invocations {
 /// `CanceledEarly`, and the run then never starts.
 pub(crate) enum Running {
     Host(Arc<WarmHost>),
-    CanceledEarly,
+    /// When the cancel came (in a cluster, marks for runs that never come here are dropped
+    /// after a while: `cluster::lease`).
+    CanceledEarly(std::time::Instant),
 }
 
 /// A deployment with its parsed manifest.

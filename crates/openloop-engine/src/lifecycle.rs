@@ -58,11 +58,9 @@ impl Invocations {
                             .finish_run(&id, this.node.owner_at(ep), "failure", None, Some(&err))
                             .await
                     }
-                    None => {
-                        this.store
-                            .finish_invocation(&id, "failure", None, Some(&err))
-                            .await
-                    }
+                    // Never taken here: failed only while it is still queued (another node
+                    // may have taken it meanwhile).
+                    None => this.store.fail_queued(&id, &err).await,
                 };
                 this.notifier.invocation_changed(&id);
             }
@@ -111,6 +109,10 @@ impl Invocations {
                     .instrument(span("slots"))
                     .await
                     .map_err(stopping)?;
+                if self.queue.is_stopping() {
+                    // Left queued: another node (or this one after its restart) runs it.
+                    return Ok(());
+                }
                 let owner = self.node.owner();
                 let claim = match self.cluster_limit() {
                     Some(limit) => {
@@ -153,7 +155,7 @@ impl Invocations {
                         // queue task, whose run of it may be in flight): only a cancel's mark
                         // is done with.
                         let mut running = lock(&self.running);
-                        if matches!(running.get(id), Some(Running::CanceledEarly)) {
+                        if matches!(running.get(id), Some(Running::CanceledEarly(_))) {
                             running.remove(id);
                         }
                         return Ok(());
@@ -204,7 +206,7 @@ impl Invocations {
         let request: Value = serde_json::from_str(&inv.request).unwrap_or(Value::Null);
         {
             let mut running = lock(&self.running);
-            if let Some(Running::CanceledEarly) = running.remove(id) {
+            if let Some(Running::CanceledEarly(_)) = running.remove(id) {
                 // Canceled after it was marked running, before it reached its warm process:
                 // it is recorded `canceled` already, and nothing of it may start.
                 drop(running);

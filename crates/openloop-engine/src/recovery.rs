@@ -18,8 +18,6 @@ pub struct Leftovers {
 
 /// Why runs were cut short, as their error says.
 pub(crate) struct CutShort<'a> {
-    /// The node that ran them.
-    pub node: &'a str,
     /// The error's `type`: `ServerRestarted` or `NodeLost`.
     pub kind: &'a str,
     pub message: &'a str,
@@ -31,10 +29,16 @@ impl Invocations {
     /// warm processes, and runs submitted meanwhile (recorded `running` at once when a slot is
     /// free) are not leftovers: they carry this process's epoch.
     pub async fn leftovers(&self) -> EngineResult<Leftovers> {
-        let running = self
-            .store
-            .runs_of_node(self.node.id(), self.node.epoch())
-            .await?;
+        // In a cluster, this node's own runs of its earlier epochs (the others' are theirs,
+        // or taken over when they are lost); alone on SQLite, every running invocation,
+        // whatever node id it was recorded under.
+        let running = if self.node.clustered() {
+            self.store
+                .runs_of_node(self.node.id(), self.node.epoch())
+                .await?
+        } else {
+            self.store.all_running().await?
+        };
         // In a cluster the queue is shared: queued runs are taken by whichever node has a
         // free slot (`cluster::queue`), not by the one that queued them.
         let queued = if self.node.clustered() {
@@ -52,7 +56,6 @@ impl Invocations {
             .cut_short(
                 left.running,
                 CutShort {
-                    node: self.node.id(),
                     kind: "ServerRestarted",
                     message: "the server stopped while this invocation was running; invoke it again (or mark the function retryable)",
                 },
@@ -82,9 +85,9 @@ impl Invocations {
         let mut requeued = Vec::new();
         for run in runs {
             if self.retryable(&run.deployment_id, &run.function_name).await
-                && self.store.requeue_run_of_node(&run.id, why.node).await?
+                && self.store.requeue_run_of_node(&run).await?
             {
-                tracing::info!(invocation = %run.id, node = why.node, "re-queued a retryable run cut short ({})", why.kind);
+                tracing::info!(invocation = %run.id, node = ?run.node_id, "re-queued a retryable run cut short ({})", why.kind);
                 requeued.push(run.id.clone());
             } else {
                 let err = serde_json::json!({
@@ -92,9 +95,7 @@ impl Invocations {
                     "message": why.message,
                     "traceback": null,
                 });
-                self.store
-                    .fail_run_of_node(&run.id, why.node, &err.to_string())
-                    .await?;
+                self.store.fail_run_of_node(&run, &err.to_string()).await?;
             }
             self.notifier.invocation_changed(&run.id);
             self.slot_freed(&run.project_name, &run.function_name);

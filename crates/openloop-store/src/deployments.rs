@@ -165,9 +165,14 @@ impl Store {
 
     /// Deployments this node (`node_id`) never finished building (it stopped during the
     /// build); other nodes' builds are theirs to finish.
-    pub async fn fail_unfinished_deployments(&self, reason: &str, node_id: &str) -> Result<u64> {
+    /// `node_id` `None`: every node's (a single node on SQLite).
+    pub async fn fail_unfinished_deployments(
+        &self,
+        reason: &str,
+        node_id: Option<&str>,
+    ) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE deployments SET status = 'failed', failure_reason = $1, ended_at_ms = $2 WHERE status IN ('queued', 'building') AND (node_id = $3 OR node_id IS NULL)",
+            "UPDATE deployments SET status = 'failed', failure_reason = $1, ended_at_ms = $2 WHERE status IN ('queued', 'building') AND ($3 IS NULL OR node_id = $3 OR node_id IS NULL)",
         )
         .bind(reason)
         .bind(now_ms())

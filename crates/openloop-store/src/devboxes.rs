@@ -172,9 +172,14 @@ impl Store {
 
     /// Devboxes of this node (`node_id`) that were live when it stopped: after a restart
     /// they are gone. Suspended devboxes have no process to lose: they stay suspended.
-    pub async fn shut_down_live_devboxes(&self, reason: &str, node_id: &str) -> Result<u64> {
+    /// `node_id` `None`: every node's (a single node on SQLite).
+    pub async fn shut_down_live_devboxes(
+        &self,
+        reason: &str,
+        node_id: Option<&str>,
+    ) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure', 'suspended') AND (node_id = $3 OR node_id IS NULL)",
+            "UPDATE devboxes SET status = 'shutdown', shutdown_reason = 'api_shutdown', status_message = $1, ended_at_ms = $2 WHERE status NOT IN ('shutdown', 'failure', 'suspended') AND ($3 IS NULL OR node_id = $3 OR node_id IS NULL)",
         )
         .bind(reason)
         .bind(now_ms())
@@ -186,9 +191,10 @@ impl Store {
 
     /// Devboxes of this node (`node_id`) that are suspended or were between running and suspended (`suspending`,
     /// `resuming`) when the server stopped, oldest first.
-    pub async fn suspended_devboxes(&self, node_id: &str) -> Result<Vec<DevboxRecord>> {
+    /// `node_id` `None`: every node's (a single node on SQLite).
+    pub async fn suspended_devboxes(&self, node_id: Option<&str>) -> Result<Vec<DevboxRecord>> {
         Ok(sqlx::query_as::<_, DevboxRecord>(&format!(
-            "{SELECT} WHERE status IN ('suspending', 'suspended', 'resuming') AND (node_id = $1 OR node_id IS NULL) ORDER BY id"
+            "{SELECT} WHERE status IN ('suspending', 'suspended', 'resuming') AND ($1 IS NULL OR node_id = $1 OR node_id IS NULL) ORDER BY id"
         ))
         .bind(node_id)
         .fetch_all(&self.pool)

@@ -221,6 +221,19 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Fail an invocation that is still queued (it could not be started), and nothing else.
+    pub async fn fail_queued(&self, id: &str, error: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = 'failure', error = $1, ended_at_ms = $2 WHERE id = $3 AND status = 'queued'",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Record the end of an invocation whatever node runs it (a cancel). Only one that has not
     /// already finished is changed.
     pub async fn finish_invocation(

@@ -32,6 +32,10 @@ pub struct OrphanedRun {
     pub project_name: String,
     pub deployment_id: String,
     pub function_name: String,
+    /// The node and epoch it was running under when read: cutting it short changes it only
+    /// if it still is (fenced), never a later run of it.
+    pub node_id: Option<String>,
+    pub node_epoch: Option<i64>,
 }
 
 /// Queued runs of one function of one deployment.
@@ -126,19 +130,20 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// Mark an expired node lost, taken over by `by`. Only one node wins: false when the node
+    /// Mark an expired node lost, taken over by `by`. Only one node wins: `None` when the node
     /// heartbeated meanwhile or another node took it over first.
-    pub async fn take_over_node(&self, id: &str, by: &str, cutoff_ms: i64) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nodes SET status = 'lost', lost_at_ms = $1, taken_over_by = $2 WHERE id = $3 AND status = 'active' AND heartbeat_at_ms < $4",
+    /// Returns the epoch it was lost under, when this node won.
+    pub async fn take_over_node(&self, id: &str, by: &str, cutoff_ms: i64) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE nodes SET status = 'lost', lost_at_ms = $1, taken_over_by = $2 WHERE id = $3 AND status = 'active' AND heartbeat_at_ms < $4 RETURNING epoch",
         )
         .bind(now_ms())
         .bind(by)
         .bind(id)
         .bind(cutoff_ms)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(row.map(|r| r.0))
     }
 
     /// The runs this node was running under an epoch before `below_epoch` (a previous
@@ -146,7 +151,7 @@ impl Store {
     /// restarting node's own.
     pub async fn runs_of_node(&self, id: &str, below_epoch: i64) -> Result<Vec<OrphanedRun>> {
         Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, project_name, deployment_id, function_name FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
+            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
         )
         .bind(id)
         .bind(below_epoch)
@@ -154,37 +159,95 @@ impl Store {
         .await?)
     }
 
-    /// The runs another node was running when it was lost.
-    pub async fn runs_owned_by(&self, id: &str) -> Result<Vec<OrphanedRun>> {
+    /// The runs another node was running when it was lost (under its lost epoch or before:
+    /// not what it runs after rejoining).
+    pub async fn runs_owned_by(&self, id: &str, up_to_epoch: i64) -> Result<Vec<OrphanedRun>> {
         Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, project_name, deployment_id, function_name FROM invocations WHERE status = 'running' AND node_id = $1 ORDER BY id",
+            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' AND node_id = $1 AND node_epoch <= $2 ORDER BY id",
         )
         .bind(id)
+        .bind(up_to_epoch)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// Put a run of a lost or restarted node back in the queue, for any node to take.
-    pub async fn requeue_run_of_node(&self, run: &str, node: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL, lending = 0 WHERE id = $1 AND status = 'running' AND (node_id = $2 OR node_id IS NULL)",
+    /// Every running invocation (a single node on SQLite recovers them all at its start,
+    /// whatever node id they were recorded under).
+    pub async fn all_running(&self) -> Result<Vec<OrphanedRun>> {
+        Ok(sqlx::query_as::<_, OrphanedRun>(
+            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' ORDER BY id",
         )
-        .bind(run)
-        .bind(node)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs left `running` under a node that no longer runs them: one that stopped or was
+    /// lost (a takeover cut short, or runs claimed while it was stopping), or an epoch older
+    /// than its node's current one when that node (not `me`) started before `started_before_ms`
+    /// (a node recovers its own earlier epochs' runs as it starts; this is for what that left).
+    pub async fn stranded_runs(
+        &self,
+        me: &str,
+        started_before_ms: i64,
+    ) -> Result<Vec<OrphanedRun>> {
+        Ok(sqlx::query_as::<_, OrphanedRun>(
+            "SELECT i.id, i.project_name, i.deployment_id, i.function_name, i.node_id, i.node_epoch FROM invocations i JOIN nodes n ON n.id = i.node_id WHERE i.status = 'running' AND (n.status <> 'active' OR (i.node_epoch < n.epoch AND n.id <> $1 AND n.started_at_ms < $2)) ORDER BY i.id",
+        )
+        .bind(me)
+        .bind(started_before_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs of node `id` canceled since `since_ms` (a node kills any it still runs: a cancel
+    /// sent on the bus may have been lost).
+    pub async fn canceled_runs_of_node(&self, id: &str, since_ms: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM invocations WHERE node_id = $1 AND status = 'canceled' AND ended_at_ms > $2",
+        )
+        .bind(id)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Put a run of a lost or restarted node back in the queue, for any node to take.
+    pub async fn requeue_run_of_node(&self, run: &OrphanedRun) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL, lending = 0 WHERE id = $1 AND status = 'running' AND (node_id = $2 OR (node_id IS NULL AND $2 IS NULL)) AND (node_epoch = $3 OR (node_epoch IS NULL AND $3 IS NULL))",
+        )
+        .bind(&run.id)
+        .bind(&run.node_id)
+        .bind(run.node_epoch)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Fail a run of a lost or restarted node with `error` (JSON text).
-    pub async fn fail_run_of_node(&self, run: &str, node: &str, error: &str) -> Result<bool> {
+    pub async fn fail_run_of_node(&self, run: &OrphanedRun, error: &str) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE invocations SET status = 'failure', error = $1, ended_at_ms = $2 WHERE id = $3 AND status = 'running' AND (node_id = $4 OR node_id IS NULL)",
+            "UPDATE invocations SET status = 'failure', error = $1, ended_at_ms = $2 WHERE id = $3 AND status = 'running' AND (node_id = $4 OR (node_id IS NULL AND $4 IS NULL)) AND (node_epoch = $5 OR (node_epoch IS NULL AND $5 IS NULL))",
         )
         .bind(error)
         .bind(now_ms())
+        .bind(&run.id)
+        .bind(&run.node_id)
+        .bind(run.node_epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Put back a run this node just took but cannot run (more taken than asked for).
+    pub async fn unclaim(&self, run: &str, owner: Owner<'_>) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invocations SET status = 'queued', started_at_ms = NULL, node_id = NULL, node_epoch = NULL WHERE id = $1 AND status = 'running' AND node_id = $2 AND node_epoch = $3",
+        )
         .bind(run)
-        .bind(node)
+        .bind(owner.node)
+        .bind(owner.epoch)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -291,8 +354,9 @@ impl Listener {
         Ok(Listener(l))
     }
 
-    /// The next notification's payload.
-    pub async fn recv(&mut self) -> Result<String> {
-        Ok(self.0.recv().await?.payload().to_string())
+    /// The next notification's payload; `None` when the connection was lost (it reconnects
+    /// on the next call, and what was sent meanwhile is gone: read the state again).
+    pub async fn recv(&mut self) -> Result<Option<String>> {
+        Ok(self.0.try_recv().await?.map(|n| n.payload().to_string()))
     }
 }

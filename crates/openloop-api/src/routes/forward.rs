@@ -5,9 +5,13 @@
 //! execution streams pass unchanged.
 //!
 //! Applied after authentication: an anonymous caller never makes a node look anything up
-//! or forward anything. A forwarded request carries [`FORWARDED`] and is never forwarded
-//! again.
+//! or forward anything. Only API-key callers are forwarded: a run's token is known only to
+//! its own node, where its devboxes are. A forwarded request carries [`FORWARDED`]; a
+//! request carrying it that reaches a node not owning the devbox is refused (a misconfigured
+//! `--advertise-url`, or a caller trying to make a node act on a devbox it does not run),
+//! never handled there.
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::body::Body;
@@ -45,7 +49,11 @@ pub async fn to_owner(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !state.config.is_cluster() || req.headers().contains_key(FORWARDED) {
+    let by_key = req
+        .extensions()
+        .get::<Principal>()
+        .is_some_and(|p| p.invocation_id().is_none());
+    if !state.config.is_cluster() || !by_key {
         return Ok(next.run(req).await);
     }
     let Some(devbox) = devbox_of(req.uri().path()).map(str::to_string) else {
@@ -56,6 +64,12 @@ pub async fn to_owner(
         // Here, unknown (the handler answers 404), or recorded before cluster mode.
         _ => return Ok(next.run(req).await),
     };
+    if req.headers().contains_key(FORWARDED) {
+        return Err(ApiError::BadGateway(format!(
+            "devbox {devbox} lives on node {owner}, but this request was forwarded to node {} instead: check each node's --advertise-url",
+            state.config.node_id
+        )));
+    }
     let Some(node) = state.store.get_node(&owner).await? else {
         return Ok(next.run(req).await);
     };

@@ -188,7 +188,7 @@ impl Deployments {
         self.store
             .fail_unfinished_deployments(
                 "the server stopped during the build; deploy again",
-                &self.config.node_id,
+                self.config.scope(),
             )
             .await?;
         Ok(())

@@ -60,7 +60,15 @@ impl ports::Builds for LocalBuilds {
             let marker = dest.with_extension("json");
             if let Ok(text) = tokio::fs::read_to_string(&marker).await {
                 if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
-                    return Ok(m);
+                    // Trusted only while what it names is still there (an environment cache
+                    // may have been pruned): otherwise built again.
+                    if std::path::Path::new(&m.venv)
+                        .join(".openloop-ready")
+                        .exists()
+                        && std::path::Path::new(&m.source_dir).is_dir()
+                    {
+                        return Ok(m);
+                    }
                 }
             }
             let mut manifest = openloop_engine::manifest_of(dep)?;

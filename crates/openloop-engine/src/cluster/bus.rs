@@ -60,28 +60,36 @@ async fn send(store: Store, me: String, mut rx: mpsc::UnboundedReceiver<String>)
 async fn receive(invocations: Arc<Invocations>, url: String) {
     let me = invocations.node.id().to_string();
     loop {
-        match Listener::connect(&url, CHANNEL).await {
-            Ok(mut listener) => {
-                // Changes may have been missed while not listening: waiters read again.
-                invocations
-                    .notifier
-                    .notify_local(crate::notify::ANY_INVOCATION);
-                invocations.queue.wake();
-                loop {
-                    match listener.recv().await {
-                        Ok(payload) => handle(&invocations, &me, &payload),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "lost the cluster's notification channel; reconnecting");
-                            break;
-                        }
+        let mut listener = match Listener::connect(&url, CHANNEL).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the other nodes' changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            // Changes may have been missed while not listening: waiters read again (and
+            // every waiter in a cluster reads again every few seconds anyway).
+            invocations
+                .notifier
+                .notify_local(crate::notify::ANY_INVOCATION);
+            invocations.queue.wake();
+            loop {
+                match listener.recv().await {
+                    Ok(Some(payload)) => handle(&invocations, &me, &payload),
+                    Ok(None) => {
+                        tracing::warn!("the cluster's notification channel was lost; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the cluster's notification channel failed; reconnecting");
+                        break;
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for the other nodes' changes; retrying")
-            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -1,18 +1,32 @@
 //! The lease: this node's heartbeat, taking over nodes whose lease expired, and what a node
 //! does when it finds that its own lease was taken over.
+//!
+//! Each tick (a fifth of the lease) also repairs what a failure may have left: runs still
+//! `running` under a node that stopped or was lost, or under an older epoch of its node (a
+//! takeover or a shutdown cut short), are cut short; runs of this node canceled on another
+//! node are killed (a cancel on the bus may have been lost); cancel marks for runs that never
+//! came here are dropped.
 
 use crate::invocations::{Invocations, Running};
 use crate::recovery::CutShort;
 use crate::EngineResult;
 use openloop_store::now_ms;
 use openloop_sync::lock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a cancel's mark waits for a run that may still come to this node.
+const MARK_KEPT: Duration = Duration::from_secs(60);
 
 impl Invocations {
     /// Renew the lease every fifth of it; in cluster mode, take over lost nodes.
     pub(crate) async fn keep_lease(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.node.heartbeat_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One round of takeovers and repairs at a time, off the heartbeat's path: a long
+        // one must not make this node miss its own lease.
+        let busy = Arc::new(AtomicBool::new(false));
         loop {
             tick.tick().await;
             match self
@@ -22,13 +36,27 @@ impl Invocations {
             {
                 Ok(true) => {}
                 Ok(false) => self.lease_lost().await,
-                Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew this node's lease");
+                    // Without its own lease renewed, a node does not judge others'.
+                    continue;
+                }
             }
-            if !self.node.clustered() {
+            if !self.node.clustered() || self.queue.is_stopping() {
                 continue;
             }
-            if let Err(e) = self.take_over_expired().await {
-                tracing::warn!(error = %e, "could not check for lost nodes");
+            if !busy.swap(true, Ordering::SeqCst) {
+                let this = Arc::clone(&self);
+                let busy = busy.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.take_over_expired().await {
+                        tracing::warn!(error = %e, "could not check for lost nodes");
+                    }
+                    if let Err(e) = this.repair().await {
+                        tracing::warn!(error = %e, "could not check for stranded runs");
+                    }
+                    busy.store(false, Ordering::SeqCst);
+                });
             }
             // Runs waiting longer than a lease for a deployment no live node has built.
             self.queue.wake();
@@ -39,16 +67,17 @@ impl Invocations {
     async fn take_over_expired(&self) -> EngineResult<()> {
         let cutoff = now_ms() - self.node.config.lease.as_millis() as i64;
         for lost in self.store.expired_nodes(self.node.id(), cutoff).await? {
-            // One node wins each takeover; the others see `false`.
-            if !self
+            // One node wins each takeover; the others see `None`.
+            let Some(epoch) = self
                 .store
                 .take_over_node(&lost, self.node.id(), cutoff)
                 .await?
-            {
+            else {
                 continue;
-            }
+            };
             let started = std::time::Instant::now();
-            let runs = self.store.runs_owned_by(&lost).await?;
+            // Its runs under the lost epoch (not those of a later one, if it rejoined).
+            let runs = self.store.runs_owned_by(&lost, epoch).await?;
             let count = runs.len();
             let message = format!(
                 "node {lost} stopped heartbeating while this invocation ran on it (lost machine or process); invoke it again (or mark the function retryable)"
@@ -57,7 +86,6 @@ impl Invocations {
                 .cut_short(
                     runs,
                     CutShort {
-                        node: &lost,
                         kind: "NodeLost",
                         message: &message,
                     },
@@ -85,6 +113,43 @@ impl Invocations {
         Ok(())
     }
 
+    /// Cut short runs stranded under a node that no longer runs them, kill this node's runs
+    /// canceled elsewhere, and drop stale cancel marks.
+    async fn repair(&self) -> EngineResult<()> {
+        let lease_ago = now_ms() - self.node.config.lease.as_millis() as i64;
+        let stranded = self.store.stranded_runs(self.node.id(), lease_ago).await?;
+        if !stranded.is_empty() {
+            tracing::warn!(
+                count = stranded.len(),
+                "cutting short runs left running by nodes that stopped or lost their lease"
+            );
+            self.cut_short(
+                stranded,
+                CutShort {
+                    kind: "NodeLost",
+                    message: "the node running this invocation stopped or lost its lease before recording its end; invoke it again (or mark the function retryable)",
+                },
+            )
+            .await?;
+        }
+        let since = now_ms() - 2 * self.node.config.lease.as_millis() as i64;
+        for id in self
+            .store
+            .canceled_runs_of_node(self.node.id(), since)
+            .await?
+        {
+            let here = matches!(lock(&self.running).get(&id), Some(Running::Host(_)));
+            if here {
+                self.kill_local(&id).await;
+            }
+        }
+        lock(&self.running).retain(|_, r| match r {
+            Running::CanceledEarly(at) => at.elapsed() < MARK_KEPT,
+            Running::Host(_) => true,
+        });
+        Ok(())
+    }
+
     /// This node's lease is no longer its own: another node took its runs over (failed or
     /// re-ran them). Nothing it still runs may finish: every run is killed (their outcomes
     /// would be refused anyway, see `Store::finish_run`), its devboxes are shut down, and it
@@ -95,7 +160,7 @@ impl Invocations {
             .iter()
             .filter_map(|(id, r)| match r {
                 Running::Host(h) => Some((id.clone(), h.clone())),
-                Running::CanceledEarly => None,
+                Running::CanceledEarly(_) => None,
             })
             .collect();
         for (id, host) in hosts {

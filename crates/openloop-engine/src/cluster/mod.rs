@@ -43,12 +43,14 @@ impl Invocations {
     pub async fn leave(&self) {
         let me = self.node.id();
         let epoch = self.node.epoch();
+        // First: no more queued runs are taken here (any run still taken after the list
+        // below is read is left to the other nodes' repair, `cluster::lease`).
+        self.queue.stop();
         let cut = async {
             let runs = self.store.runs_of_node(me, epoch + 1).await?;
             self.cut_short(
                 runs,
                 CutShort {
-                    node: me,
                     kind: "ServerStopped",
                     message: "the server was stopped while this invocation was running; invoke it again (or mark the function retryable)",
                 },

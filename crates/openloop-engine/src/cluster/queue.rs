@@ -24,6 +24,8 @@ const BATCH: usize = 16;
 pub(crate) struct QueueState {
     pending: AtomicBool,
     wake: Notify,
+    /// The node is stopping: it takes no more runs.
+    stopping: AtomicBool,
 }
 
 impl QueueState {
@@ -31,6 +33,15 @@ impl QueueState {
     pub(crate) fn wake(&self) {
         self.pending.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// The node is stopping: no queued run is taken any more.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// A slot of this node is free: look, if queued runs may be waiting.
@@ -64,8 +75,13 @@ impl Invocations {
     /// Take queued runs while this node has free slots. True when it looked at every queued
     /// run it may take (none is left for it); false when it ran out of slots first.
     async fn take_queued(self: &Arc<Self>) -> EngineResult<bool> {
+        if self.queue.is_stopping() {
+            return Ok(true);
+        }
         let stale_before = now_ms() - self.node.config.lease.as_millis() as i64;
-        for group in self.store.queued_groups().await? {
+        // False once a function had runs left that this node had no slot for.
+        let mut looked_at_all = true;
+        'groups: for group in self.store.queued_groups().await? {
             if !self
                 .may_take(&group.deployment_id, group.oldest_ms < stale_before)
                 .await
@@ -82,7 +98,13 @@ impl Invocations {
                     }
                 }
                 if permits.is_empty() {
-                    return Ok(false);
+                    looked_at_all = false;
+                    if self.slots.available_permits() == 0 {
+                        // No slot at all: nothing more can be taken now.
+                        return Ok(false);
+                    }
+                    // Only this function is at its limit here: the next may still run.
+                    continue 'groups;
                 }
                 let wanted = permits.len();
                 let epoch = self.node.epoch();
@@ -118,7 +140,7 @@ impl Invocations {
                         // More than asked for (never expected): back to the queue, not left
                         // running with nothing to run it.
                         tracing::error!(invocation = %id, "took more queued runs than slots; queueing it again");
-                        self.store.requeue_run_of_node(&id, self.node.id()).await?;
+                        self.store.unclaim(&id, owner).await?;
                         continue;
                     };
                     tracing::debug!(invocation = %id, "took a queued run");
@@ -135,7 +157,7 @@ impl Invocations {
                 }
             }
         }
-        Ok(true)
+        Ok(looked_at_all)
     }
 
     /// Whether this node takes runs of a deployment: one it has built (or built itself), or

@@ -182,7 +182,7 @@ impl Devboxes {
         self.store
             .shut_down_live_devboxes(
                 "the server restarted; running devboxes do not survive a restart (suspended ones do)",
-                &self.config.node_id,
+                self.config.scope(),
             )
             .await?;
         self.recover_snapshots().await?;

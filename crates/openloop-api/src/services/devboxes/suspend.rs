@@ -310,7 +310,7 @@ impl Devboxes {
     /// is shut down.
     pub(super) async fn keep_suspended(&self) -> ApiResult<HashSet<String>> {
         let mut keep = HashSet::new();
-        for rec in self.store.suspended_devboxes(&self.config.node_id).await? {
+        for rec in self.store.suspended_devboxes(self.config.scope()).await? {
             let image = self
                 .config
                 .devbox_dir()
