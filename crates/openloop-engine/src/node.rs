@@ -7,7 +7,7 @@
 //! nothing of what it ran.
 
 use openloop_store::invocations::Owner;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How a node is configured.
@@ -29,6 +29,9 @@ pub struct NodeConfig {
 pub struct Node {
     pub config: NodeConfig,
     epoch: AtomicI64,
+    /// Other active nodes, as of the last heartbeat (nothing goes on the bus while there are
+    /// none: a cluster of one pays nothing for it).
+    peers: AtomicUsize,
 }
 
 impl Node {
@@ -36,6 +39,7 @@ impl Node {
         Node {
             config,
             epoch: AtomicI64::new(epoch),
+            peers: AtomicUsize::new(0),
         }
     }
 
@@ -46,6 +50,15 @@ impl Node {
     /// The current lease epoch.
     pub fn epoch(&self) -> i64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// How many other nodes were active at the last heartbeat.
+    pub fn peers(&self) -> usize {
+        self.peers.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_peers(&self, n: usize) {
+        self.peers.store(n, Ordering::SeqCst)
     }
 
     pub(crate) fn set_epoch(&self, epoch: i64) {

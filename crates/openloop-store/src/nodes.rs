@@ -101,6 +101,17 @@ impl Store {
         Ok(())
     }
 
+    /// Active nodes that heartbeated since `cutoff_ms` (this one included).
+    pub async fn active_nodes_since(&self, cutoff_ms: i64) -> Result<usize> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM nodes WHERE status = 'active' AND heartbeat_at_ms >= $1",
+        )
+        .bind(cutoff_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as usize)
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>> {
         Ok(
             sqlx::query_as::<_, NodeRecord>(&format!("{SELECT} ORDER BY id"))

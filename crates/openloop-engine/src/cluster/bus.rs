@@ -5,6 +5,7 @@
 //! node running that invocation to kill it; any other key is told to this node's waiters.
 
 use crate::invocations::Invocations;
+use crate::node::Node;
 use openloop_store::nodes::Listener;
 use openloop_store::Store;
 use std::collections::HashSet;
@@ -26,14 +27,20 @@ pub(super) fn start(invocations: Arc<Invocations>, url: String) {
     invocations.notifier.forward_to(tx);
     tokio::spawn(send(
         invocations.store.clone(),
-        invocations.node.id().to_string(),
+        invocations.node.clone(),
         rx,
     ));
     tokio::spawn(receive(invocations, url));
 }
 
-async fn send(store: Store, me: String, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn send(store: Store, node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let me = node.id().to_string();
     while let Some(first) = rx.recv().await {
+        if node.peers() == 0 {
+            // Alone: nobody to tell (a node that joins is counted at the next heartbeat;
+            // until then its waiters read again every few seconds).
+            continue;
+        }
         // What else changes within a few milliseconds goes in the same message: under load
         // a run's changes (created, running, its logs, finished) share one `NOTIFY` with
         // other runs' instead of costing one each. Waiters on this node were told at once.

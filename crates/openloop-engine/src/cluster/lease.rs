@@ -45,6 +45,11 @@ impl Invocations {
             if !self.node.clustered() || self.queue.is_stopping() {
                 continue;
             }
+            let cutoff = now_ms() - self.node.config.lease.as_millis() as i64;
+            match self.store.active_nodes_since(cutoff).await {
+                Ok(n) => self.node.set_peers(n.saturating_sub(1)),
+                Err(e) => tracing::warn!(error = %e, "could not count the cluster's nodes"),
+            }
             if !busy.swap(true, Ordering::SeqCst) {
                 let this = Arc::clone(&self);
                 let busy = busy.clone();
