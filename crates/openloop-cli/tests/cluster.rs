@@ -262,6 +262,34 @@ async fn a_devbox_on_a_lost_node_is_never_reported_running() {
         return;
     };
     let mut b = Server::join(&a, &borrowed(&env)).await;
+    // A blueprint built on B: its record is shared, its layer stays on B, so a devbox from it
+    // is refused through A with a 409 that says so (not a failed mount).
+    let bp = b
+        .post("/v1/blueprints")
+        .json(&json!({"name": "on-b", "system_setup_commands": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        bp.status().is_success(),
+        "create blueprint: {}",
+        bp.status()
+    );
+    let bp: Value = bp.json().await.unwrap();
+    let bp_id = bp["id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(120), || async {
+        a.get_json(&format!("/v1/blueprints/{bp_id}")).await["status"] == "build_complete"
+    })
+    .await;
+    let r = a
+        .post("/v1/devboxes")
+        .json(&json!({"blueprint_id": bp_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("not on this node"), "{text}");
     let devbox = b.create_devbox(json!({"name": "on-b"})).await;
     let v = a.get_json(&format!("/v1/devboxes/{devbox}")).await;
     assert_eq!(v["status"], "running", "{v}");

@@ -287,6 +287,16 @@ impl Devboxes {
             (None, Some((bp, _))) => Some(self.blueprint_layer(&bp.content_hash)),
             (None, None) => None,
         };
+        if let Some(layer) = &lower {
+            if !tokio::fs::try_exists(layer).await.unwrap_or(false) {
+                // In a cluster the layer is on the node that made it (the record is shared).
+                return Err(ApiError::Conflict(format!(
+                    "the {} this devbox would start from is not on this node (node {}): snapshot and blueprint layers stay on the node that made them; create the devbox through that node",
+                    if req.snapshot_id.is_some() { "disk snapshot" } else { "blueprint" },
+                    self.config.node_id
+                )));
+            }
+        }
         // A sandbox started ahead of time serves any devbox of the default shape.
         let warm = match lower {
             Some(_) => None,
