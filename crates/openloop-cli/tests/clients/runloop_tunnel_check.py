@@ -164,7 +164,7 @@ assert HTTP.get(f"{URL}/health").status_code == 200
 again = client.devboxes.enable_tunnel(devbox.id, http_keep_alive=True)
 assert again.tunnel_key == key, again
 expect(409, client.devboxes.enable_tunnel, devbox.id, auth_mode="authenticated")
-expect(400, client.devboxes.enable_tunnel, devbox.id, wake_on_http=True)
+expect(409, client.devboxes.enable_tunnel, devbox.id, wake_on_http=True)
 expect(404, client.devboxes.enable_tunnel, "dbx_does_not_exist")
 
 # Removing it: its URL answers 404 at once, and the WebSocket still open through it is cut.
@@ -203,5 +203,35 @@ r = through(8080, akey, "/index.html", headers=good)
 assert r.status_code == 404, r.text
 assert client.devboxes.retrieve(devbox.id).tunnel is None
 expect(409, client.devboxes.enable_tunnel, devbox.id)
+
+# wake_on_http: a request through the tunnel of a suspended devbox resumes it, and its
+# entrypoint starts the server again; the request is answered once the server listens.
+sleeper = client.devboxes.create_and_await_running(
+    entrypoint=(
+        "mkdir -p /home/user/site && cd /home/user/site && echo awake > index.html"
+        " && exec python3 -m http.server 8080 --bind 127.0.0.1"
+    ),
+    tunnel={"wake_on_http": True},
+)
+assert sleeper.tunnel.wake_on_http is True, sleeper.tunnel
+wkey = sleeper.tunnel.tunnel_key
+wait_listening(8080, wkey)
+client.devboxes.suspend(sleeper.id)
+assert client.devboxes.await_suspended(sleeper.id).status == "suspended"
+r = through(8080, wkey, "/index.html")
+assert r.status_code == 200 and r.text == "awake\n", (r.status_code, r.text)
+assert client.devboxes.retrieve(sleeper.id).status == "running"
+client.devboxes.shutdown(sleeper.id)
+r = through(8080, wkey, "/index.html")
+assert r.status_code == 404, r.text
+
+# Without wake_on_http a suspended devbox's tunnel does not wake it.
+plain = client.devboxes.create_and_await_running(tunnel={"auth_mode": "open"})
+client.devboxes.suspend(plain.id)
+client.devboxes.await_suspended(plain.id)
+r = through(8080, plain.tunnel.tunnel_key, "/")
+assert r.status_code == 404 and "not running" in error_of(r), r.text
+assert client.devboxes.retrieve(plain.id).status == "suspended"
+client.devboxes.shutdown(plain.id)
 
 print("tunnel check passed")

@@ -170,7 +170,7 @@ impl Devboxes {
             .map_err(|e| ApiError::Internal(format!("resuming devbox {id}: {e}")))?
     }
 
-    async fn resume_now(self: &Arc<Self>, id: &str) -> ApiResult<DevboxView> {
+    pub(super) async fn resume_now(self: &Arc<Self>, id: &str) -> ApiResult<DevboxView> {
         let op = self.op_lock(id);
         let _one = op.lock().await;
         let rec = self.store.get_devbox(id).await?;

@@ -23,22 +23,24 @@ pub struct TunnelConfig {
     /// Requests through the tunnel reset the devbox's idle timer (default true).
     #[serde(default)]
     pub http_keep_alive: Option<bool>,
-    /// Not supported: must be absent or false.
+    /// A request through the tunnel resumes the devbox when it is suspended (default false).
     #[serde(default)]
     pub wake_on_http: Option<bool>,
 }
 
 impl TunnelConfig {
-    /// Refuse what Openloop does not do, before anything is created.
+    /// Refuse what Openloop does not do, before anything is created (everything the client
+    /// can send is done today; kept as the one place to check a tunnel request).
     pub fn check(&self) -> ApiResult<()> {
-        if self.wake_on_http == Some(true) {
-            return Err(ApiError::BadRequest(
-                "tunnel.wake_on_http is not supported by Openloop (devboxes are not resumed by HTTP traffic); leave it out or set it to false".into(),
-            ));
-        }
         Ok(())
     }
 }
+
+/// After a wake, how long a port that refuses connections is tried again (the devbox's
+/// entrypoint and launch commands are starting its servers again).
+const WAKE_PORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a wake waits for the devbox to be running.
+const WAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A devbox's tunnel.
 pub struct Tunnel {
@@ -128,9 +130,13 @@ impl Devboxes {
         self.running_live(id, principal).await?;
         let auth_mode = config.auth_mode.unwrap_or(TunnelAuthMode::Open);
         let http_keep_alive = config.http_keep_alive.unwrap_or(true);
+        let wake_on_http = config.wake_on_http.unwrap_or(false);
         let mut maps = lock(&self.tunnels.inner);
         if let Some(t) = maps.by_devbox.get(id) {
-            if t.view.auth_mode == auth_mode && t.view.http_keep_alive == http_keep_alive {
+            if t.view.auth_mode == auth_mode
+                && t.view.http_keep_alive == http_keep_alive
+                && t.view.wake_on_http == wake_on_http
+            {
                 return Ok(t.view.clone());
             }
             return Err(ApiError::Conflict(format!(
@@ -147,7 +153,7 @@ impl Devboxes {
                 create_time_ms: now_ms(),
                 http_keep_alive,
                 tunnel_key: random_hex(16),
-                wake_on_http: false,
+                wake_on_http,
                 auth_token: token,
             },
         });
@@ -189,23 +195,46 @@ impl Devboxes {
     }
 
     /// A raw connection to `port` inside the tunnel's devbox (made by its agent); counts as
-    /// activity when the tunnel says so.
+    /// activity when the tunnel says so. A `wake_on_http` tunnel of a suspended devbox
+    /// resumes it first (and waits for one being suspended or resumed), then gives the
+    /// devbox's servers a few seconds to listen again.
     pub async fn connect_tunnel(
-        &self,
+        self: &Arc<Self>,
         tunnel: &Tunnel,
         port: u16,
     ) -> ApiResult<tokio::net::UnixStream> {
         let id = &tunnel.devbox_id;
-        let live = lock(&self.live).get(id).cloned();
-        let Some(live) = live.filter(|l| l.devbox.exit_reason().is_none()) else {
-            return Err(ApiError::NotFound(format!(
-                "devbox {id} of this tunnel is not running"
-            )));
+        let mut woke = false;
+        let live = loop {
+            let live = lock(&self.live).get(id).cloned();
+            match live.filter(|l| l.devbox.exit_reason().is_none()) {
+                Some(l) => break l,
+                None if tunnel.view.wake_on_http && !woke => {
+                    self.wake(id).await?;
+                    woke = true;
+                }
+                None => {
+                    return Err(ApiError::NotFound(format!(
+                        "devbox {id} of this tunnel is not running"
+                    )))
+                }
+            }
         };
         if tunnel.view.http_keep_alive {
             self.touch(&live);
         }
-        match live.devbox.connect_port(port).await {
+        let patience = tokio::time::Instant::now() + WAKE_PORT_PATIENCE;
+        let connected = loop {
+            match live.devbox.connect_port(port).await {
+                Err(openloop_sandbox::SandboxError::Agent { code, .. })
+                    if woke && code == "refused" && tokio::time::Instant::now() < patience =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => break other,
+            }
+        };
+        match connected {
             Ok(s) => Ok(s),
             Err(openloop_sandbox::SandboxError::Agent { code, message }) => Err(match code.as_str() {
                 "refused" => ApiError::BadGateway(format!(
@@ -220,6 +249,46 @@ impl Devboxes {
                 )),
             }),
             Err(e) => Err(self.op_error(id, e).await),
+        }
+    }
+
+    /// Bring a suspended devbox back for a request through its `wake_on_http` tunnel.
+    async fn wake(self: &Arc<Self>, id: &str) -> ApiResult<()> {
+        let rec = self.store.get_devbox(id).await?;
+        if rec.status == "suspended" {
+            tracing::info!(devbox = %id, "a request through its tunnel wakes a suspended devbox");
+            // In a task of its own: a caller that goes away does not cut the resume short.
+            let this = Arc::clone(self);
+            let owned = id.to_string();
+            match tokio::spawn(async move { this.resume_now(&owned).await }).await {
+                Ok(Ok(_)) => {}
+                // Another request (or a resume call) got there first.
+                Ok(Err(ApiError::Conflict(_))) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(ApiError::Internal(format!("waking devbox {id}: {e}"))),
+            }
+        }
+        match self
+            .wait_for_status(
+                id,
+                &[
+                    DevboxStatus::Running,
+                    DevboxStatus::Failure,
+                    DevboxStatus::Shutdown,
+                ],
+                WAKE_WITHIN,
+            )
+            .await?
+        {
+            Some(v) if v.status == DevboxStatus::Running => Ok(()),
+            Some(v) => Err(ApiError::NotFound(format!(
+                "devbox {id} of this tunnel is {}",
+                v.status
+            ))),
+            None => Err(ApiError::Unavailable(format!(
+                "devbox {id} did not come back within {} s of a request through its tunnel; try again",
+                WAKE_WITHIN.as_secs()
+            ))),
         }
     }
 }
