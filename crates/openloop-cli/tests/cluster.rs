@@ -293,6 +293,51 @@ async fn a_devbox_on_a_lost_node_is_never_reported_running() {
     let devbox = b.create_devbox(json!({"name": "on-b"})).await;
     let v = a.get_json(&format!("/v1/devboxes/{devbox}")).await;
     assert_eq!(v["status"], "running", "{v}");
+
+    // Its tunnel, enabled and served through A: the request is relayed to B.
+    let t: Value = a
+        .post(&format!("/v1/devboxes/{devbox}/enable_tunnel"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tunnel_key = t["tunnel_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{t}"))
+        .to_string();
+    let r = a
+        .post(&format!("/v1/devboxes/{devbox}/execute_async"))
+        .json(&json!({"command": "mkdir -p /home/user/s && cd /home/user/s && echo relayed > index.html && python3 -m http.server 8080 --bind 127.0.0.1"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "execute_async: {}", r.status());
+    let tunnel_host = format!("8080-{tunnel_key}.tunnel.localhost:{}", a.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = a
+            .http
+            .get(format!("http://127.0.0.1:{}/index.html", a.port))
+            .header("Host", &tunnel_host)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let last = format!("{status} {}", r.text().await.unwrap());
+        if status == 200 {
+            assert_eq!(last, "200 OK relayed\n");
+            break;
+        }
+        assert_eq!(status, 502, "{last}");
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel through A never answered: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.kill9();
     wait_until(Duration::from_secs(20), || async {
         a.get_json(&format!("/v1/devboxes/{devbox}")).await["status"] == "failure"

@@ -371,3 +371,25 @@ impl Listener {
         Ok(self.0.try_recv().await?.map(|n| n.payload().to_string()))
     }
 }
+
+impl Store {
+    /// Record the hash of a devbox's tunnel key (`None`: it has none).
+    pub async fn set_tunnel_key_hash(&self, devbox_id: &str, hash: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE devboxes SET tunnel_key_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(devbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The address of the active node a live devbox with this tunnel key hash lives on.
+    pub async fn tunnel_node_address(&self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT n.id, n.address FROM devboxes d JOIN nodes n ON n.id = d.node_id WHERE d.tunnel_key_hash = $1 AND d.status NOT IN ('shutdown', 'failure') AND n.status = 'active'",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}

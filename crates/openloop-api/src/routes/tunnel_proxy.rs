@@ -17,6 +17,7 @@
 //! (`--http-max-connections`).
 
 use crate::error::ApiError;
+use crate::routes::forward::FORWARDED;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -135,7 +136,15 @@ async fn proxy(
             "no tunnel named {key}: it was removed, or its devbox stopped; enable_tunnel gives a devbox a new one"
         ))
     };
-    let tunnel = front.state.devboxes.tunnel(key).ok_or_else(gone)?;
+    let Some(tunnel) = front.state.devboxes.tunnel(key) else {
+        // In a cluster the tunnel may be another node's: the request goes there, once.
+        if !req.headers().contains_key(FORWARDED) {
+            if let Some(address) = front.state.devboxes.tunnel_elsewhere(key).await? {
+                return relay_to_node(front, &address, req).await;
+            }
+        }
+        return Err(gone());
+    };
     let token = req
         .headers()
         .get(TUNNEL_AUTH_HEADER)
@@ -160,15 +169,7 @@ async fn proxy(
         }
     };
     let upgrade = is_upgrade(req.headers());
-    let permit = if upgrade {
-        Some(front.upgrades.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Unavailable(
-                "too many upgraded (WebSocket) tunnel connections are open; try again later".into(),
-            )
-        })?)
-    } else {
-        None
-    };
+    let permit = upgrade_permit(front, upgrade)?;
     let stream = front.state.devboxes.connect_tunnel(&tunnel, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -180,14 +181,29 @@ async fn proxy(
     });
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = outgoing(req, host, port, upgrade);
-    let mut resp = sender
+    let resp = sender
         .send_request(out)
         .await
         .map_err(|e| bad_answer(port, &tunnel.devbox_id, e))?;
+    Ok(relay_response(
+        resp,
+        client_upgrade,
+        permit,
+        tunnel.removed(),
+    ))
+}
+
+/// Hand the answer back: a `101` splices the client's upgraded connection with the other
+/// side's (until `removed`), any other answer streams back (until `removed`).
+fn relay_response(
+    mut resp: hyper::Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    removed: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let backend = hyper::upgrade::on(&mut resp);
-            let removed = tunnel.removed();
             tokio::spawn(async move {
                 let _permit = permit;
                 let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
@@ -202,7 +218,7 @@ async fn proxy(
             });
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
-            return Ok(Response::from_parts(parts, Body::empty()));
+            return Response::from_parts(parts, Body::empty());
         }
     }
     let (mut parts, body) = resp.into_parts();
@@ -210,8 +226,85 @@ async fn proxy(
     // A body still streaming when the tunnel is removed ends there.
     let body = Body::new(body)
         .into_data_stream()
-        .take_until(Box::pin(tunnel.removed()));
-    Ok(Response::from_parts(parts, Body::from_stream(body)))
+        .take_until(Box::pin(removed));
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// Cluster mode: the tunnel's devbox lives on the node at `address`; the request goes there
+/// as it came (its host name, its tunnel token: that node checks them), marked forwarded so it
+/// goes no further, over a connection of its own (upgrades pass through).
+async fn relay_to_node(
+    front: &Front,
+    address: &str,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let unreachable = |e: String| {
+        ApiError::BadGateway(format!(
+            "this tunnel's devbox lives on the node at {address}, which did not answer: {e}"
+        ))
+    };
+    let authority = address
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .ok_or_else(|| unreachable("its address is not http://host:port".into()))?;
+    let upgrade = is_upgrade(req.headers());
+    let permit = upgrade_permit(front, upgrade)?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "relayed tunnel connection ended");
+        }
+    });
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_else(|_| axum::http::Uri::from_static("/"));
+    parts.version = axum::http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Ok(v) = HeaderValue::from_str(&front.state.config.node_id) {
+        parts.headers.insert(FORWARDED, v);
+    }
+    parts.extensions = Default::default();
+    let resp = sender
+        .send_request(hyper::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(relay_response(
+        resp,
+        client_upgrade,
+        permit,
+        std::future::pending::<()>(),
+    ))
+}
+
+/// A place among the upgraded connections, for a request that asks to upgrade.
+fn upgrade_permit(
+    front: &Front,
+    upgrade: bool,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    if !upgrade {
+        return Ok(None);
+    }
+    front
+        .upgrades
+        .clone()
+        .try_acquire_owned()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::Unavailable(
+                "too many upgraded (WebSocket) tunnel connections are open; try again later".into(),
+            )
+        })
 }
 
 fn bad_answer(port: u16, devbox: &str, e: hyper::Error) -> ApiError {

@@ -111,6 +111,11 @@ impl TunnelTable {
     }
 }
 
+/// How a tunnel key is recorded in the database (SHA-256, hex).
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.to_ascii_lowercase().as_bytes()))
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
@@ -131,36 +136,38 @@ impl Devboxes {
         let auth_mode = config.auth_mode.unwrap_or(TunnelAuthMode::Open);
         let http_keep_alive = config.http_keep_alive.unwrap_or(true);
         let wake_on_http = config.wake_on_http.unwrap_or(false);
-        let mut maps = lock(&self.tunnels.inner);
-        if let Some(t) = maps.by_devbox.get(id) {
-            if t.view.auth_mode == auth_mode
-                && t.view.http_keep_alive == http_keep_alive
-                && t.view.wake_on_http == wake_on_http
-            {
-                return Ok(t.view.clone());
+        let tunnel = {
+            let mut maps = lock(&self.tunnels.inner);
+            if let Some(t) = maps.by_devbox.get(id) {
+                if t.view.auth_mode == auth_mode
+                    && t.view.http_keep_alive == http_keep_alive
+                    && t.view.wake_on_http == wake_on_http
+                {
+                    return Ok(t.view.clone());
+                }
+                return Err(ApiError::Conflict(format!(
+                    "devbox {id} already has a tunnel with other settings; remove it (remove_tunnel) before enabling another"
+                )));
             }
-            return Err(ApiError::Conflict(format!(
-                "devbox {id} already has a tunnel with other settings; remove it (remove_tunnel) before enabling another"
-            )));
-        }
-        let token = (auth_mode == TunnelAuthMode::Authenticated).then(|| random_hex(32));
-        let tunnel = Arc::new(Tunnel {
-            devbox_id: id.to_string(),
-            token_hash: token.as_ref().map(|t| Sha256::digest(t.as_bytes()).into()),
-            removed: tokio::sync::watch::channel(false).0,
-            view: TunnelView {
-                auth_mode,
-                create_time_ms: now_ms(),
-                http_keep_alive,
-                tunnel_key: random_hex(16),
-                wake_on_http,
-                auth_token: token,
-            },
-        });
-        maps.by_key
-            .insert(tunnel.view.tunnel_key.clone(), tunnel.clone());
-        maps.by_devbox.insert(id.to_string(), tunnel.clone());
-        drop(maps);
+            let token = (auth_mode == TunnelAuthMode::Authenticated).then(|| random_hex(32));
+            let tunnel = Arc::new(Tunnel {
+                devbox_id: id.to_string(),
+                token_hash: token.as_ref().map(|t| Sha256::digest(t.as_bytes()).into()),
+                removed: tokio::sync::watch::channel(false).0,
+                view: TunnelView {
+                    auth_mode,
+                    create_time_ms: now_ms(),
+                    http_keep_alive,
+                    tunnel_key: random_hex(16),
+                    wake_on_http,
+                    auth_token: token,
+                },
+            });
+            maps.by_key
+                .insert(tunnel.view.tunnel_key.clone(), tunnel.clone());
+            maps.by_devbox.insert(id.to_string(), tunnel.clone());
+            tunnel
+        };
         // A devbox stopped meanwhile takes its tunnel with it.
         if !self.is_live(id) {
             self.tunnels.remove(id);
@@ -168,6 +175,10 @@ impl Devboxes {
                 "devbox {id} stopped while its tunnel was being enabled"
             )));
         }
+        // Other nodes of a cluster find this node by the key's hash.
+        self.store
+            .set_tunnel_key_hash(id, Some(&key_hash(&tunnel.view.tunnel_key)))
+            .await?;
         self.notifier.notify(id);
         Ok(tunnel.view.clone())
     }
@@ -180,6 +191,7 @@ impl Devboxes {
                 "devbox {id} has no tunnel; enable one with enable_tunnel"
             )));
         }
+        self.store.set_tunnel_key_hash(id, None).await?;
         self.notifier.notify(id);
         Ok(())
     }
@@ -192,6 +204,20 @@ impl Devboxes {
     /// The tunnel named `key`, if any.
     pub fn tunnel(&self, key: &str) -> Option<Arc<Tunnel>> {
         self.tunnels.by_key(key)
+    }
+
+    /// In a cluster: the address of the node whose devbox has the tunnel `key`, when it is
+    /// not this node.
+    pub async fn tunnel_elsewhere(&self, key: &str) -> ApiResult<Option<String>> {
+        if !self.config.is_cluster() {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .tunnel_node_address(&key_hash(key))
+            .await?
+            .filter(|(node, _)| node != &self.config.node_id)
+            .map(|(_, address)| address))
     }
 
     /// A raw connection to `port` inside the tunnel's devbox (made by its agent); counts as
