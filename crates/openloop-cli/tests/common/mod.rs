@@ -97,12 +97,35 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// Ports of the servers of this test process, held from their first start until they are
+/// dropped: a server that restarts (after `kill9`) comes back on its own port, and no other
+/// test's server may have taken it meanwhile (the kernel hands a freed port out again).
+static PORTS_IN_USE: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free port no other server of this process holds, reserved until [`release_port`].
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if PORTS_IN_USE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+fn release_port(port: u16) {
+    PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&port);
 }
 
 impl Server {
@@ -364,6 +387,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Once this server is gone for good (below), its port may serve another test.
+        let _release = ReleasePort(self.port);
         if let Some(mut c) = self.child.take() {
             unsafe {
                 libc_kill(c.id() as i32, 15);
@@ -378,6 +403,14 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+struct ReleasePort(u16);
+
+impl Drop for ReleasePort {
+    fn drop(&mut self) {
+        release_port(self.0);
     }
 }
 
