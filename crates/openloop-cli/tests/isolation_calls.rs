@@ -322,10 +322,12 @@ async fn canceling_a_parent_cancels_its_waiting_children() {
         |all| all.len() == 4 && all.iter().all(|i| i["status"] == "canceled"),
     )
     .await;
-    // The slots came back: four runs start together.
+    // The slots came back: four runs run together. (A canceled run gives its slots back once
+    // its process is gone, a few ms after the cancel answered: each new run lasts long enough
+    // that a slot freed a moment after they were submitted still lets all four overlap.)
     for _ in 0..4 {
         server
-            .invoke_async(PROJECT, "recurse", json!({"depth": 0, "sleep": 1}))
+            .invoke_async(PROJECT, "recurse", json!({"depth": 0, "sleep": 5}))
             .await;
     }
     wait_for(
