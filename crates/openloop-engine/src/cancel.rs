@@ -21,7 +21,13 @@ impl Invocations {
             )));
         }
         // Read before the run can end: what it started goes with it.
-        let children = self.run_slots(id).map(|r| r.children()).unwrap_or_default();
+        let slots = self.run_slots(id);
+        let children = slots.as_ref().map(|r| r.children()).unwrap_or_default();
+        // Its slots go back now, and a wait of it in progress does not take them again: its
+        // process is being killed, and another run may have them.
+        if let Some(r) = &slots {
+            r.end();
+        }
         let err = serde_json::json!({"type": "Canceled", "message": "the invocation was canceled", "traceback": null});
         self.store
             .finish_invocation(id, "canceled", None, Some(&err.to_string()))
