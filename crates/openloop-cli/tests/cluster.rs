@@ -14,11 +14,17 @@ use std::time::{Duration, Instant};
 /// The lease the nodes are held to here (the default is 15 s).
 const LEASE: &str = "3";
 
-fn node_env(secrets_key: &str) -> Vec<(&'static str, String)> {
+/// The environment of every node of one cluster: its own fresh secrets key (shared by its
+/// nodes), a short lease, four slots, no warm devboxes.
+fn node_env() -> Vec<(&'static str, String)> {
+    let secrets_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand_bytes())
+    };
     vec![
         ("OPENLOOP_NODE_LEASE_SECONDS", LEASE.to_string()),
         ("OPENLOOP_MAX_CONCURRENT_RUNS", "4".to_string()),
-        ("OPENLOOP_SECRETS_KEY", secrets_key.to_string()),
+        ("OPENLOOP_SECRETS_KEY", secrets_key),
         ("OPENLOOP_DEVBOX_WARM_POOL", "0".to_string()),
     ]
 }
@@ -61,11 +67,7 @@ async fn status_of(server: &Server, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_share_work_and_survive_losing_one() {
-    let key = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(rand_bytes())
-    };
-    let env = node_env(&key);
+    let env = node_env();
     let Some(a) = Server::start_with(Db::Postgres, &borrowed(&env)).await else {
         return;
     };
@@ -253,11 +255,7 @@ async fn three_nodes_share_work_and_survive_losing_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_devbox_on_a_lost_node_is_never_reported_running() {
-    let key = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(rand_bytes())
-    };
-    let env = node_env(&key);
+    let env = node_env();
     let Some(a) = Server::start_with(Db::Postgres, &borrowed(&env)).await else {
         return;
     };
@@ -384,11 +382,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_function_limit_holds_over_all_nodes() {
-    let key = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(rand_bytes())
-    };
-    let mut env = node_env(&key);
+    let mut env = node_env();
     env.push(("OPENLOOP_MAX_CONCURRENT_RUNS_PER_FUNCTION", "1".to_string()));
     let Some(a) = Server::start_with(Db::Postgres, &borrowed(&env)).await else {
         return;

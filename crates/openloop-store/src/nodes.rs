@@ -59,6 +59,10 @@ pub struct NodeLoad {
 /// (SELECT … LIMIT n)` the planner may run the subquery again per row and take more than `n`.
 pub(crate) const CLAIM_QUEUED: &str = "WITH picked AS (SELECT id FROM invocations WHERE status = 'queued' AND deployment_id = $4 AND function_name = $5 ORDER BY created_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 FROM picked WHERE invocations.id = picked.id AND invocations.status = 'queued' RETURNING invocations.id";
 
+/// An `OrphanedRun`'s columns, from `invocations`.
+const ORPHANS: &str =
+    "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations";
+
 const SELECT: &str = "SELECT id, address, epoch, status, started_at_ms, heartbeat_at_ms, lost_at_ms, taken_over_by FROM nodes";
 
 impl Store {
@@ -161,9 +165,9 @@ impl Store {
     /// process of it). Runs recorded before cluster mode have no node: they count as the
     /// restarting node's own.
     pub async fn runs_of_node(&self, id: &str, below_epoch: i64) -> Result<Vec<OrphanedRun>> {
-        Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id",
-        )
+        Ok(sqlx::query_as::<_, OrphanedRun>(&format!(
+            "{ORPHANS} WHERE status = 'running' AND (node_id = $1 OR node_id IS NULL) AND (node_epoch IS NULL OR node_epoch < $2) ORDER BY id"
+        ))
         .bind(id)
         .bind(below_epoch)
         .fetch_all(&self.pool)
@@ -173,9 +177,9 @@ impl Store {
     /// The runs another node was running when it was lost (under its lost epoch or before:
     /// not what it runs after rejoining).
     pub async fn runs_owned_by(&self, id: &str, up_to_epoch: i64) -> Result<Vec<OrphanedRun>> {
-        Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' AND node_id = $1 AND node_epoch <= $2 ORDER BY id",
-        )
+        Ok(sqlx::query_as::<_, OrphanedRun>(&format!(
+            "{ORPHANS} WHERE status = 'running' AND node_id = $1 AND node_epoch <= $2 ORDER BY id"
+        ))
         .bind(id)
         .bind(up_to_epoch)
         .fetch_all(&self.pool)
@@ -185,9 +189,9 @@ impl Store {
     /// Every running invocation (a single node on SQLite recovers them all at its start,
     /// whatever node id they were recorded under).
     pub async fn all_running(&self) -> Result<Vec<OrphanedRun>> {
-        Ok(sqlx::query_as::<_, OrphanedRun>(
-            "SELECT id, project_name, deployment_id, function_name, node_id, node_epoch FROM invocations WHERE status = 'running' ORDER BY id",
-        )
+        Ok(sqlx::query_as::<_, OrphanedRun>(&format!(
+            "{ORPHANS} WHERE status = 'running' ORDER BY id"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -139,21 +139,7 @@ impl Server {
             Db::Sqlite => None,
             Db::Postgres => Some(postgres_database().await?),
         };
-        let mut s = Server {
-            url: String::new(),
-            key: String::new(),
-            data: tempfile::tempdir().unwrap(),
-            database_url,
-            port: free_port(),
-            child: None,
-            extra_env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            http: reqwest::Client::new(),
-        };
-        s.url = format!("http://127.0.0.1:{}", s.port);
-        s.spawn().await;
+        let mut s = Server::started(database_url, None, env).await;
         s.key = std::fs::read_to_string(s.data.path().join("admin-key"))
             .unwrap()
             .trim()
@@ -166,12 +152,23 @@ impl Server {
     /// `OPENLOOP_SECRETS_KEY` as the others).
     pub async fn join(first: &Server, env: &[(&str, &str)]) -> Server {
         assert!(first.database_url.is_some(), "a cluster needs PostgreSQL");
+        Server::started(first.database_url.clone(), Some(first.key.clone()), env).await
+    }
+
+    /// A server on a fresh data directory and port, started; its key is `key`, or empty
+    /// until the caller reads the admin key it made.
+    async fn started(
+        database_url: Option<String>,
+        key: Option<String>,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let port = free_port();
         let mut s = Server {
-            url: String::new(),
-            key: first.key.clone(),
+            url: format!("http://127.0.0.1:{port}"),
+            key: key.unwrap_or_default(),
             data: tempfile::tempdir().unwrap(),
-            database_url: first.database_url.clone(),
-            port: free_port(),
+            database_url,
+            port,
             child: None,
             extra_env: env
                 .iter()
@@ -179,7 +176,6 @@ impl Server {
                 .collect(),
             http: reqwest::Client::new(),
         };
-        s.url = format!("http://127.0.0.1:{}", s.port);
         s.spawn().await;
         s
     }
