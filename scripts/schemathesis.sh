@@ -14,7 +14,7 @@
 #     Its errors are covered by the Rust tests (crates/openloop-cli/tests/errors.rs).
 #   POST /v1/repositories: for the same reason (a connection with poll_seconds runs
 #     git ls-remote on its URL, and deploys it). A connection is made below instead, and the
-#     public webhook is fuzzed like everything else (crates/openloop-cli/tests/repositories.rs
+#     public webhook is fuzzed like everything else (crates/openloop-cli/tests/repositories_limits.rs
 #     covers creation's errors).
 # Everything else is fuzzed, devbox creation included (bounded: a few examples, and the
 # server's own per-key quota). Streams (SSE) are fuzzed too: with ids that do not exist they

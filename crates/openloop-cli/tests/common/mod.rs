@@ -2,6 +2,7 @@
 //! on SQLite or on a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod repos;
 pub mod ui;
 
 use serde_json::{json, Value};
