@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     throughput_seconds: u64,
     /// Sleeping invocations held at once.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     sleepers: usize,
     /// Repetitions of each devbox figure.
     #[arg(long, default_value_t = 50)]
@@ -74,6 +74,28 @@ struct Args {
     /// The nodes' lease in the cluster figures, in seconds (the server's default is 15).
     #[arg(long, default_value_t = 5)]
     cluster_lease_seconds: u64,
+}
+
+/// Invocations `running` now, counted a page of 1,000 at a time.
+async fn count_running(b: &harness::Bench) -> Result<usize> {
+    let mut n = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/functions/invocations?status=running&limit=1000".to_string();
+        if let Some(a) = &after {
+            path.push_str(&format!("&starting_after={a}"));
+        }
+        let page = b.get(&path).await?;
+        let ids: Vec<&str> = page["invocations"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v["id"].as_str()).collect())
+            .unwrap_or_default();
+        n += ids.len();
+        match ids.last() {
+            Some(last) if ids.len() == 1000 => after = Some(last.to_string()),
+            _ => return Ok(n),
+        }
+    }
 }
 
 #[tokio::main]
@@ -249,13 +271,7 @@ async fn run(args: Args) -> Result<()> {
     let admit_time = t.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let running = b
-            .get("/v1/functions/invocations?status=running&limit=1000")
-            .await?;
-        let n = running["invocations"]
-            .as_array()
-            .map(|a| a.len())
-            .unwrap_or(0);
+        let n = count_running(&b).await?;
         if n >= args.sleepers || Instant::now() > deadline {
             put("sleepers_running", n as f64, "runs");
             break;

@@ -53,9 +53,7 @@ async fn every_stage_of_a_warm_invocation_is_timed() {
         "queue",
         "read",
         "prepare",
-        "fork",
-        "connect",
-        "admit",
+        "handoff",
         "user_code",
         "teardown",
         "run",
@@ -86,7 +84,7 @@ async fn every_stage_of_a_warm_invocation_is_timed() {
     assert!(mean("invoke_sync") >= mean("wait"), "{stats:#}");
     assert!(mean("wait") >= mean("run"), "{stats:#}");
     assert!(
-        mean("run") >= mean("user_code") + mean("fork") + mean("admit"),
+        mean("run") >= mean("user_code") + mean("handoff"),
         "{stats:#}"
     );
 

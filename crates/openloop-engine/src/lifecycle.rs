@@ -227,7 +227,6 @@ impl Invocations {
         drop(prepare);
         let outcome = openloop_runner::run::run(
             &host,
-            &self.channels,
             RunRequest {
                 invocation_id: id.to_string(),
                 function: inv.function_name.clone(),

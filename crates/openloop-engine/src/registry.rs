@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// Size of a warm process's own `/tmp` (each run mounts its own over it).
 const WARM_TMP_BYTES: u64 = 64 << 20;
 /// Processes a warm process holds beside the runs it forked: itself, its egress helper, and
-/// the two spare processes of its next runs.
+/// the four spare processes of its next runs (each two processes while it is prepared).
 const WARM_PIDS: u64 = 64;
 /// Warm processes started by this server, to name each one's cgroup uniquely.
 static WARM_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

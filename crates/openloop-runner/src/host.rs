@@ -68,6 +68,8 @@ pub struct WarmHost {
     next_id: AtomicU64,
     replies: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     exits: Mutex<HashMap<String, oneshot::Sender<ExitInfo>>>,
+    /// Runs killed here (see [`WarmHost::was_killed`]).
+    killed: Mutex<Killed>,
     /// Set with the reason once the process has stopped.
     dead: watch::Receiver<Option<String>>,
     /// For logs only; signals go through `process`.
@@ -213,6 +215,7 @@ impl WarmHost {
             next_id: AtomicU64::new(1),
             replies: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
+            killed: Mutex::default(),
             dead: dead_rx,
             pid,
             process,
@@ -281,6 +284,10 @@ impl WarmHost {
             if let Some(tx) = waiter {
                 let _ = tx.send(msg);
             }
+        } else if msg["event"] == "spare_failed" {
+            let reason = msg["error"].as_str().unwrap_or("unknown reason");
+            tracing::warn!(deployment = %self.spec.deployment_id, reason, "the warm process could not prepare a run's process");
+            self.spares.failed(reason.to_string());
         } else if msg["event"] == "exit" {
             let inv = msg["invocation_id"].as_str().unwrap_or_default();
             let waiter = lock(&self.exits).remove(inv);
@@ -335,25 +342,34 @@ impl WarmHost {
             .map_err(|e| RunnerError::Protocol(e.to_string()))
     }
 
-    /// Hand one run to the warm process's spare. Returns a receiver for its exit and the
-    /// spare's name (see [`crate::spares`]).
-    pub(crate) async fn fork(
-        &self,
-        msg: Value,
-        invocation_id: &str,
-    ) -> Result<(oneshot::Receiver<ExitInfo>, Option<String>), RunnerError> {
+    /// Be told when run `invocation_id`'s process ends (it must be given to a spare next).
+    pub(crate) fn expect_exit(&self, invocation_id: &str) -> oneshot::Receiver<ExitInfo> {
         let (tx, rx) = oneshot::channel();
         lock(&self.exits).insert(invocation_id.to_string(), tx);
-        let reply = self.call(msg).await?;
-        if let Some(err) = reply["error"].as_str() {
-            lock(&self.exits).remove(invocation_id);
-            return Err(RunnerError::Protocol(err.to_string()));
-        }
-        Ok((rx, reply["spare"].as_str().map(str::to_string)))
+        rx
+    }
+
+    /// Tell the warm process that spare `spare` now runs `invocation_id` of `function` (it was
+    /// sent its run directly): its exit is reported for that run, a kill of that run reaches
+    /// it, and a replacement is forked (which rehearses `function`).
+    pub(crate) async fn taken(
+        &self,
+        spare: &str,
+        invocation_id: &str,
+        function: &str,
+    ) -> Result<(), RunnerError> {
+        self.send(&json!({
+            "op": "taken",
+            "spare": spare,
+            "invocation_id": invocation_id,
+            "function": function,
+        }))
+        .await
     }
 
     /// Kill a run's whole process group.
     pub async fn kill(&self, invocation_id: &str) -> Result<(), RunnerError> {
+        lock(&self.killed).insert(invocation_id);
         self.send(&json!({"op": "kill", "invocation_id": invocation_id}))
             .await
     }
@@ -364,19 +380,59 @@ impl WarmHost {
 }
 
 impl WarmHost {
-    /// The cgroup prepared for the process `pid`, if that process registered as a spare and
-    /// is still in it.
-    pub(crate) fn take_prepared(&self, pid: i32) -> Option<Cgroup> {
-        self.spares.take_by_pid(pid)
+    /// The oldest ready spare of this process, once there is one (see [`Spares::take`]).
+    pub(crate) async fn take_spare(&self) -> Result<crate::spares::Ready, String> {
+        self.spares.take().await
     }
 
-    /// The spare `name`, with its streams connected (see [`Spares::take_ready`]).
-    pub(crate) async fn take_spare(
-        &self,
-        name: &str,
-        within: std::time::Duration,
-    ) -> Option<crate::spares::Ready> {
-        self.spares.take_ready(name, within).await
+    /// A spare the run did not use goes to the next run.
+    pub(crate) fn put_back(&self, spare: crate::spares::Ready) {
+        self.spares.put_back(spare)
+    }
+
+    /// Whether a kill of this run came (a run killed before it reached its spare never
+    /// starts).
+    pub(crate) fn was_killed(&self, invocation_id: &str) -> bool {
+        lock(&self.killed).contains(invocation_id)
+    }
+
+    /// The run has ended: its kill, if any, need not be remembered.
+    pub(crate) fn forget(&self, invocation_id: &str) {
+        lock(&self.killed).remove(invocation_id);
+        lock(&self.exits).remove(invocation_id);
+    }
+}
+
+/// Invocations killed on this host, oldest first, at most [`Killed::KEPT`] (a kill for a
+/// run that never came here is forgotten in turn).
+#[derive(Default)]
+struct Killed {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Killed {
+    const KEPT: usize = 4096;
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.set.remove(id) {
+            self.order.retain(|o| o != id);
+        }
     }
 }
 

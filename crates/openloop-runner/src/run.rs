@@ -1,6 +1,6 @@
 //! Following one invocation from fork to outcome (its output: [`crate::output`]).
 
-use crate::channels::{Channel, Channels};
+use crate::channels::Channel;
 use crate::host::{destroy_later, ExitInfo, WarmHost};
 pub use crate::output::{log_channel, LogLimits, LogLine, LOG_CHANNEL_RECORDS};
 use crate::output::{notice, read_control, read_output, LogBudget};
@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -18,9 +19,6 @@ const STAGE: &str = "openloop::stage";
 
 /// How long to wait for a run's streams once its process is known to be gone.
 const GRACE: Duration = Duration::from_millis(1500);
-/// How long a spare's streams may take to show once its warm process named it for a run
-/// (they were connected before the spare read its run; this covers a server under load).
-const SPARE_STREAMS: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -50,19 +48,13 @@ pub fn failure(kind: &str, message: impl Into<String>) -> RunOutcome {
 }
 
 /// Run one invocation in a child of `host`; log lines go to `logs` as they are produced.
-pub async fn run(
-    host: &WarmHost,
-    channels: &Arc<Channels>,
-    req: RunRequest,
-    logs: mpsc::Sender<LogLine>,
-) -> RunOutcome {
-    let mut reg = channels.register(&req.invocation_id);
+pub async fn run(host: &WarmHost, req: RunRequest, logs: mpsc::Sender<LogLine>) -> RunOutcome {
     // The run's own cgroup: a memory hog or a fork bomb fails alone, and whatever the run
-    // leaves behind is killed with it. It is known once the run's process connects: usually
-    // that process registered ahead of time and already sits in a cgroup of its own.
+    // leaves behind is killed with it. Its spare already sits in a cgroup of its own.
     let budget = Arc::new(LogBudget::new(req.log_limits));
     let mut cgroup: Option<Cgroup> = None;
-    let outcome = run_in(host, &req, &mut reg, &mut cgroup, &logs, &budget).await;
+    let outcome = run_in(host, &req, &mut cgroup, &logs, &budget).await;
+    host.forget(&req.invocation_id);
     finish(outcome, cgroup, &budget, &logs, &req)
         .instrument(tracing::info_span!(target: STAGE, "teardown"))
         .await
@@ -110,99 +102,100 @@ async fn finish(
     }
 }
 
+/// The run's frame for its spare: what to run, with what, in which environment.
+fn run_frame(req: &RunRequest) -> Vec<u8> {
+    let body = json!({
+        "invocation_id": req.invocation_id,
+        "function": req.function,
+        "request": req.request,
+        "env": req.env,
+    })
+    .to_string();
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body.as_bytes());
+    frame
+}
+
+/// Hand the run to a ready spare: into the run's cgroup (the spare's own, unless the run
+/// has other limits), then the run's frame on the spare's control stream, which is what
+/// starts it. A spare that died while it waited is passed over for the next.
+async fn start(
+    host: &WarmHost,
+    req: &RunRequest,
+) -> Result<Option<(crate::spares::Ready, Cgroup)>, String> {
+    let frame = run_frame(req);
+    loop {
+        let mut spare = host.take_spare().await?;
+        if host.was_killed(&req.invocation_id) {
+            host.put_back(spare);
+            return Ok(None);
+        }
+        let joined = match join_cgroup(spare.pid, spare.cgroup.clone(), host, req) {
+            Ok(c) => c,
+            Err(e) => {
+                destroy_later([spare.cgroup]);
+                return Err(format!("the run could not join its cgroup: {e}"));
+            }
+        };
+        if spare.control.stream.write_all(&frame).await.is_ok() {
+            return Ok(Some((spare, joined)));
+        }
+        destroy_later([joined]);
+    }
+}
+
 async fn run_in(
     host: &WarmHost,
     req: &RunRequest,
-    reg: &mut crate::channels::Registration,
     cgroup: &mut Option<Cgroup>,
     logs: &mpsc::Sender<LogLine>,
     budget: &Arc<LogBudget>,
 ) -> RunOutcome {
-    let msg = json!({
-        "op": "run",
-        "invocation_id": req.invocation_id,
-        "function": req.function,
-        "request": req.request,
-        "key": reg.key,
-        "env": req.env,
-    });
-    let forked = host
-        .fork(msg, &req.invocation_id)
-        .instrument(tracing::info_span!(target: STAGE, "fork"))
-        .await;
-    let (mut exit_rx, mut spare) = match forked {
-        Ok((rx, spare)) => (Some(rx), spare),
+    let mut dead = host.dead_signal();
+    let mut exit_rx = Some(host.expect_exit(&req.invocation_id));
+    let started = async {
+        tokio::select! {
+            r = start(host, req) => r,
+            r = dead.wait_for(|d| d.is_some()) => Err(format!(
+                "its warm process stopped: {}",
+                r.map(|d| d.clone().unwrap_or_default()).unwrap_or_default()
+            )),
+        }
+    }
+    .instrument(tracing::info_span!(target: STAGE, "handoff"))
+    .await;
+    let (spare, joined) = match started {
+        Ok(Some(s)) => s,
+        Ok(None) => return failure("Canceled", "the invocation was canceled before it started"),
         Err(e) => return failure("StartFailed", format!("the run could not start: {e}")),
     };
-    // The spare's streams, connected ahead of the run; a spare that could not register
-    // connects the run's own streams instead (the `Channel::Control` branch below).
-    let spare_ready = async {
-        match spare.take() {
-            Some(name) => host.take_spare(&name, SPARE_STREAMS).await,
-            None => None,
-        }
-    };
-    tokio::pin!(spare_ready);
-    let mut awaiting_spare = true;
-    // Stage spans (see `openloop_api::stages`): until the run's process connects, then its code.
-    let mut connecting = Some(tracing::info_span!(target: STAGE, "connect"));
-    let mut user_code: Option<tracing::Span> = None;
-    let mut dead = host.dead_signal();
+    *cgroup = Some(joined);
+    let crate::spares::Ready {
+        name,
+        control,
+        stdout,
+        stderr,
+        ..
+    } = spare;
+    // The warm process learns which run its spare is (for the run's kill and exit status)
+    // and forks a replacement; the run is not waiting for it.
+    if let Err(e) = host.taken(&name, &req.invocation_id, &req.function).await {
+        tracing::debug!(invocation = %req.invocation_id, error = %e, "could not tell the warm process of a run");
+    }
+    let user_code = tracing::info_span!(target: STAGE, "user_code");
+    let mut control = tokio::spawn(read_control(control, logs.clone(), budget.clone()));
+    let mut readers: Vec<JoinHandle<()>> = [(Channel::Stdout, stdout), (Channel::Stderr, stderr)]
+        .into_iter()
+        .map(|(channel, mut s)| {
+            s.channel = channel;
+            tokio::spawn(read_output(s, logs.clone(), budget.clone()))
+        })
+        .collect();
     let mut exit: Option<ExitInfo> = None;
-    let mut control: Option<JoinHandle<Option<Value>>> = None;
-    let mut readers: Vec<JoinHandle<()>> = Vec::new();
-    let mut streams_seen = 0;
     let mut deadline: Option<tokio::time::Instant> = None;
     let outcome_frame: Option<Value> = loop {
         tokio::select! {
-            ready = &mut spare_ready, if awaiting_spare && control.is_none() => {
-                awaiting_spare = false;
-                let Some(ready) = ready else { continue };
-                drop(connecting.take());
-                let crate::spares::Ready { pid, cgroup: prepared, control: mut conn, stdout, stderr } = ready;
-                reg.seal(pid);
-                let admitted = admit(&mut conn.stream, pid, Some(prepared), host, req)
-                    .instrument(tracing::info_span!(target: STAGE, "admit"))
-                    .await;
-                match admitted {
-                    Ok(joined) => {
-                        user_code = Some(tracing::info_span!(target: STAGE, "user_code"));
-                        *cgroup = Some(joined);
-                        control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
-                        for (channel, mut s) in [(Channel::Stdout, stdout), (Channel::Stderr, stderr)] {
-                            s.channel = channel;
-                            streams_seen += 1;
-                            readers.push(tokio::spawn(read_output(s, logs.clone(), budget.clone())));
-                        }
-                    }
-                    Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
-                }
-            }
-            Some(conn) = reg.connections.recv() => match conn.channel {
-                // The run started on its spare's streams: nothing else is its control.
-                Channel::Control if control.is_some() => {}
-                Channel::Control => {
-                    drop(connecting.take());
-                    let mut conn = conn;
-                    let prepared = host.take_prepared(conn.peer_pid);
-                    let admitted = admit(&mut conn.stream, conn.peer_pid, prepared, host, req)
-                        .instrument(tracing::info_span!(target: STAGE, "admit"))
-                        .await;
-                    match admitted {
-                        Ok(joined) => {
-                            user_code = Some(tracing::info_span!(target: STAGE, "user_code"));
-                            *cgroup = Some(joined);
-                            control = Some(tokio::spawn(read_control(conn, logs.clone(), budget.clone())));
-                        }
-                        Err(e) => return failure("StartFailed", format!("the run could not join its cgroup: {e}")),
-                    }
-                }
-                Channel::Stdout | Channel::Stderr => {
-                    streams_seen += 1;
-                    readers.push(tokio::spawn(read_output(conn, logs.clone(), budget.clone())));
-                }
-                _ => {}
-            },
             r = async { exit_rx.as_mut().expect("guarded").await }, if exit_rx.is_some() => {
                 exit = Some(r.unwrap_or_default());
                 exit_rx = None;
@@ -212,15 +205,16 @@ async fn run_in(
                 exit_rx = None;
                 deadline = Some(tokio::time::Instant::now() + GRACE);
             }
-            r = async { control.as_mut().expect("guarded").await }, if control.is_some() => {
-                drop(user_code.take());
+            r = &mut control => {
                 break r.ok().flatten();
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && control.is_none() => {
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                control.abort();
                 break None;
             }
         }
     };
+    drop(user_code);
     // The process is gone (its control stream closed). Its exit status only explains a run
     // that ended without a result; with one, it is not waited for (the process's last steps,
     // such as tearing down its namespaces, are off the run's path).
@@ -231,24 +225,9 @@ async fn run_in(
             exit = Some(e);
         }
     }
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
-    while streams_seen < 2 {
-        match tokio::time::timeout_at(drain_until, reg.connections.recv()).await {
-            Ok(Some(conn)) if matches!(conn.channel, Channel::Stdout | Channel::Stderr) => {
-                streams_seen += 1;
-                readers.push(tokio::spawn(read_output(
-                    conn,
-                    logs.clone(),
-                    budget.clone(),
-                )));
-            }
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    for mut r in readers {
+    for r in readers.iter_mut() {
         // A background process of the run may keep its output open; do not wait for it forever.
-        if tokio::time::timeout(GRACE, &mut r).await.is_err() {
+        if tokio::time::timeout(GRACE, &mut *r).await.is_err() {
             r.abort();
         }
     }
@@ -259,38 +238,30 @@ async fn run_in(
     }
 }
 
-/// Put the run's process `pid` (known from its control connection) in a cgroup of its own:
-/// the one prepared for it when it registered as a spare, or else a new one it is moved
-/// into. Then let it go on (one byte on `control`): the child waits for this byte before it
-/// runs any user code. The engine socket admits the run's output streams from this same pid
-/// only.
-async fn admit(
-    control: &mut tokio::net::UnixStream,
+/// The run's cgroup for its spare's process `pid`: the one the spare was moved into when it
+/// registered, or, for a run with other limits, a new one the process is moved into (the
+/// prepared one, left empty, goes). The engine socket admitted the spare's streams from this
+/// same pid only.
+fn join_cgroup(
     pid: i32,
-    prepared: Option<Cgroup>,
+    prepared: Cgroup,
     host: &WarmHost,
     req: &RunRequest,
 ) -> std::io::Result<Cgroup> {
-    use tokio::io::AsyncWriteExt;
     if pid <= 0 {
         return Err(std::io::Error::other("the run's pid is unknown"));
     }
-    let cgroup = match prepared {
-        Some(c) if host.spec.run_limits == req.limits => c,
-        other => {
-            let c = Cgroup::create(&req.cgroup_name, req.limits)?;
-            let attached = c.attach(pid);
-            // A prepared cgroup with other limits is left empty by the move: it goes.
-            destroy_later(other);
-            if let Err(e) = attached {
-                destroy_later([c]);
-                return Err(e);
-            }
-            c
-        }
-    };
-    control.write_all(b"\x01").await?;
-    Ok(cgroup)
+    if host.spec.run_limits == req.limits {
+        return Ok(prepared);
+    }
+    let c = Cgroup::create(&req.cgroup_name, req.limits)?;
+    let attached = c.attach(pid);
+    destroy_later([prepared]);
+    if let Err(e) = attached {
+        destroy_later([c]);
+        return Err(e);
+    }
+    Ok(c)
 }
 
 fn describe_exit(exit: Option<ExitInfo>) -> String {

@@ -1,11 +1,14 @@
-//! Spares: the processes a warm process forks and isolates ahead of its next runs.
+//! Spares: the processes a warm process forks and isolates ahead of its next runs, and the
+//! pool runs take them from.
 //!
 //! A spare registers on the engine socket under its warm process's spare registration and a
 //! random name of its own, as soon as it is isolated. The server then moves it into a fresh
 //! run cgroup (moving a process between v1 cgroups can take milliseconds) and says so with
-//! one byte; the spare connects its output streams right after. All of that is off the
-//! run's path: when a run comes, the warm process hands it to its spare and replies with the
-//! spare's name, and the run starts at once on the streams already connected.
+//! one byte; the spare connects its output streams right after, makes them its fds 1 and 2,
+//! and waits for a run on its control stream. Once all three streams are in, the spare is
+//! ready: a run takes the oldest ready spare ([`Spares::take`]) and sends it the run as one
+//! frame on that control stream, so no other process is on the run's path; the warm process
+//! learns of it afterwards ([`crate::host::WarmHost::taken`]) and forks a replacement.
 //!
 //! The three streams of a spare must come from one process (by `SO_PEERCRED`), the one that
 //! was moved into the cgroup, as a run's own streams must. And that process must still be in
@@ -14,13 +17,13 @@
 //! cgroup, so it cannot register as a spare to be moved out of the cgroup its run's end
 //! empties.
 
-use crate::channels::{Channel, Connection, Registration};
+use crate::channels::{refuse, Channel, Connection, Refusal, Registration};
 use crate::host::destroy_later;
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sync::lock;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -33,8 +36,10 @@ struct Entry {
     stderr: Option<Connection>,
 }
 
-/// A spare with all three streams, taken for a run.
+/// A spare with all three streams, ready for a run.
 pub(crate) struct Ready {
+    /// The name it registered under (the warm process knows it by this name).
+    pub name: String,
     pub pid: i32,
     /// The process is in it: it was moved there when it registered, and cannot leave on
     /// its own (its cgroup files belong to root).
@@ -44,11 +49,37 @@ pub(crate) struct Ready {
     pub stderr: Connection,
 }
 
-/// The spares of one warm process, by name.
+#[derive(Default)]
+struct State {
+    /// Registered, some streams still on their way.
+    partial: HashMap<String, Entry>,
+    /// All streams in, oldest first.
+    ready: VecDeque<Ready>,
+    /// Why the warm process could not prepare a spare, for runs waiting for one.
+    failures: VecDeque<String>,
+}
+
+/// The spares of one warm process.
 #[derive(Default)]
 pub(crate) struct Spares {
-    by_name: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
+    /// A spare became ready or a failure came; only the run whose turn it is waits on it.
     changed: Notify,
+    /// Runs take spares in the order they asked.
+    turn: tokio::sync::Mutex<()>,
+    /// Runs in [`Spares::take`] (a failure with nobody waiting is not kept).
+    waiting: AtomicUsize,
+}
+
+/// Counts a run as waiting for a spare while it lives.
+struct Waiting<'a>(&'a Spares);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            lock(&self.0.state).failures.clear();
+        }
+    }
 }
 
 impl Spares {
@@ -74,7 +105,11 @@ impl Spares {
                     self.admit(conn, name, &warm, format!("{prefix}spare{n}"), limits)
                         .await;
                 }
-                Channel::SpareStdout | Channel::SpareStderr => self.add_stream(conn, &name),
+                Channel::SpareStdout | Channel::SpareStderr => {
+                    if let Err((stream, why)) = self.add_stream(conn, &name) {
+                        refuse(stream, why).await;
+                    }
+                }
                 _ => {}
             }
         }
@@ -89,7 +124,7 @@ impl Spares {
         cgroup_name: String,
         limits: Limits,
     ) {
-        if lock(&self.by_name).contains_key(&name) {
+        if lock(&self.state).partial.contains_key(&name) {
             return;
         }
         let pid = conn.peer_pid;
@@ -101,39 +136,53 @@ impl Spares {
                     pid,
                     "engine socket: a process outside its warm process's cgroup tried to register as a spare"
                 );
-                return Err(std::io::Error::other("not a spare"));
+                return Err(None);
             }
-            let cgroup = Cgroup::create(&cgroup_name, limits)?;
+            let cgroup = Cgroup::create(&cgroup_name, limits).map_err(Some)?;
             match cgroup.attach(pid) {
                 Ok(()) => Ok(cgroup),
                 Err(e) => {
                     cgroup.destroy();
-                    Err(e)
+                    Err(Some(e))
                 }
             }
         })
         .await;
-        let Ok(Ok(cgroup)) = made else { return };
+        let cgroup = match made {
+            Ok(Ok(cgroup)) => cgroup,
+            Ok(Err(None)) => return refuse(conn.stream, Refusal::NotASpare).await,
+            Ok(Err(Some(e))) => {
+                tracing::warn!(pid, error = %e, "could not move a spare into its run cgroup");
+                return;
+            }
+            Err(_) => return,
+        };
         // Spares of an earlier process with this pid ended unused: their cgroups go.
         let stale: Vec<Cgroup> = {
-            let mut m = lock(&self.by_name);
-            let names: Vec<String> = m
+            let mut s = lock(&self.state);
+            let names: Vec<String> = s
+                .partial
                 .iter()
                 .filter(|(_, e)| e.pid == pid)
                 .map(|(k, _)| k.clone())
                 .collect();
-            names
+            let mut stale: Vec<Cgroup> = names
                 .iter()
-                .filter_map(|k| m.remove(k))
+                .filter_map(|k| s.partial.remove(k))
                 .map(|e| e.cgroup)
-                .collect()
+                .collect();
+            let (gone, kept): (Vec<Ready>, Vec<Ready>) =
+                s.ready.drain(..).partition(|r| r.pid == pid);
+            s.ready = kept.into();
+            stale.extend(gone.into_iter().map(|r| r.cgroup));
+            stale
         };
         destroy_later(stale);
         if conn.stream.write_all(b"\x01").await.is_err() {
             destroy_later([cgroup]);
             return;
         }
-        lock(&self.by_name).insert(
+        lock(&self.state).partial.insert(
             name,
             Entry {
                 pid,
@@ -143,79 +192,101 @@ impl Spares {
                 stderr: None,
             },
         );
-        self.changed.notify_waiters();
     }
 
-    /// A spare's output stream, kept if it comes from the spare's own process.
-    fn add_stream(&self, conn: Connection, name: &str) {
-        {
-            let mut m = lock(&self.by_name);
-            let Some(e) = m.get_mut(name).filter(|e| e.pid == conn.peer_pid) else {
-                return;
-            };
-            let slot = if conn.channel == Channel::SpareStdout {
-                &mut e.stdout
-            } else {
-                &mut e.stderr
-            };
-            if slot.is_none() {
-                *slot = Some(conn);
-            }
+    /// A spare's output stream, kept if it comes from the spare's own process; with both,
+    /// the spare is ready.
+    fn add_stream(
+        &self,
+        conn: Connection,
+        name: &str,
+    ) -> Result<(), (tokio::net::UnixStream, Refusal)> {
+        let mut s = lock(&self.state);
+        let Some(e) = s.partial.get_mut(name).filter(|e| e.pid == conn.peer_pid) else {
+            let channel = conn.channel.name();
+            return Err((conn.stream, Refusal::NoSuchSpare(channel)));
+        };
+        let slot = if conn.channel == Channel::SpareStdout {
+            &mut e.stdout
+        } else {
+            &mut e.stderr
+        };
+        if slot.is_some() {
+            let channel = conn.channel.name();
+            return Err((conn.stream, Refusal::NoSuchSpare(channel)));
         }
-        self.changed.notify_waiters();
+        *slot = Some(conn);
+        if e.stdout.is_none() || e.stderr.is_none() {
+            return Ok(());
+        }
+        let Some(Entry {
+            pid,
+            cgroup,
+            control,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }) = s.partial.remove(name)
+        else {
+            return Ok(());
+        };
+        s.ready.push_back(Ready {
+            name: name.to_string(),
+            pid,
+            cgroup,
+            control,
+            stdout,
+            stderr,
+        });
+        drop(s);
+        self.changed.notify_one();
+        Ok(())
     }
 
-    /// The spare `name` once all its streams are connected (they are on their way when the
-    /// warm process names it: the spare connects them before it reads its run), at most
-    /// `within`. `None` when it never registered: it then connects its run's streams itself.
-    pub(crate) async fn take_ready(&self, name: &str, within: Duration) -> Option<Ready> {
-        let deadline = tokio::time::Instant::now() + within;
+    /// The warm process could not prepare a spare: the run waiting longest fails with
+    /// `reason` (nobody waiting: nothing to tell).
+    pub(crate) fn failed(&self, reason: String) {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        lock(&self.state).failures.push_back(reason);
+        self.changed.notify_one();
+    }
+
+    /// The oldest ready spare, waiting for one if none is (the warm process forks them as
+    /// they are taken); or why the warm process could not prepare one.
+    pub(crate) async fn take(&self) -> Result<Ready, String> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(self);
+        let _turn = self.turn.lock().await;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut m = lock(&self.by_name);
-                if m.get(name)
-                    .is_some_and(|e| e.stdout.is_some() && e.stderr.is_some())
-                {
-                    let e = m.remove(name)?;
-                    return Some(Ready {
-                        pid: e.pid,
-                        cgroup: e.cgroup,
-                        control: e.control,
-                        stdout: e.stdout?,
-                        stderr: e.stderr?,
-                    });
+                let mut s = lock(&self.state);
+                if let Some(r) = s.ready.pop_front() {
+                    return Ok(r);
+                }
+                if let Some(reason) = s.failures.pop_front() {
+                    return Err(reason);
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
+            notified.await;
         }
     }
 
-    /// The cgroup prepared for process `pid`, for a run whose process connected its streams
-    /// itself (its spare registration did not complete); the spare's own streams are closed.
-    pub(crate) fn take_by_pid(&self, pid: i32) -> Option<Cgroup> {
-        let entry = {
-            let mut m = lock(&self.by_name);
-            let name = m
-                .iter()
-                .find(|(_, e)| e.pid == pid)
-                .map(|(k, _)| k.clone())?;
-            m.remove(&name)?
-        };
-        if entry.cgroup.holds(pid) {
-            Some(entry.cgroup)
-        } else {
-            destroy_later([entry.cgroup]);
-            None
-        }
+    /// A spare taken for a run that did not use it (the run was canceled first): the next
+    /// run takes it.
+    pub(crate) fn put_back(&self, ready: Ready) {
+        lock(&self.state).ready.push_front(ready);
+        self.changed.notify_one();
     }
 
     /// Every spare's cgroup, for the warm process's end.
     pub(crate) fn drain(&self) -> Vec<Cgroup> {
-        lock(&self.by_name).drain().map(|(_, e)| e.cgroup).collect()
+        let mut s = lock(&self.state);
+        let mut all: Vec<Cgroup> = s.partial.drain().map(|(_, e)| e.cgroup).collect();
+        all.extend(s.ready.drain(..).map(|r| r.cgroup));
+        all
     }
 }

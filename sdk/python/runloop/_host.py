@@ -4,11 +4,14 @@ It imports the agent module once, then serves the server over the control socket
 (fd given by ``--control-fd``), one JSON object per line:
 
 - ``{"op": "validate", "id", "function", "request"}`` -> ``{"id", "errors": [...]}``
-- ``{"op": "run", "id", "invocation_id", "function", "request", "key", "env"}``
-  hands the run to a child forked ahead of time -> ``{"id", "pid", "spare"}``; when the
-  child ends
+- ``{"op": "taken", "spare", "invocation_id", "function"}``: the server gave a run to the spare
+  ``spare`` (directly, on that spare's control stream); this process notes which run the
+  spare's process is, forks a replacement, and when the process ends sends
   ``{"event": "exit", "invocation_id", "pid", "code" | "signal"}``
 - ``{"op": "kill", "invocation_id"}`` kills the run's process group.
+
+It sends ``{"event": "spare_failed", "error"}`` when a process for the next run could not
+be forked, isolated or registered (a run waiting for one then fails with that reason).
 
 Each run is isolated from every other run and from this process: its process is forked
 ahead of time and, before any run code, enters user, mount and pid namespaces of its own
@@ -17,14 +20,15 @@ size-limited tmpfs of its own as ``/tmp`` (gone when the run ends), drops every
 capability, loads the sandbox's seccomp filter (no namespaces, mounts, ``bpf``, …) and
 makes itself non-dumpable, so no other process of the deployment can read its memory.
 
-The child has three streams to the server's engine socket (``control``, ``stdout``,
-``stderr``); its file descriptors 1 and 2 become the output streams, so nothing a
-function prints can be mistaken for its result, which travels as a length-prefixed
-JSON frame on ``control``. A spare connects them as soon as it is isolated, under this
-host's spare registration and a random name of its own (``spare``, ``spare_stdout``,
-``spare_stderr``); the reply to ``run`` names the spare that took the run, and the server
-starts it on those streams. A spare whose registration failed connects them when its run
-arrives instead, under the run's own key.
+Spares (the processes of the next runs) are forked and isolated ahead of time. Each
+registers on the server's engine socket as soon as it is isolated, under this host's spare
+registration and a random name of its own, with three streams: ``spare`` (control),
+``spare_stdout`` and ``spare_stderr``. The server moves it into a run cgroup of its own and
+says so with one byte; the spare then makes fds 1 and 2 its output streams (so nothing a
+function prints can be mistaken for its result, which travels as a length-prefixed JSON
+frame on the control stream) and waits. A run comes from the server as one length-prefixed
+JSON frame on that control stream (``{"invocation_id", "function", "request", "env"}``):
+this process is not on the run's path, and learns of it afterwards through ``taken``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import io
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -47,7 +52,7 @@ import time
 import traceback
 from typing import Any
 
-from ._function import FunctionDefinition, registered_functions
+from ._function import registered_functions
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNS = 0x00020000
@@ -171,14 +176,10 @@ class FrameLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _connect(
-    path: str, invocation_id: str, key: str, channel: str, spare: str | None = None
-) -> socket.socket:
+def _connect(path: str, spare_id: str, key: str, channel: str, spare: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
-    header: dict[str, str] = {"invocation_id": invocation_id, "key": key, "channel": channel}
-    if spare is not None:
-        header["spare"] = spare
+    header = {"invocation_id": spare_id, "key": key, "channel": channel, "spare": spare}
     s.sendall(json.dumps(header).encode() + b"\n")
     return s
 
@@ -186,62 +187,93 @@ def _connect(
 #: A spare's three streams, connected ahead of its run: control, stdout, stderr.
 Streams = tuple[socket.socket, socket.socket, socket.socket]
 
+#: Exit codes of a spare that never got to wait for a run.
+_NOT_ISOLATED = 71
+_NOT_REGISTERED = 72
 
-def _run_child(
-    msg: dict[str, Any],
-    fn: FunctionDefinition,
-    engine_socket: str,
-    streams: Streams | None,
-) -> None:
-    """Body of the forked child; never returns."""
-    code = 0
-    control: socket.socket | None = None
+
+def _read_exact(sock: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes, or ``None`` if the stream ends first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_frame(sock: socket.socket) -> Any:
+    """One length-prefixed JSON frame, or ``None`` if the stream ends first."""
+    header = _read_exact(sock, 4)
+    if header is None:
+        return None
+    body = _read_exact(sock, struct.unpack(">I", header)[0])
+    return None if body is None else json.loads(body)
+
+
+def _text_stream(fd: int) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="replace",
+        line_buffering=True,
+        write_through=True,
+    )
+
+
+def _rehearse(function: str | None) -> None:
+    """Touch what a run goes through before it comes (see ``FunctionDefinition.rehearse``):
+    the framing, and the function its warm process ran last, the likeliest next. Best
+    effort: nothing here may keep the spare from its run."""
     try:
-        os.setsid()
-        path, inv, key = engine_socket, msg["invocation_id"], msg["key"]
-        if streams is not None:
-            control, out, err = streams
-        else:
-            control = _connect(path, inv, key, "control")
-            out = _connect(path, inv, key, "stdout")
-            err = _connect(path, inv, key, "stderr")
-        # The server moves this process into the run's own cgroup, then sends one byte:
-        # nothing of the function runs before its limits hold.
-        if control.recv(1) != b"\x01":
-            os._exit(70)
+        body = json.dumps({"type": "result", "value": {"k": [1, 2.5, "v", None, True]}})
+        json.loads(body)
+        struct.unpack(">I", struct.pack(">I", len(body)))
+        fn = registered_functions().get(function or "")
+        if fn is not None:
+            fn.rehearse()
+    except Exception:  # noqa: BLE001, S110 - a rehearsal only saves time
+        pass
+
+
+def _serve_one_run(streams: Streams, hint: str | None) -> None:
+    """In a registered spare: get ready for a run, wait for it on the control stream, run
+    it. Never returns."""
+    code = 0
+    control, out, err = streams
+    try:
+        # Everything that does not depend on the run happens before it comes.
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         out.close()
         err.close()
-        sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False),
-            encoding="utf-8",
-            errors="replace",
-            line_buffering=True,
-            write_through=True,
-        )
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False),
-            encoding="utf-8",
-            errors="replace",
-            line_buffering=True,
-            write_through=True,
-        )
+        sys.stdout = _text_stream(1)
+        sys.stderr = _text_stream(2)
         frames = FrameWriter(control)
         root = logging.getLogger()
         for h in list(root.handlers):
             root.removeHandler(h)
         root.addHandler(FrameLogHandler(frames))
         root.setLevel(logging.INFO)
-        os.environ.update(msg.get("env") or {})
+        _rehearse(hint)
+        msg = _read_frame(control)
+        if msg is None:
+            # The server let this spare go unused (its deployment was replaced).
+            os._exit(0)
         try:
+            name = msg["function"]
+            fn = registered_functions().get(name)
+            if fn is None:
+                raise LookupError(f"unknown function {name!r}")
+            os.environ.update(msg.get("env") or {})
             kwargs = fn.arguments(msg["request"])
             if fn.coordinator_params:
                 from ._coordinator import SystemCoordinator
 
-                coordinator = SystemCoordinator(invocation_id=inv)
-                for name in fn.coordinator_params:
-                    kwargs[name] = coordinator
+                coordinator = SystemCoordinator(invocation_id=msg["invocation_id"])
+                for param in fn.coordinator_params:
+                    kwargs[param] = coordinator
             if fn.is_async:
                 value = asyncio.run(fn.func(**kwargs))
             else:
@@ -265,11 +297,11 @@ def _run_child(
         code = 70
     finally:
         _flush()
-        _close_streams(streams, control)
+        _close_streams(streams)
         os._exit(code)
 
 
-def _close_streams(streams: Streams | None, control: socket.socket | None) -> None:
+def _close_streams(streams: Streams) -> None:
     """Close the run's streams before its process exits. The kernel closes an exiting
     process's descriptors only after tearing down its memory (a copy of the warm process:
     about 1.5 ms), and the server ends the run when its streams close; the result is already
@@ -280,12 +312,11 @@ def _close_streams(streams: Streams | None, control: socket.socket | None) -> No
             os.close(fd)
         except OSError:
             pass
-    for s in [*(streams or ()), control]:
-        if s is not None:
-            try:
-                s.close()
-            except OSError:
-                pass
+    for s in streams:
+        try:
+            s.close()
+        except OSError:
+            pass
 
 
 def _flush() -> None:
@@ -296,31 +327,66 @@ def _flush() -> None:
             pass
 
 
-#: Runs' processes kept forked and isolated ahead of time: two, so that a run arriving while
-#: the process for the next one is still being prepared does not wait for it.
-SPARES = 2
+#: Runs' processes kept forked, isolated and registered ahead of time. Preparing one (fork,
+#: namespaces, mounts, the server's cgroup move, three connections) takes several
+#: milliseconds, longer than a short run on a busy machine: with four, each has four runs'
+#: time to get ready, so runs one after another do not wait for them. (Each idle one costs
+#: little memory: its pages are the warm process's until written.)
+SPARES = 4
+
+#: Spares that ended before the server's ``taken`` for them arrived, remembered this long
+#: (by name) so that their run still gets its exit status.
+_GONE_KEPT = 256
 
 
 class Spare:
     """A run's process forked and isolated ahead of time, waiting for its run."""
 
-    def __init__(self, forked: int, write: int, report: int, name: str) -> None:
+    def __init__(self, forked: int, report: int, name: str) -> None:
         #: The process forked from the host; it exits once it has forked the run's pid 1.
         self.forked = forked
         #: The random name its streams registered under (see ``Host._register_spare``).
         self.name = name
-        #: The run's message goes here.
-        self.write = write
         #: The run's pid (4 bytes), or 0 and the reason its isolation failed.
         self.report = report
         self.pid: int | None = None
+        #: Why it could not be isolated, once known.
+        self.failure: str | None = None
+
+    def learn_pid(self, block: bool) -> None:
+        """Read the pid its forked process reported (written before that process exits,
+        so it is there once the spare's pid 1 could have ended)."""
+        if self.pid is not None or self.failure is not None or self.report < 0:
+            return
+        try:
+            if block:
+                select.select([self.report], [], [], 10)
+            data = os.read(self.report, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            data = b""
+            self.failure = str(e)
+        pid = struct.unpack("i", data[:4])[0] if len(data) >= 4 else 0
+        if pid > 0:
+            self.pid = pid
+        elif self.failure is None:
+            self.failure = data[4:].decode(errors="replace") or "its process ended during set-up"
+        self.close()
 
     def close(self) -> None:
-        for fd in (self.write, self.report):
+        if self.report >= 0:
             try:
-                os.close(fd)
+                os.close(self.report)
             except OSError:
                 pass
+            self.report = -1
+
+
+def _exit_fields(status: int) -> dict[str, int]:
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status)}
+    return {"code": os.waitstatus_to_exitcode(status)}
 
 
 class Host:
@@ -330,7 +396,7 @@ class Host:
         engine_socket: str,
         run_tmp_bytes: int,
         seccomp: bytes,
-        spare: tuple[str, str] | None = None,
+        spare: tuple[str, str],
     ) -> None:
         self.control = control
         self.engine_socket = engine_socket
@@ -346,10 +412,20 @@ class Host:
         self.functions = registered_functions()
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
-        #: The next run's process, forked and isolated ahead of time.
-        self.spares: collections.deque[Spare] = collections.deque()
+        #: The next runs' processes, forked and isolated ahead of time, by name.
+        self.spares: dict[str, Spare] = {}
+        #: Spares that ended before their ``taken`` came: name -> (pid, exit fields).
+        self.gone: collections.OrderedDict[str, tuple[int, dict[str, int]]] = (
+            collections.OrderedDict()
+        )
         #: Forking a spare failed (the process limit); set again when a process of ours ends.
         self.fork_failed = False
+        #: Spares that failed in a row, and when the next may be forked (a spare that cannot
+        #: be isolated or registered is not retried in a tight loop).
+        self.failures = 0
+        self.next_fork = 0.0
+        #: The function of the last run (spares forked next rehearse it).
+        self.last_function: str | None = None
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
@@ -363,13 +439,16 @@ class Host:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.send({"event": "ready", "functions": sorted(self.functions)})
         while True:
-            # Spares are replaced when nothing else waits: a request (a validation, the next
-            # run) never queues behind a fork.
-            ready = self.sel.select(timeout=0)
-            if not ready and len(self.spares) < SPARES and not self.fork_failed:
+            # Spares are replaced when nothing else waits: a request (a validation, a kill)
+            # never queues behind a fork.
+            timeout: float | None = None
+            if len(self.spares) < SPARES and not self.fork_failed:
+                timeout = max(0.0, self.next_fork - time.monotonic())
+            ready = self.sel.select(timeout=timeout)
+            if not ready and timeout is not None:
                 self._try_fork_spare()
                 continue
-            for key, _ in ready or self.sel.select():
+            for key, _ in ready:
                 if key.data == "wake":
                     try:
                         os.read(self.wake_r, 4096)
@@ -389,8 +468,8 @@ class Host:
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
-        fn = self.functions.get(msg.get("function", ""))
         if op == "validate":
+            fn = self.functions.get(msg.get("function", ""))
             if fn is None:
                 self.send(
                     {
@@ -402,22 +481,10 @@ class Host:
                 )
             else:
                 self.send({"id": msg["id"], "errors": fn.validation_errors(msg.get("request"))})
-        elif op == "run":
-            if fn is None:
-                self.send({"id": msg["id"], "error": f"unknown function {msg.get('function')!r}"})
-                return
-            if self.killed_early.pop(msg["invocation_id"], None) is not None:
-                # Its kill arrived first (a cancel raced the start): it never runs.
-                self.send({"id": msg["id"], "error": "the run was canceled before it started"})
-                return
-            try:
-                pid, name = self._hand_to_spare(msg)
-            except RuntimeError as e:
-                self.send({"id": msg["id"], "error": str(e)})
-                return
-            self.children[pid] = msg["invocation_id"]
-            self.by_invocation[msg["invocation_id"]] = pid
-            self.send({"id": msg["id"], "pid": pid, "spare": name})
+        elif op == "taken":
+            if isinstance(msg.get("function"), str):
+                self.last_function = msg["function"]
+            self._taken(str(msg.get("spare", "")), str(msg.get("invocation_id", "")))
         elif op == "kill":
             inv_id = msg.get("invocation_id", "")
             pid = self.by_invocation.get(inv_id)
@@ -427,34 +494,60 @@ class Host:
                 except ProcessLookupError:
                     pass
             elif inv_id:
-                # Not started yet: its run, when it comes, is refused. (Bounded: a kill for a
-                # run that had already ended is remembered too, and forgotten in turn.)
+                # Not started yet: its process is killed when its ``taken`` comes. (Bounded:
+                # a kill for a run that had already ended is remembered too, and forgotten
+                # in turn.)
                 self.killed_early[inv_id] = True
                 while len(self.killed_early) > 1024:
                     self.killed_early.pop(next(iter(self.killed_early)))
 
+    def _taken(self, name: str, inv: str) -> None:
+        """The server started run ``inv`` on spare ``name``: that process is now the run's."""
+        spare = self.spares.pop(name, None)
+        if spare is None:
+            ended = self.gone.pop(name, None)
+            if ended is not None:
+                pid, fields = ended
+                self.send({"event": "exit", "invocation_id": inv, "pid": pid, **fields})
+            return
+        spare.learn_pid(block=True)
+        if spare.pid is None:
+            return
+        self.failures = 0
+        self.children[spare.pid] = inv
+        self.by_invocation[inv] = spare.pid
+        if self.killed_early.pop(inv, None) is not None:
+            try:
+                os.killpg(spare.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _spare_failed(self, reason: str) -> None:
+        self.failures += 1
+        self.next_fork = time.monotonic() + min(2.0, 0.05 * 2 ** (self.failures - 1))
+        self.send({"event": "spare_failed", "error": reason})
+
     def _try_fork_spare(self) -> None:
         """Fork one more run's process ahead of time if the system lets us (at its process
         limit it does not: then no more is tried until a process of ours ends, and a run
-        forks its own)."""
+        waiting for a process fails)."""
         try:
             self._fork_spare()
         except OSError as e:
             self.fork_failed = True
-            print(f"openloop: could not fork a process ahead of time: {e}", file=sys.stderr)
+            self._spare_failed(
+                f"could not start the run's process: {e} (the deployment's process limit)"
+            )
 
     def _fork_spare(self) -> None:
-        """Fork and isolate a run's process ahead of time; it waits on a pipe."""
-        r, w = os.pipe()
+        """Fork and isolate a run's process ahead of time; it registers with the server."""
         report_r, report_w = os.pipe()
         name = os.urandom(12).hex()
         pid = os.fork()
         if pid == 0:
-            os.close(w)
             os.close(report_r)
-            # The other spares' pipes stay theirs: a copy held here would keep a spare's
-            # message pipe open after the host hands it its run, and it would wait forever.
-            for other in self.spares:
+            # The other spares' pipes stay theirs.
+            for other in self.spares.values():
                 other.close()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -462,12 +555,12 @@ class Host:
             self.control.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            self._become_run(r, report_w, name)
-        os.close(r)
+            self._become_run(report_w, name)
         os.close(report_w)
-        self.spares.append(Spare(pid, w, report_r, name))
+        os.set_blocking(report_r, False)
+        self.spares[name] = Spare(pid, report_r, name)
 
-    def _become_run(self, r: int, report_w: int, name: str) -> None:
+    def _become_run(self, report_w: int, name: str) -> None:
         """In the forked process: isolate, fork the run's pid 1, report its pid, exit.
         Never returns."""
         try:
@@ -475,34 +568,25 @@ class Host:
             pid = os.fork()
         except BaseException as e:  # noqa: BLE001 - reported to the host
             os.write(report_w, struct.pack("i", 0) + f"{type(e).__name__}: {e}".encode())
-            os._exit(71)
+            os._exit(_NOT_ISOLATED)
         if pid != 0:
             os.write(report_w, struct.pack("i", pid))
             os._exit(0)
         try:
             _seal_run(self.run_tmp_bytes, self.seccomp)
-        except BaseException:  # noqa: BLE001 - the host sees the pipe close
-            os._exit(71)
+            os.setsid()
+        except BaseException:  # noqa: BLE001 - the host sees the exit code
+            os._exit(_NOT_ISOLATED)
         os.close(report_w)
         streams = self._register_spare(name)
-        chunks = []
-        while True:
-            chunk = os.read(r, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        if not chunks:
-            os._exit(0)
-        msg = json.loads(b"".join(chunks))
-        _run_child(msg, registered_functions()[msg["function"]], self.engine_socket, streams)
+        if streams is None:
+            os._exit(_NOT_REGISTERED)
+        _serve_one_run(streams, self.last_function)
 
     def _register_spare(self, name: str) -> Streams | None:
         """Tell the server this process waits for a run, so that it moves it into a run
         cgroup now rather than when the run starts, and connect the run's three streams now,
-        off its path. Best effort: without them (``None``), the run's start moves the
-        process and the run connects its streams itself."""
-        if self.spare_registration is None:
-            return None
+        off its path. ``None`` if the server did not take it."""
         spare_id, key = self.spare_registration
         opened: list[socket.socket] = []
         try:
@@ -520,47 +604,6 @@ class Host:
                 s.close()
             return None
 
-    def _spare_pid(self, spare: Spare) -> int:
-        """The pid of the spare's run process, once it reported it (raises if it failed)."""
-        if spare.pid is None:
-            data = b""
-            while True:
-                chunk = os.read(spare.report, 4096)
-                if not chunk:
-                    break
-                data += chunk
-            pid = struct.unpack("i", data[:4])[0] if len(data) >= 4 else 0
-            if pid <= 0:
-                reason = data[4:].decode(errors="replace") or "its process ended during set-up"
-                raise RuntimeError(f"the run could not be isolated: {reason}")
-            spare.pid = pid
-        return spare.pid
-
-    def _hand_to_spare(self, msg: dict[str, Any]) -> tuple[int, str]:
-        """Give the run to the waiting process (forking one if there is none); its pid and
-        the name its streams registered under."""
-        last = "no process could be started"
-        for _ in range(2):
-            if not self.spares:
-                try:
-                    self._fork_spare()
-                except OSError as e:
-                    raise RuntimeError(
-                        f"could not start the run's process: {e} (the deployment's process limit)"
-                    ) from None
-            spare = self.spares.popleft()
-            try:
-                pid = self._spare_pid(spare)
-                data = json.dumps(msg).encode()
-                while data:
-                    data = data[os.write(spare.write, data) :]
-                spare.close()
-                return pid, spare.name
-            except (OSError, RuntimeError) as e:
-                spare.close()  # that process died while waiting; fork another
-                last = str(e)
-        raise RuntimeError(f"could not start the run's process: {last}")
-
     def reap(self) -> None:
         # As pid 1 of its sandbox, this process also reaps each run's process (reparented to
         # it when the process that forked it exits) and those forked processes themselves.
@@ -573,22 +616,44 @@ class Host:
                 return
             self.fork_failed = False
             inv = self.children.pop(pid, None)
-            if inv is None:
-                for spare in [s for s in self.spares if s.pid == pid]:
-                    spare.close()
-                    self.spares.remove(spare)
+            if inv is not None:
+                self.by_invocation.pop(inv, None)
+                event: dict[str, Any] = {"event": "exit", "invocation_id": inv, "pid": pid}
+                event.update(_exit_fields(status))
+                event["ts_ms"] = int(time.time() * 1000)
+                self.send(event)
                 continue
-            self.by_invocation.pop(inv, None)
-            event: dict[str, Any] = {"event": "exit", "invocation_id": inv, "pid": pid}
-            if os.WIFSIGNALED(status):
-                event["signal"] = os.WTERMSIG(status)
-            else:
-                event["code"] = os.waitstatus_to_exitcode(status)
-            event["ts_ms"] = int(time.time() * 1000)
-            self.send(event)
+            self._spare_ended(pid, status)
+
+    def _spare_ended(self, pid: int, status: int) -> None:
+        """A spare's process (or the process that forked it) ended before its run was
+        known here."""
+        for spare in list(self.spares.values()):
+            spare.learn_pid(block=False)
+            if pid == spare.forked and spare.failure is not None:
+                del self.spares[spare.name]
+                self._spare_failed(f"the run could not be isolated: {spare.failure}")
+                return
+            if pid != spare.pid:
+                continue
+            del self.spares[spare.name]
+            spare.close()
+            fields = _exit_fields(status)
+            # Its run may have been handed to it already (the server's ``taken`` follows).
+            self.gone[spare.name] = (pid, fields)
+            while len(self.gone) > _GONE_KEPT:
+                self.gone.popitem(last=False)
+            code = fields.get("code")
+            if code == _NOT_ISOLATED:
+                self._spare_failed("the run could not be isolated (its sandbox set-up failed)")
+            elif code == _NOT_REGISTERED:
+                self._spare_failed(
+                    "the run's process could not register with the server's engine socket"
+                )
+            return
 
     def shutdown(self) -> None:
-        for spare in self.spares:
+        for spare in self.spares.values():
             if spare.pid is not None:
                 try:
                     os.kill(spare.pid, signal.SIGKILL)
@@ -609,8 +674,8 @@ def main() -> None:
     parser.add_argument("--engine-socket", required=True)
     parser.add_argument("--run-tmp-bytes", type=int, required=True)
     parser.add_argument("--run-seccomp", required=True)
-    parser.add_argument("--spare-id")
-    parser.add_argument("--spare-key")
+    parser.add_argument("--spare-id", required=True)
+    parser.add_argument("--spare-key", required=True)
     args = parser.parse_args()
     _non_dumpable()
     with open(args.run_seccomp, "rb") as f:
@@ -635,7 +700,7 @@ def main() -> None:
 
     gc.collect()
     gc.freeze()
-    spare = (args.spare_id, args.spare_key) if args.spare_id and args.spare_key else None
+    spare = (args.spare_id, args.spare_key)
     Host(control, args.engine_socket, args.run_tmp_bytes, seccomp, spare).serve()
 
 

@@ -14,7 +14,8 @@ mod wire;
 
 pub use backoff::AcceptBackoff;
 pub use wire::Channel;
-use wire::{constant_time_eq, read_header, refuse, Header, Refusal, MAX_HEADER};
+use wire::{constant_time_eq, read_header, Header, MAX_HEADER};
+pub(crate) use wire::{refuse, Refusal};
 
 use openloop_sync::lock;
 use rand::RngCore;
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Limits of the engine socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +58,8 @@ pub struct Connection {
     pub early: Vec<u8>,
     /// The connecting process, by `SO_PEERCRED`, as seen in the server's pid namespace.
     pub peer_pid: i32,
-    /// For a spare's streams: the name the spare chose for itself (random, so only it and
-    /// its warm process know it), which the warm process's reply to a run repeats.
+    /// The name the spare chose for itself (random, so only it and its warm process know
+    /// it).
     pub spare: Option<String>,
     /// Its place among the open connections, given back when the stream is dropped.
     pub(crate) slot: OwnedSemaphorePermit,
@@ -67,17 +68,6 @@ pub struct Connection {
 struct Expected {
     key: String,
     tx: mpsc::UnboundedSender<Connection>,
-    /// The pid of the process that connected `control`, once it has.
-    control_pid: watch::Sender<Option<i32>>,
-    /// Which of control, stdout and stderr have been admitted.
-    taken: [bool; 3],
-}
-
-impl Expected {
-    /// Hand an admitted connection to its registration (gone if the run already ended).
-    fn deliver(&self, conn: Connection) {
-        let _ = self.tx.send(conn);
-    }
 }
 
 /// Listens on `<run dir>/engine.sock` and hands each connection to the run it belongs to.
@@ -91,23 +81,13 @@ pub struct Channels {
     pending_by_pid: Mutex<HashMap<i32, usize>>,
 }
 
-/// A registration; the run's connections arrive on `connections`. Unregisters on drop.
+/// A registration (a warm process's, for its spares); its connections arrive on
+/// `connections`. Unregisters on drop.
 pub struct Registration {
     channels: Arc<Channels>,
     pub invocation_id: String,
     pub key: String,
     pub connections: mpsc::UnboundedReceiver<Connection>,
-}
-
-impl Registration {
-    /// The run started on streams connected ahead of time (a spare's, from process `pid`):
-    /// its key admits nothing more, and is refused as if each stream had come through it.
-    pub fn seal(&self, pid: i32) {
-        if let Some(e) = lock(&self.channels.expected).get_mut(&self.invocation_id) {
-            e.taken = [true; 3];
-            e.control_pid.send_replace(Some(pid));
-        }
-    }
 }
 
 impl Drop for Registration {
@@ -193,7 +173,8 @@ impl Channels {
         &self.path
     }
 
-    /// Expect the connections of one invocation, authenticated by a fresh key.
+    /// Expect the spares of one warm process under `invocation_id`, authenticated by a
+    /// fresh key.
     pub fn register(self: &Arc<Self>, invocation_id: &str) -> Registration {
         let mut raw = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -204,8 +185,6 @@ impl Channels {
             Expected {
                 key: key.clone(),
                 tx,
-                control_pid: watch::channel(None).0,
-                taken: [false; 3],
             },
         );
         Registration {
@@ -243,8 +222,7 @@ impl Channels {
             let header = tokio::time::timeout_at(deadline, read_header(&stream, buf)).await;
             drop(pending);
             if let Ok(Some((header, early))) = header {
-                me.dispatch(stream, header, early, pid, slot, deadline)
-                    .await;
+                me.dispatch(stream, header, early, pid, slot);
             }
         });
         Ok(())
@@ -272,110 +250,33 @@ impl Channels {
         })
     }
 
-    async fn dispatch(
+    /// Hand a connection to its registration; an unknown channel, registration or key is
+    /// closed without a word.
+    fn dispatch(
         &self,
         stream: UnixStream,
         header: Header,
         early: Vec<u8>,
         peer_pid: i32,
         slot: OwnedSemaphorePermit,
-        deadline: tokio::time::Instant,
     ) {
         let Some(channel) = Channel::parse(&header.channel) else {
             return;
         };
-        // Control first: its pid is what the output streams are held to.
-        enum Next {
-            Done,
-            Refuse(UnixStream, Refusal),
-            WaitControl(
-                UnixStream,
-                Vec<u8>,
-                OwnedSemaphorePermit,
-                watch::Receiver<Option<i32>>,
-            ),
-        }
-        let next = {
-            let mut m = lock(&self.expected);
-            match m.get_mut(&header.invocation_id) {
-                Some(e) if constant_time_eq(e.key.as_bytes(), header.key.as_bytes()) => {
-                    // Spares, and a run's first control connection, are admitted at once.
-                    let now = channel.is_spare()
-                        || (channel == Channel::Control && !e.taken[channel.index()]);
-                    if now {
-                        if channel == Channel::Control {
-                            e.taken[channel.index()] = true;
-                            e.control_pid.send_replace(Some(peer_pid));
-                        }
-                        e.deliver(Connection {
-                            channel,
-                            stream,
-                            early,
-                            peer_pid,
-                            spare: header.spare,
-                            slot,
-                        });
-                        Next::Done
-                    } else if channel != Channel::Control {
-                        Next::WaitControl(stream, early, slot, e.control_pid.subscribe())
-                    } else {
-                        Next::Refuse(stream, Refusal::Repeated(channel.name()))
-                    }
-                }
-                _ => Next::Done,
-            }
-        };
-        let (stream, early, slot, control_pid) = match next {
-            Next::Done => return,
-            Next::Refuse(stream, why) => return refuse(stream, why).await,
-            Next::WaitControl(stream, early, slot, rx) => (stream, early, slot, rx),
-        };
-        let mut control_pid = control_pid;
-        let control = tokio::time::timeout_at(deadline, control_pid.wait_for(|p| p.is_some()))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|p| *p));
-        let Some(control) = control else {
-            return refuse(stream, Refusal::NoControl).await;
-        };
-        if control != peer_pid {
-            tracing::warn!(
-                invocation = %header.invocation_id,
-                channel = channel.name(),
-                control,
-                peer_pid,
-                "engine socket: a stream from another process than the run's was refused"
-            );
-            return refuse(
+        let m = lock(&self.expected);
+        if let Some(e) = m
+            .get(&header.invocation_id)
+            .filter(|e| constant_time_eq(e.key.as_bytes(), header.key.as_bytes()))
+        {
+            let _ = e.tx.send(Connection {
+                channel,
                 stream,
-                Refusal::OtherProcess {
-                    channel: channel.name(),
-                    control,
-                    peer: peer_pid,
-                },
-            )
-            .await;
+                early,
+                peer_pid,
+                spare: header.spare,
+                slot,
+            });
         }
-        let refusal = {
-            let mut m = lock(&self.expected);
-            match m.get_mut(&header.invocation_id) {
-                Some(e) if e.taken[channel.index()] => Refusal::Repeated(channel.name()),
-                Some(e) => {
-                    e.taken[channel.index()] = true;
-                    e.deliver(Connection {
-                        channel,
-                        stream,
-                        early,
-                        peer_pid,
-                        spare: None,
-                        slot,
-                    });
-                    return;
-                }
-                None => return,
-            }
-        };
-        refuse(stream, refusal).await;
     }
 }
 
@@ -403,7 +304,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn header_deadline_caps_and_one_stream_each() {
+    async fn header_deadline_caps_and_spare_streams_only() {
         let dir = tempfile_dir();
         let limits = EngineLimits {
             header_timeout: Duration::from_millis(300),
@@ -428,13 +329,12 @@ mod tests {
             assert!(closed_within(s, Duration::from_secs(2)).await.is_some());
         }
 
-        // One of each channel, from the control's process; a repeat is refused with a reason.
-        let mut reg = ch.register("inv_1");
-        let h =
-            |c: &str| serde_json::json!({"invocation_id": "inv_1", "key": reg.key, "channel": c});
-        let _out = connect(&path, Some(h("stdout"))).await;
-        let _control = connect(&path, Some(h("control"))).await;
-        let _err = connect(&path, Some(h("stderr"))).await;
+        // Each spare channel reaches its registration, with the connecting process's pid.
+        let mut reg = ch.register("spares-1");
+        let h = |c: &str| serde_json::json!({"invocation_id": "spares-1", "key": reg.key, "channel": c, "spare": "s1"});
+        let _control = connect(&path, Some(h("spare"))).await;
+        let _out = connect(&path, Some(h("spare_stdout"))).await;
+        let _err = connect(&path, Some(h("spare_stderr"))).await;
         let mut got = Vec::new();
         for _ in 0..3 {
             let c = tokio::time::timeout(Duration::from_secs(2), reg.connections.recv())
@@ -442,19 +342,27 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(c.peer_pid, std::process::id() as i32);
+            assert_eq!(c.spare.as_deref(), Some("s1"));
             got.push(c.channel);
         }
-        assert!(got.contains(&Channel::Control) && got.contains(&Channel::Stdout));
-        let mut again = connect(&path, Some(h("stdout"))).await;
-        let why = closed_within(&mut again, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert!(why.contains("already has its stdout"), "{why}");
+        for c in [Channel::Spare, Channel::SpareStdout, Channel::SpareStderr] {
+            assert!(got.contains(&c), "{got:?}");
+        }
+        // A channel that is not a spare's (no run connects its own streams): closed without
+        // a word, never delivered.
+        let mut other = connect(&path, Some(h("stdout"))).await;
+        assert_eq!(
+            closed_within(&mut other, Duration::from_secs(2))
+                .await
+                .as_deref(),
+            Some("")
+        );
+        assert!(reg.connections.try_recv().is_err());
 
         // A wrong key: closed without a word.
         let mut wrong = connect(
             &path,
-            Some(serde_json::json!({"invocation_id": "inv_1", "key": "0", "channel": "stderr"})),
+            Some(serde_json::json!({"invocation_id": "spares-1", "key": "0", "channel": "spare_stderr"})),
         )
         .await;
         assert_eq!(

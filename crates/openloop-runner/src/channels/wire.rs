@@ -10,12 +10,14 @@ pub(super) const MAX_HEADER: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
-    Control,
+    /// A run's output streams, once its spare's are handed to it (labels only: nothing
+    /// connects under these names).
     Stdout,
     Stderr,
     /// A warm process's next run process, isolated and waiting: it registers ahead of its run
     /// so that the server can move it into a cgroup off the run's path (any number of times
-    /// per registration, one connection per process). It becomes the run's control stream.
+    /// per registration, one connection per process). It becomes the run's control stream:
+    /// its run comes on it, and its result goes back on it.
     Spare,
     /// A spare's output streams, connected ahead of its run like its control stream (and
     /// held to the same process).
@@ -26,9 +28,6 @@ pub enum Channel {
 impl Channel {
     pub(super) fn parse(s: &str) -> Option<Channel> {
         match s {
-            "control" => Some(Channel::Control),
-            "stdout" => Some(Channel::Stdout),
-            "stderr" => Some(Channel::Stderr),
             "spare" => Some(Channel::Spare),
             "spare_stdout" => Some(Channel::SpareStdout),
             "spare_stderr" => Some(Channel::SpareStderr),
@@ -36,21 +35,8 @@ impl Channel {
         }
     }
 
-    pub(super) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// A spare's stream: delivered to the warm process's spare registration at once.
-    pub fn is_spare(self) -> bool {
-        matches!(
-            self,
-            Channel::Spare | Channel::SpareStdout | Channel::SpareStderr
-        )
-    }
-
     pub fn name(self) -> &'static str {
         match self {
-            Channel::Control => "control",
             Channel::Stdout => "stdout",
             Channel::Stderr => "stderr",
             Channel::Spare => "spare",
@@ -60,25 +46,20 @@ impl Channel {
     }
 }
 
-/// Why a connection was turned away (written back to it as one JSON line, then closed).
+/// Why a spare's connection was turned away (written back to it as one JSON line, then
+/// closed).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Refusal {
-    #[error("the run already has its {0} connection")]
-    Repeated(&'static str),
+pub(crate) enum Refusal {
     #[error(
-        "the {channel} stream must come from the run's own process (pid {control}), not pid {peer}"
+        "only a process its warm process forked, still in that process's cgroup, can register as a spare"
     )]
-    OtherProcess {
-        channel: &'static str,
-        control: i32,
-        peer: i32,
-    },
-    #[error("the run's control connection did not arrive in time")]
-    NoControl,
+    NotASpare,
+    #[error("no spare of that name waits for its {0} stream from this process")]
+    NoSuchSpare(&'static str),
 }
 
 /// Tell a connection why it was turned away (best effort, never waiting), then close it.
-pub(super) async fn refuse(mut stream: UnixStream, why: Refusal) {
+pub(crate) async fn refuse(mut stream: UnixStream, why: Refusal) {
     let line = format!("{}\n", serde_json::json!({"error": why.to_string()}));
     let _ = stream.try_write(line.as_bytes());
     let _ = stream.shutdown().await;
