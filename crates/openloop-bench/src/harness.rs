@@ -48,10 +48,18 @@ pub(crate) async fn start_server_in(
     database_url: Option<&str>,
 ) -> Result<Server> {
     let limit = (sleepers + 64).to_string();
+    // Each sleeping run holds a spare's control stream and its output streams open on
+    // the engine socket; the default cap is sized for a normal server, not 5,000 runs.
+    let connections = (3 * sleepers + 1024).max(8192).to_string();
     start_node(
         data,
         database_url,
-        &["--max-concurrent-runs", &limit],
+        &[
+            "--max-concurrent-runs",
+            &limit,
+            "--engine-max-connections",
+            &connections,
+        ],
         &[],
         None,
     )
