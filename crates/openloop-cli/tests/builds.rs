@@ -196,6 +196,26 @@ async fn git_sources_deploy_at_a_ref_and_redeploys_switch_over() {
         log.contains("reusing the cached Python environment"),
         "unchanged requirements reuse the environment: {log}"
     );
+    // The environment was compiled to bytecode when it was built: a warm start (read-only
+    // environment) must not compile pydantic and the SDK from source again.
+    let venvs = server.data.path().join("venvs");
+    let env = std::fs::read_dir(&venvs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a cached environment");
+    let site = std::fs::read_dir(env.join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .expect("site-packages");
+    for module in ["runloop", "pydantic"] {
+        let cache = site.join(module).join("__pycache__");
+        let compiled = std::fs::read_dir(&cache)
+            .map(|d| d.count())
+            .unwrap_or_default();
+        assert!(compiled > 0, "no bytecode in {}", cache.display());
+    }
     let (_, inv) = server
         .invoke_sync("agent_repo", "echo", json!({"text": "ab"}))
         .await;

@@ -188,7 +188,7 @@ pub async fn build_from_archive(
 }
 
 /// Give `dir` and everything below it (not following links) to `uid`.
-fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+pub(crate) fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
     if std::fs::symlink_metadata(dir)?.is_dir() {
         for e in std::fs::read_dir(dir)? {
