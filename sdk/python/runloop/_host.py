@@ -328,11 +328,14 @@ def _flush() -> None:
 
 
 #: Runs' processes kept forked, isolated and registered ahead of time. Preparing one (fork,
-#: namespaces, mounts, the server's cgroup move, three connections) takes several
-#: milliseconds, longer than a short run on a busy machine: with four, each has four runs'
-#: time to get ready, so runs one after another do not wait for them. (Each idle one costs
-#: little memory: its pages are the warm process's until written.)
-SPARES = 4
+#: namespaces, mounts, the server's cgroup move, three connections) takes 10-20 ms of wall
+#: time on a busy 2-core machine, several runs' worth: a run finds one ready only if the
+#: replacements forked for the last few runs have had that long. Measured here with one
+#: client calling an echo function back to back: with four, half the runs waited for a spare
+#: (p50 3.57 ms); with six, the median run found one ready (p50 3.31 ms), with eight 3.04 ms.
+#: Each idle one costs about 2.8 MB of private memory (its page tables and the pages its
+#: set-up and rehearsal wrote), so six is the compromise for a server of many deployments.
+SPARES = 6
 
 #: Spares that ended before the server's ``taken`` for them arrived, remembered this long
 #: (by name) so that their run still gets its exit status.
