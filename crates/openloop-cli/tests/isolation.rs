@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, rss_kib, Db, Server};
+use common::{copy_dir, fixture, rss_kib, Db, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,40 @@ async fn runs_cannot_see_signal_trace_or_read_each_other() {
     assert_eq!(v["result"], "victim finished", "{v}");
     let after = v["ended_at_ms"].as_i64().unwrap() - v["started_at_ms"].as_i64().unwrap();
     assert!(after >= 5_500, "the victim ended early: {v}");
+}
+
+/// Each run's process, whether forked straight into its namespaces (a single-threaded warm
+/// process) or by fork, unshare and fork again (a warm process with a thread of its own): pid 1
+/// of namespaces of its own, alone there, sealed, and with a random state of its own.
+#[tokio::test]
+async fn runs_are_isolated_alike_however_they_are_forked() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (project, threaded) in [("forks_plain", false), ("forks_threaded", true)] {
+        let dir = tmp.path().join(project);
+        copy_dir(&fixture("forks_agent"), &dir);
+        if threaded {
+            std::fs::write(dir.join("agent/THREADED"), "").unwrap();
+        }
+        server.deploy_ok(&dir);
+        let mut seen: Vec<Value> = Vec::new();
+        for _ in 0..3 {
+            let (_, inv) = server.invoke_sync(project, "sample", json!({})).await;
+            assert_eq!(inv["status"], "success", "{project}: {inv}");
+            let r = inv["result"].clone();
+            assert_eq!(r["pid"], 1, "{project}: {r}");
+            assert_eq!(r["visible"], json!([1]), "{project}: {r}");
+            assert_eq!(r["status"]["Seccomp"], "2", "{project}: {r}");
+            assert_eq!(r["status"]["NoNewPrivs"], "1", "{project}: {r}");
+            assert_eq!(r["status"]["CapEff"], "0000000000000000", "{project}: {r}");
+            for earlier in &seen {
+                for key in ["random", "user_ns", "pid_ns"] {
+                    assert_ne!(earlier[key], r[key], "{project}: two runs share {key}");
+                }
+            }
+            seen.push(r);
+        }
+    }
 }
 
 /// Item 3: no sandboxed process (run, warm process, devbox and its first process) sees the

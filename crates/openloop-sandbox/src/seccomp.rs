@@ -44,7 +44,8 @@
 //! `CAP_SYS_CHROOT`, which no sandbox has.
 //!
 //! [`Profile::WarmHost`] differs only in letting `unshare` through with exactly
-//! `CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID` and `mount` with mount flags exactly
+//! `CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID`, `clone` with exactly those flags and `SIGCHLD`
+//! (the same namespaces, entered by the child of a fork), and `mount` with mount flags exactly
 //! `MS_NOSUID|MS_NODEV|MS_NOEXEC` or `MS_NOSUID|MS_NODEV` (`MS_BIND`, `MS_MOVE`, `MS_REMOUNT`, and
 //! propagation changes are refused): the warm process uses them to give each run its own pid
 //! namespace, `/proc` and `/tmp`, and the run then stacks the [`Profile::Sandbox`] filter before
@@ -69,7 +70,8 @@ pub enum Profile {
     /// Devboxes, builds, and a function run once it has set itself up: no namespace creation at all.
     Sandbox,
     /// A deployment's warm Python process. Like `Sandbox`, except it may call
-    /// `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)` with exactly those flags, and
+    /// `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)` with exactly those flags (and
+    /// `clone` with exactly those flags and `SIGCHLD`), and
     /// `mount(2)` only with mountflags exactly `MS_NOSUID|MS_NODEV|MS_NOEXEC` or exactly
     /// `MS_NOSUID|MS_NODEV` (it uses these to give each run its own pid namespace, /proc and /tmp
     /// before any run code executes; the run then stacks the `Sandbox` filter).
@@ -268,6 +270,12 @@ const CLONE_NAMESPACES: u32 = (libc::CLONE_NEWUSER
 const WARM_HOST_UNSHARE: u32 =
     (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID) as u32;
 
+/// The only `clone` with namespace flags the warm host may make: a fork straight into the
+/// run's own user, mount and pid namespaces (the child is pid 1 there), exit signal `SIGCHLD`,
+/// nothing else. It creates exactly what `WARM_HOST_UNSHARE` followed by a fork does, in one
+/// copy of the process instead of two.
+const WARM_HOST_CLONE: u32 = WARM_HOST_UNSHARE | libc::SIGCHLD as u32;
+
 /// The only mount flags the warm host may pass (`/proc`, then `/tmp`).
 const WARM_HOST_MOUNT_FLAGS: [u32; 2] = [
     (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u32,
@@ -386,6 +394,22 @@ impl Program {
         );
     }
 
+    /// Like [`Program::deny_if_any_bit`], except that the low word of `arg` being exactly
+    /// `allowed` is let through.
+    fn deny_if_any_bit_unless(&mut self, n: libc::c_long, arg: u32, mask: u32, allowed: u32) {
+        self.guarded(
+            n,
+            vec![
+                stmt(LD_ABS, arg_lo(arg)),
+                // Exactly `allowed`: skip the JSET and the EPERM to reach the ALLOW.
+                jump(JEQ, allowed, 2, 0),
+                jump(JSET, mask, 0, 1),
+                stmt(RET, RET_EPERM),
+                stmt(RET, RET_ALLOW),
+            ],
+        );
+    }
+
     /// `nr` is refused when the low word of argument `arg` is one of `values`.
     fn deny_if_one_of(&mut self, n: libc::c_long, arg: u32, values: &[u32]) {
         let count = values.len();
@@ -444,14 +468,14 @@ fn build(profile: Profile) -> Vec<sock_filter> {
     // Flags in user memory cannot be checked: send glibc back to `clone`.
     p.ret_for(libc::SYS_clone3, RET_ENOSYS);
     // `clone(flags, ...)`: the flags are the first argument on x86_64 and aarch64 alike.
-    p.deny_if_any_bit(libc::SYS_clone, 0, CLONE_NAMESPACES);
-
     match profile {
         Profile::Sandbox => {
+            p.deny_if_any_bit(libc::SYS_clone, 0, CLONE_NAMESPACES);
             p.ret_for(libc::SYS_unshare, RET_EPERM);
             p.ret_for(libc::SYS_mount, RET_EPERM);
         }
         Profile::WarmHost => {
+            p.deny_if_any_bit_unless(libc::SYS_clone, 0, CLONE_NAMESPACES, WARM_HOST_CLONE);
             // unshare(unsigned long flags)
             p.allow_only(libc::SYS_unshare, 0, Width::Full64, &[WARM_HOST_UNSHARE]);
             // mount(source, target, fstype, unsigned long flags, data)
@@ -569,6 +593,32 @@ mod tests {
         assert_eq!(
             check(WarmHost, libc::SYS_unshare, [user, 0, 0, 0, 0, 0]),
             RET_EPERM
+        );
+        let fork_into = WARM_HOST_CLONE as u64;
+        assert_eq!(
+            check(WarmHost, libc::SYS_clone, [fork_into, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            check(Sandbox, libc::SYS_clone, [fork_into, 0, 0, 0, 0, 0]),
+            RET_EPERM
+        );
+        for other in [
+            fork_into | libc::CLONE_NEWNET as u64,
+            fork_into | libc::CLONE_VM as u64,
+            fork_into & !(libc::SIGCHLD as u64),
+            user | libc::SIGCHLD as u64,
+        ] {
+            assert_eq!(
+                check(WarmHost, libc::SYS_clone, [other, 0, 0, 0, 0, 0]),
+                RET_EPERM,
+                "{other:#x}"
+            );
+        }
+        let plain_fork = libc::SIGCHLD as u64;
+        assert_eq!(
+            check(WarmHost, libc::SYS_clone, [plain_fork, 0, 0, 0, 0, 0]),
+            RET_ALLOW
         );
         for flags in WARM_HOST_MOUNT_FLAGS {
             let a = [0, 0, 0, flags as u64, 0, 0];

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{in_child, mount_tmpfs, outcome, unshare, wait};
+use common::{clone_raw, in_child, mount_tmpfs, outcome, unshare, wait};
 use openloop_sandbox::seccomp::{Filter, Profile};
 
 #[test]
@@ -34,6 +34,29 @@ fn warm_host_may_unshare_exactly_its_namespaces() {
         }),
         libc::EPERM
     );
+}
+
+#[test]
+fn warm_host_may_fork_into_exactly_its_namespaces() {
+    let warm = Filter::new(Profile::WarmHost);
+    let sandbox = Filter::new(Profile::Sandbox);
+    let exact = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    assert_eq!(in_child(Some(&warm), || clone_raw(exact)), 0);
+    assert_eq!(in_child(Some(&sandbox), || clone_raw(exact)), libc::EPERM);
+    for flags in [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
+        exact | libc::CLONE_NEWNET,
+        exact | libc::CLONE_NEWIPC,
+    ] {
+        assert_eq!(
+            in_child(Some(&warm), || clone_raw(flags)),
+            libc::EPERM,
+            "clone {flags:#x}"
+        );
+    }
+    // A plain fork stays allowed.
+    assert_eq!(in_child(Some(&warm), || clone_raw(0)), 0);
 }
 
 /// What the warm host does for each run: unshare, fork the run as pid 1 of the new pid

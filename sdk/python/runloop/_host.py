@@ -14,7 +14,9 @@ It sends ``{"event": "spare_failed", "error"}`` when a process for the next run 
 be forked, isolated or registered (a run waiting for one then fails with that reason).
 
 Each run is isolated from every other run and from this process: its process is forked
-ahead of time and, before any run code, enters user, mount and pid namespaces of its own
+ahead of time (straight into its namespaces with ``clone`` while this process has one
+thread; else by fork, unshare and fork again) and, before any run code, is in user, mount
+and pid namespaces of its own
 (so it sees, signals and traces only its own processes, under its own ``/proc``), mounts a
 size-limited tmpfs of its own as ``/tmp`` (gone when the run ends), drops every
 capability, loads the sandbox's seccomp filter (no namespaces, mounts, ``bpf``, …) and
@@ -37,6 +39,7 @@ import argparse
 import asyncio
 import collections
 import ctypes
+import errno
 import io
 import json
 import logging
@@ -101,16 +104,67 @@ def _non_dumpable() -> None:
     _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
 
 
-def _enter_run_namespaces() -> None:
-    """Own user, mount and pid namespaces (pid 1 is this process's next child)."""
-    uid, gid = os.getuid(), os.getgid()
-    # The host process is not dumpable, so its /proc files are not its own; this process
-    # must own its /proc/self to write its maps. Its run's pid 1 is sealed non-dumpable.
+_RUN_NAMESPACES = _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID
+#: ``clone``'s number where a fork straight into the run's namespaces is known to work.
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
+#: ``syscall`` through ``PyDLL``: the GIL stays held across the clone, as ``os.fork`` holds it.
+_pyapi = ctypes.PyDLL(None, use_errno=True)
+_pyapi.syscall.restype = ctypes.c_long
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """In a new user namespace: map this process's ids (from the parent namespace) to
+    themselves. The host process is not dumpable, so its /proc files are not its own; this
+    process must own its /proc/self to write its maps. Its run's pid 1 is sealed non-dumpable."""
     _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-    _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID), "unshare")
     _write_file("/proc/self/setgroups", "deny")
     _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
     _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+
+
+def _enter_run_namespaces() -> None:
+    """Own user, mount and pid namespaces (pid 1 is this process's next child)."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    _check(_libc.unshare(_RUN_NAMESPACES), "unshare")
+    _map_own_ids(uid, gid)
+
+
+def _single_threaded() -> bool:
+    """Whether this process has one thread (C threads of extensions included): only then is
+    a bare ``clone`` as safe as ``fork`` (glibc's fork also takes its own locks, such as
+    malloc's, which another thread may hold)."""
+    try:
+        return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _fork_into_run_namespaces() -> int:
+    """``os.fork()``, except that the child starts in user, mount and pid namespaces of its
+    own, as pid 1 there: one copy of this process per run instead of two (fork, unshare,
+    fork again). CPython's fork hooks run as for ``os.fork`` (locks, threads, at-fork
+    handlers such as ``random``'s reseeding). Only for a single-threaded process.
+
+    Raises ``OSError`` if the kernel or the sandbox's filter refuses it."""
+    assert _SYS_CLONE is not None
+    _pyapi.PyOS_BeforeFork()
+    pid = _pyapi.syscall(
+        ctypes.c_long(_SYS_CLONE),
+        ctypes.c_ulong(_RUN_NAMESPACES | signal.SIGCHLD),
+        None,
+        None,
+        None,
+        None,
+    )
+    if pid == 0:
+        _pyapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _pyapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone into the run's namespaces: {os.strerror(err)}")
+    return int(pid)
 
 
 def _seal_run(tmp_bytes: int, seccomp: bytes) -> None:
@@ -346,7 +400,8 @@ class Spare:
     """A run's process forked and isolated ahead of time, waiting for its run."""
 
     def __init__(self, forked: int, report: int, name: str) -> None:
-        #: The process forked from the host; it exits once it has forked the run's pid 1.
+        #: The process forked from the host: the run's pid 1 itself when it was forked
+        #: straight into its namespaces, else one that exits once it has forked that pid 1.
         self.forked = forked
         #: The random name its streams registered under (see ``Host._register_spare``).
         self.name = name
@@ -429,6 +484,11 @@ class Host:
         self.next_fork = 0.0
         #: The function of the last run (spares forked next rehearse it).
         self.last_function: str | None = None
+        #: This process's ids, which each run maps to themselves in its user namespace.
+        self.uid, self.gid = os.getuid(), os.getgid()
+        #: Spares are forked straight into their namespaces while that works (see
+        #: ``_fork_into_run_namespaces``); otherwise by fork, unshare and fork again.
+        self.clone_works = _SYS_CLONE is not None
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
@@ -544,24 +604,47 @@ class Host:
 
     def _fork_spare(self) -> None:
         """Fork and isolate a run's process ahead of time; it registers with the server."""
-        report_r, report_w = os.pipe()
         name = os.urandom(12).hex()
+        if self.clone_works and _single_threaded():
+            try:
+                pid = _fork_into_run_namespaces()
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSYS):
+                    raise
+                self.clone_works = False
+            else:
+                if pid == 0:
+                    self._leave_host()
+                    try:
+                        _map_own_ids(self.uid, self.gid)
+                    except BaseException:  # noqa: BLE001 - the host sees the exit code
+                        os._exit(_NOT_ISOLATED)
+                    self._seal_and_serve(name)
+                spare = Spare(pid, -1, name)
+                spare.pid = pid
+                self.spares[name] = spare
+                return
+        report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(report_r)
-            # The other spares' pipes stay theirs.
-            for other in self.spares.values():
-                other.close()
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.sel.close()
-            self.control.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self._leave_host()
             self._become_run(report_w, name)
         os.close(report_w)
         os.set_blocking(report_r, False)
         self.spares[name] = Spare(pid, report_r, name)
+
+    def _leave_host(self) -> None:
+        """In a spare's process: let go of what is the host's."""
+        # The other spares' pipes stay theirs.
+        for other in self.spares.values():
+            other.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.sel.close()
+        self.control.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
     def _become_run(self, report_w: int, name: str) -> None:
         """In the forked process: isolate, fork the run's pid 1, report its pid, exit.
@@ -575,12 +658,17 @@ class Host:
         if pid != 0:
             os.write(report_w, struct.pack("i", pid))
             os._exit(0)
+        os.close(report_w)
+        self._seal_and_serve(name)
+
+    def _seal_and_serve(self, name: str) -> None:
+        """In the run's pid 1, in its namespaces: seal it, register it as a spare, serve
+        its run. Never returns."""
         try:
             _seal_run(self.run_tmp_bytes, self.seccomp)
             os.setsid()
         except BaseException:  # noqa: BLE001 - the host sees the exit code
             os._exit(_NOT_ISOLATED)
-        os.close(report_w)
         streams = self._register_spare(name)
         if streams is None:
             os._exit(_NOT_REGISTERED)
