@@ -102,6 +102,8 @@ pub struct Devboxes {
     /// Sandboxes of the default shape started ahead of time, not yet anyone's devbox.
     warm: Mutex<std::collections::VecDeque<Arc<Devbox>>>,
     warm_refill: Arc<tokio::sync::Notify>,
+    /// When a create last took a warm sandbox (the refill waits for a pause after it).
+    warm_taken_at: Mutex<Option<std::time::Instant>>,
     /// `(devbox id, command id)` → execution id, so `execute` is idempotent.
     by_command_id: Mutex<HashMap<(String, String), String>>,
     /// Devboxes being created or live → who they count against (live devboxes never
@@ -152,6 +154,7 @@ impl Devboxes {
             pool,
             warm: Mutex::new(std::collections::VecDeque::new()),
             warm_refill: Arc::new(tokio::sync::Notify::new()),
+            warm_taken_at: Mutex::new(None),
             store,
             config,
             notifier,

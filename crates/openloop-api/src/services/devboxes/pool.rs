@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// How long after the last create took a warm sandbox the pool waits before refilling.
+const REFILL_PAUSE: Duration = Duration::from_millis(20);
+/// The longest a refill waits for such a pause in a steady stream of creates.
+const REFILL_MAX_WAIT: Duration = Duration::from_millis(150);
+
 impl Devboxes {
     /// The resources of a devbox that asks for nothing in particular.
     pub(super) fn default_resources(&self) -> Option<Resources> {
@@ -46,9 +51,31 @@ impl Devboxes {
                 }
                 drop(this);
                 refill.notified().await;
+                let Some(this) = weak.upgrade() else { return };
+                this.pause_after_takes().await;
             }
         });
     }
+    /// Wait until no create has taken a warm sandbox for [`REFILL_PAUSE`] (at most
+    /// [`REFILL_MAX_WAIT`]): starting a sandbox costs tens of milliseconds of CPU, and on a
+    /// small machine it would compete with the devbox just created (its first commands) and
+    /// with the next creates of a burst.
+    async fn pause_after_takes(&self) {
+        let began = std::time::Instant::now();
+        loop {
+            let since = lock(&self.warm_taken_at).map(|t| t.elapsed());
+            let left = match since {
+                Some(since) if since < REFILL_PAUSE => REFILL_PAUSE - since,
+                _ => return,
+            };
+            let waited = began.elapsed();
+            if waited >= REFILL_MAX_WAIT {
+                return;
+            }
+            tokio::time::sleep(left.min(REFILL_MAX_WAIT - waited)).await;
+        }
+    }
+
     pub(super) fn take_warm(&self, res: &Resources) -> Option<Arc<Devbox>> {
         let default = self.default_resources()?;
         let same = !res.network
@@ -70,6 +97,7 @@ impl Devboxes {
                 }
             }
         }
+        *lock(&self.warm_taken_at) = Some(std::time::Instant::now());
         self.warm_refill.notify_one();
         taken
     }
