@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// A pause in creates this long lets the warm pool refill.
+const REFILL_PAUSE: Duration = Duration::from_millis(20);
+/// The refill waits for a pause at most this long.
+const REFILL_MAX_WAIT: Duration = Duration::from_millis(150);
+
 impl Devboxes {
     /// The resources of a devbox that asks for nothing in particular.
     pub(super) fn default_resources(&self) -> Option<Resources> {
@@ -46,6 +51,18 @@ impl Devboxes {
                 }
                 drop(this);
                 refill.notified().await;
+                // Creates come in bursts: refill once they pause (no take for 20 ms, at most
+                // 150 ms), so starting sandboxes does not compete with the creates and their
+                // first commands.
+                let waited = std::time::Instant::now();
+                while waited.elapsed() < REFILL_MAX_WAIT {
+                    if tokio::time::timeout(REFILL_PAUSE, refill.notified())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             }
         });
     }
