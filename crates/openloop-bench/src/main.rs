@@ -7,6 +7,7 @@ mod blueprints;
 mod cluster;
 mod dashboard;
 mod devbox_runtime;
+mod devboxes;
 mod disks;
 mod harness;
 mod peers;
@@ -55,6 +56,9 @@ struct Args {
     /// Only the devbox tunnel and stdin figures (`devbox_runtime`), on a server of their own.
     #[arg(long)]
     only_devbox_runtime: bool,
+    /// Only the devbox create/exec/file figures (`devboxes`), on a server of their own.
+    #[arg(long)]
+    only_devboxes: bool,
     /// Invocations recorded before the dashboard's pages are timed (0 skips them).
     #[arg(long, default_value_t = 100_000)]
     dashboard_invocations: usize,
@@ -127,13 +131,18 @@ async fn run(args: Args) -> Result<()> {
         println!("{}", Value::Object(figures));
         return Ok(());
     }
-    if args.only_devbox_runtime {
+    if args.only_devbox_runtime || args.only_devboxes {
         let b = Bench {
             s: start_server(16).await?,
             http: http_client()?,
         };
         let mut figures = serde_json::Map::new();
-        for (name, value, unit) in devbox_runtime::measure(&b, args.devbox_runs * 20).await? {
+        let measured = if args.only_devboxes {
+            devboxes::measure(&b, args.devbox_runs).await?
+        } else {
+            devbox_runtime::measure(&b, args.devbox_runs * 20).await?
+        };
+        for (name, value, unit) in measured {
             println!("{name:<48} {:>14}", format!("{value:.2} {unit}"));
             figures.insert(name, json!((value * 100.0).round() / 100.0));
         }
@@ -300,69 +309,9 @@ async fn run(args: Args) -> Result<()> {
     );
 
     if !args.no_devboxes {
-        let mut create = Vec::new();
-        let mut exec = Vec::new();
-        let mut files = Vec::new();
-        let ten_mb = "x".repeat(10 << 20);
-        for _ in 0..args.devbox_runs {
-            let t = Instant::now();
-            let d = b.post("/v1/devboxes", json!({})).await?;
-            let id = d["id"].as_str().context("devbox id")?.to_string();
-            b.post(
-                &format!("/v1/devboxes/{id}/execute_sync"),
-                json!({"command": "true"}),
-            )
-            .await?;
-            create.push(ms(t.elapsed()));
-            for _ in 0..20 {
-                let t = Instant::now();
-                b.post(
-                    &format!("/v1/devboxes/{id}/execute_sync"),
-                    json!({"command": "true"}),
-                )
-                .await?;
-                exec.push(ms(t.elapsed()));
-            }
-            let t = Instant::now();
-            b.post(
-                &format!("/v1/devboxes/{id}/write_file_contents"),
-                json!({"file_path": "ten.txt", "contents": ten_mb}),
-            )
-            .await?;
-            let r = b
-                .http
-                .post(format!("{}/v1/devboxes/{id}/read_file_contents", b.s.url))
-                .bearer_auth(&b.s.key)
-                .json(&json!({"file_path": "ten.txt"}))
-                .send()
-                .await?
-                .bytes()
-                .await?;
-            if r.len() != ten_mb.len() {
-                bail!("read back {} bytes", r.len());
-            }
-            files.push(ms(t.elapsed()));
-            b.post(&format!("/v1/devboxes/{id}/shutdown"), json!({}))
-                .await?;
+        for (name, value, unit) in devboxes::measure(&b, args.devbox_runs).await? {
+            put(&name, value, unit);
         }
-        for v in [&mut create, &mut exec, &mut files] {
-            v.sort_by(|a, b| a.total_cmp(b));
-        }
-        put(
-            "devbox_create_to_first_exec_p50_ms",
-            percentile(&create, 0.5),
-            "ms",
-        );
-        put(
-            "devbox_execute_sync_true_p50_ms",
-            percentile(&exec, 0.5),
-            "ms",
-        );
-        put(
-            "devbox_10mb_write_then_read_p50_ms",
-            percentile(&files, 0.5),
-            "ms",
-        );
         for (name, value, unit) in devbox_runtime::measure(&b, args.devbox_runs * 20).await? {
             put(&name, value, unit);
         }

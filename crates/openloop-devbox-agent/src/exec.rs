@@ -3,7 +3,6 @@
 use crate::HOME;
 use openloop_agent_proto::{kind, read_frame, write_frame, AgentError, ExitStatus};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -44,18 +43,20 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // Own process group, so the whole command tree can be killed at once.
-    let as_user = crate::as_user();
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setsid();
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // An agent running as root (a devbox with sudo) runs commands as the user.
-            if as_user {
+    // Own process group, so the whole command tree can be killed at once. Set by the spawn
+    // itself (posix_spawn's POSIX_SPAWN_SETPGROUP; std restores SIGPIPE's default there too),
+    // so the agent does not fork a copy of itself per command: a `pre_exec` closure would.
+    cmd.process_group(0);
+    // An agent running as root (a devbox with sudo) runs commands as the user: that needs the
+    // closure, and so the fork.
+    if crate::as_user() {
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 crate::sudo::become_user()?;
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     let mut child = cmd.spawn().map_err(|e| AgentError {
         code: "spawn".into(),
@@ -91,53 +92,21 @@ pub fn run(
             });
         }
     }
-    let pumps: Vec<_> = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            kind::STDOUT,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            kind::STDERR,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(src, k)| src.map(|s| (s, k)))
-    .map(|(mut src, k)| {
-        let out = Arc::clone(&out);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match src.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let sent = out
-                    .lock()
-                    .map(|mut s| write_frame(&mut *s, k, &buf[..n]).is_ok())
-                    .unwrap_or(false);
-                if !sent {
-                    // The server went away: stop the command rather than run unseen.
-                    unsafe {
-                        libc::kill(-pgid, libc::SIGKILL);
-                    }
-                    break;
-                }
-            }
-        })
-    })
-    .collect();
+    // Both output pipes are followed by this thread (poll), not a thread each: one thread per
+    // command besides the one following the server.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    pump(
+        [
+            stdout.as_ref().map(|p| (p.as_raw_fd(), kind::STDOUT)),
+            stderr.as_ref().map(|p| (p.as_raw_fd(), kind::STDERR)),
+        ],
+        &out,
+        pgid,
+    );
+    drop((stdout, stderr));
     let status = child.wait()?;
     finished.store(true, std::sync::atomic::Ordering::SeqCst);
-    for p in pumps {
-        let _ = p.join();
-    }
     let exit = ExitStatus {
         code: status.code(),
         signal: status.signal(),
@@ -149,6 +118,59 @@ pub fn run(
     })?;
     write_frame(&mut *s, kind::EXIT, &body)?;
     Ok(())
+}
+
+/// Send what the command writes to its pipes as frames until both are closed; when the
+/// server is gone, kill the command rather than let it run unseen.
+fn pump(pipes: [Option<(RawFd, u8)>; 2], out: &Mutex<UnixStream>, pgid: i32) {
+    let mut open: Vec<(RawFd, u8)> = pipes.into_iter().flatten().collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !open.is_empty() {
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .map(|&(fd, _)| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        let mut closed = Vec::new();
+        for (i, p) in fds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            let (fd, k) = open[i];
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if n <= 0 {
+                closed.push(i);
+                continue;
+            }
+            let sent = out
+                .lock()
+                .map(|mut s| write_frame(&mut *s, k, &buf[..n as usize]).is_ok())
+                .unwrap_or(false);
+            if !sent {
+                // The server went away: stop the command rather than run unseen.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+                return;
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
 }
 
 /// Read the server's frames for a running command until the connection closes: `DATA` goes

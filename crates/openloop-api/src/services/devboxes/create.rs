@@ -305,8 +305,12 @@ impl Devboxes {
             agent_layer: self.config.agent_layer_dir(),
             pool: self.pool.clone(),
         };
-        Devbox::start(&sandbox, spec)
+        // Mounting the overlay and making the cgroups block: on the blocking pool, so a start
+        // (a warm pool refill, say) does not hold up a runtime thread serving other requests.
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(Devbox::start(&sandbox, spec)))
             .await
+            .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))?
             .map(Arc::new)
             .map_err(|e| ApiError::Internal(format!("devbox {id} failed to start: {e}")))
     }
