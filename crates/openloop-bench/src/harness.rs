@@ -268,6 +268,40 @@ impl Bench {
 }
 
 /// Proportional set size (kB) of a process and all its descendants.
+/// Processes under `root` whose command line names `needle` (`/proc`, no allocation per
+/// process beyond its command line).
+pub(crate) fn tree_count(root: u32, needle: &str) -> usize {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let after = stat.rsplit(')').next().unwrap_or("");
+                if let Some(ppid) = after
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok())
+                {
+                    children.entry(ppid).or_default().push(pid);
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                n += 1;
+            }
+        }
+        stack.extend(children.get(&pid).into_iter().flatten());
+    }
+    n
+}
+
 pub(crate) fn tree_pss_kb(root: u32) -> u64 {
     let mut total = 0;
     let mut stack = vec![root];

@@ -82,6 +82,10 @@ struct Args {
 }
 
 /// Invocations `running` now, counted a page of 1,000 at a time.
+/// How long each of the many sleeping runs sleeps: longer than starting all of them takes
+/// (each run's process is forked and isolated for it, a few hundred a second here).
+const SLEEPER_SECONDS: f64 = 90.0;
+
 async fn count_running(b: &harness::Bench) -> Result<usize> {
     let mut n = 0;
     let mut after: Option<String> = None;
@@ -274,7 +278,7 @@ async fn run(args: Args) -> Result<()> {
     let admits = (0..args.sleepers).map(|_| {
         b.post(
             "/v1/functions/bench/sleep/invoke_async",
-            json!({"request": {"seconds": 30.0}}),
+            json!({"request": {"seconds": SLEEPER_SECONDS}}),
         )
     });
     // A bounded number in flight: thousands of simultaneous connects overflow the listen
@@ -284,15 +288,28 @@ async fn run(args: Args) -> Result<()> {
         .try_collect()
         .await?;
     let admit_time = t.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Admitted is not running: a run is recorded `running` once it has a slot, and its
+    // process may still be waiting for a spare. Count the runs' processes themselves (every
+    // `runloop._host` process under the server but its warm process; up to six of them are
+    // spares, ready for the next runs).
+    let deadline = t + Duration::from_secs_f64(SLEEPER_SECONDS * 0.8);
+    let server_pid = b.s.child.id();
+    let mut most = 0;
     loop {
-        let n = count_running(&b).await?;
+        let n = harness::tree_count(server_pid, "runloop._host").saturating_sub(1);
+        most = most.max(n);
         if n >= args.sleepers || Instant::now() > deadline {
-            put("sleepers_running", n as f64, "runs");
+            put("sleepers_processes_alive", most as f64, "procs");
+            put("sleepers_all_alive_s", t.elapsed().as_secs_f64(), "s");
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    put(
+        "sleepers_recorded_running",
+        count_running(&b).await? as f64,
+        "runs",
+    );
     put("sleepers_admitted", admitted.len() as f64, "runs");
     put("sleepers_admit_s", admit_time.as_secs_f64(), "s");
     put(
@@ -316,6 +333,35 @@ async fn run(args: Args) -> Result<()> {
             put(&name, value, unit);
         }
     }
+
+    // How the sleepers ended: each must succeed (a run that never started, or whose warm
+    // process died under it, fails).
+    let ids: Vec<String> = admitted
+        .iter()
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let succeeded = loop {
+        let statuses: Vec<String> = futures::stream::iter(ids.iter().map(|id| {
+            let b = &b;
+            async move {
+                let v = b.get(&format!("/v1/functions/invocations/{id}")).await?;
+                Ok::<_, anyhow::Error>(v["status"].as_str().unwrap_or("").to_string())
+            }
+        }))
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+        let ended = statuses
+            .iter()
+            .filter(|s| *s != "running" && *s != "queued")
+            .count();
+        if ended == ids.len() || Instant::now() > deadline {
+            break statuses.iter().filter(|s| *s == "success").count();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    put("sleepers_succeeded", succeeded as f64, "runs");
 
     if !args.no_disks {
         for (name, value, unit) in disks::measure(&b, args.disk_rounds).await? {

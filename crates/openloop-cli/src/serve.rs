@@ -81,7 +81,9 @@ pub struct ServeArgs {
     /// Size of each function run's own /tmp (a tmpfs counted in the run's memory), in MiB.
     #[arg(long, env = "OPENLOOP_RUN_TMP_MB", default_value_t = 512)]
     run_tmp_mb: u64,
-    /// Memory limit of a deployment's warm process (module import, request validation), in MiB.
+    /// Memory limit of a deployment's warm process (module import, request validation), in MiB;
+    /// its cgroup also gets 4 MiB per concurrent run for the pages each run's process copies
+    /// while it is forked there.
     #[arg(long, env = "OPENLOOP_WARM_MEMORY_MB", default_value_t = 1024)]
     warm_memory_mb: u64,
     /// Memory limit of one build (uv and package build hooks), in MiB.

@@ -392,12 +392,20 @@ async fn devboxes_run_under_seccomp_without_user_namespaces() {
 /// memory-limited cgroup of its own, not the server's.
 #[tokio::test]
 async fn warm_process_is_memory_limited() {
-    let server = Server::start_with(Db::Sqlite, &[("OPENLOOP_WARM_MEMORY_MB", "200")])
-        .await
-        .unwrap();
+    // The warm cgroup's limit is --warm-memory-mb plus 4 MiB per concurrent run (what each
+    // run's process leaves charged there while it is forked): 200 + 4 × (8 + 16) = 296 MiB.
+    let server = Server::start_with(
+        Db::Sqlite,
+        &[
+            ("OPENLOOP_WARM_MEMORY_MB", "200"),
+            ("OPENLOOP_MAX_CONCURRENT_RUNS", "8"),
+        ],
+    )
+    .await
+    .unwrap();
     server.deploy_ok(&fixture("isolation_agent"));
     let rss_before = rss_kib(server.pid());
-    // The validator allocates 600 MiB inside the warm process.
+    // The validator allocates 600 MiB inside the warm process (limit 296 MiB).
     let (status, inv) = server
         .invoke_sync(
             "isolation_agent",

@@ -567,3 +567,34 @@ async fn a_run_cannot_register_as_a_spare_to_leave_its_cgroup() {
     );
     witness_invocation(&server).await;
 }
+
+/// Many runs at once do not push their warm process past its memory limit: each run's
+/// process leaves the pages it copied while it was forked charged to the warm cgroup (the
+/// kernel does not move them with it), and the warm cgroup has room for them. Without that
+/// room, 120 runs (about 2.3 MB each) overflow a 128 MiB warm process: the kernel kills it and
+/// every run fails.
+#[tokio::test]
+async fn many_runs_at_once_leave_the_warm_process_alive() {
+    let server = Server::start_with(
+        Db::Sqlite,
+        &[
+            ("OPENLOOP_WARM_MEMORY_MB", "128"),
+            ("OPENLOOP_MAX_CONCURRENT_RUNS", "120"),
+        ],
+    )
+    .await
+    .unwrap();
+    server.deploy_ok(&fixture("limits_agent"));
+    let mut ids = Vec::new();
+    for _ in 0..120 {
+        ids.push(
+            server
+                .invoke_async("limits_agent", "sleepy", json!({"seconds": 6.0}))
+                .await,
+        );
+    }
+    for id in &ids {
+        let v = server.wait_invocation(id, Duration::from_secs(120)).await;
+        assert_eq!(v["status"], "success", "{v}");
+    }
+}

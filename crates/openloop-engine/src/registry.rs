@@ -17,8 +17,15 @@ use std::sync::Arc;
 /// Size of a warm process's own `/tmp` (each run mounts its own over it).
 const WARM_TMP_BYTES: u64 = 64 << 20;
 /// Processes a warm process holds beside the runs it forked: itself, its egress helper, and
-/// the four spare processes of its next runs (each two processes while it is prepared).
+/// the six spare processes of its next runs (each two processes while it is prepared).
 const WARM_PIDS: u64 = 64;
+/// Memory each run's process leaves charged to its warm process's cgroup: the pages it
+/// copied while it was forked and isolated, before the server moved it into its run cgroup
+/// (measured here at about 2.3 MB: CPython's after-fork work, the run's set-up, registering).
+/// Neither cgroup v1 (charge moving is gone from current kernels) nor v2 moves those charges
+/// with the process, so without this allowance a few hundred runs at once would push the
+/// warm process past its own limit and the kernel would kill it, failing every run.
+const RUN_START_BYTES: u64 = 4 << 20;
 /// Warm processes started by this server, to name each one's cgroup uniquely.
 static WARM_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -165,7 +172,8 @@ impl Invocations {
             run_cgroup_prefix: format!("run-{}-", self.config.instance_tag),
             run_limits: self.run_limits(),
             limits: Limits {
-                memory_bytes: self.config.warm_memory_mb << 20,
+                memory_bytes: (self.config.warm_memory_mb << 20)
+                    + RUN_START_BYTES * (self.config.max_concurrent_runs as u64 + 16),
                 // A run's process stays in this cgroup until the server moves it into the
                 // run's own (two processes each while it is being isolated).
                 pids: WARM_PIDS + 2 * self.config.max_concurrent_runs as u64,
