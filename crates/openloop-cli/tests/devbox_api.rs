@@ -57,6 +57,23 @@ async fn idle_devboxes_shut_down_and_keep_alive_postpones_it() {
     assert_eq!(r.status(), 408);
 }
 
+/// A devbox outlives the server thread that started it: bwrap runs with `--die-with-parent`,
+/// whose signal follows the forking *thread*, and tokio retires an idle blocking-pool thread
+/// after ten seconds. Devboxes started there were SIGKILLed ten seconds after they started.
+#[tokio::test]
+async fn devboxes_outlive_the_thread_that_started_them() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let id = server.create_devbox(serde_json::json!({})).await;
+    let (code, out, _) = server.exec(&id, "echo up").await;
+    assert_eq!((code, out.trim()), (0, "up"));
+    // Past tokio's ten seconds of a blocking thread's idleness, with nothing else to do.
+    tokio::time::sleep(std::time::Duration::from_secs(14)).await;
+    let v = server.get_json(&format!("/v1/devboxes/{id}")).await;
+    assert_eq!(v["status"], "running", "the devbox died on its own: {v}");
+    let (code, out, _) = server.exec(&id, "echo still").await;
+    assert_eq!((code, out.trim()), (0, "still"));
+}
+
 /// Numbers may be floats wherever a request has one (Runloop's client sends its long-poll
 /// timeouts as `30.0`, or with a fraction); nonsense is a 400 that names the field.
 #[tokio::test]

@@ -194,8 +194,8 @@ pub async fn run_logged(mut cmd: Command, program: &str, log: &LogSink) -> Resul
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
+    // Jailed commands die with the thread that starts them: started from a lasting one.
+    let mut child = openloop_sandbox::lasting::spawn(cmd)
         .map_err(|e| format!("could not run {program}: {e}"))?;
     let tail = Tail::default();
     let (_, _, status) = tokio::join!(

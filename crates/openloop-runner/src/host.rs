@@ -165,8 +165,8 @@ impl WarmHost {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        // The warm process dies with the thread that starts it: started from a lasting one.
+        let mut child = openloop_sandbox::lasting::spawn(cmd)
             .map_err(|e| RunnerError::Spawn(format!("{}: {e}", spec.python.display())))?;
         drop(theirs);
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);

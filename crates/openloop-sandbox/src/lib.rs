@@ -10,6 +10,8 @@
 //! - [`egress`]: outbound network (slirp4netns) and the nftables rules that keep sandboxes
 //!   away from private, link-local, loopback and host addresses.
 //! - [`jail`]: Openloop's own namespace launcher (`openloop __jail`), for Python code.
+//! - [`lasting`]: children that die with the server are started from one thread that never
+//!   exits (a parent-death signal follows the forking *thread*).
 //! - [`python`]: the jail a deployment's Python code runs in: its build, its manifest
 //!   import, its warm process and runs.
 //! - [`seccomp`]: the syscall filters every sandbox loads (no namespace creation, mounting,
@@ -32,6 +34,7 @@ pub mod dns;
 pub mod egress;
 pub mod image;
 pub mod jail;
+pub mod lasting;
 pub mod pidfd;
 pub mod python;
 pub mod seccomp;

@@ -135,7 +135,8 @@ impl PythonSandbox {
 
     /// A command that runs `program args…` inside the sandbox. Its environment is empty
     /// apart from the sandbox's own; descriptors in `keep_fds` must be open (without
-    /// close-on-exec) when the command execs. It dies with the server.
+    /// close-on-exec) when the command execs. It dies with the server: start it with
+    /// [`crate::lasting::spawn`], since it dies with the thread that starts it.
     pub fn command(
         &self,
         program: &str,

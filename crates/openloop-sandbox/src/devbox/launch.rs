@@ -134,7 +134,8 @@ pub(super) async fn spawn(
             Ok(())
         });
     }
-    let spawned = cmd.spawn();
+    // bwrap dies with the thread that starts it (`--die-with-parent`): a lasting one.
+    let spawned = crate::lasting::spawn(cmd);
     unsafe {
         libc::close(info_w);
     }
