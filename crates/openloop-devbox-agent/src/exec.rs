@@ -65,10 +65,13 @@ pub fn run(
     let pgid = child.id() as i32;
     let out = Arc::new(Mutex::new(stream.try_clone()?));
     // The server ends an execution (kill, shutdown, its own exit) by closing the connection:
-    // then the whole command tree is killed. Until then it may send standard input (`DATA`,
-    // `END`) and `SIGNAL` frames; without a stdin pipe those are ignored.
+    // then the whole command tree is killed. With a stdin pipe it may also send standard input
+    // (`DATA`, `END`) and `SIGNAL` frames, which a thread of their own follows; without one it
+    // sends nothing, and this thread watches for the hang-up itself (in `pump`, then while it
+    // waits for the command), so a command costs no second thread.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
+    let hangup = (!attach_stdin).then(|| stream.as_raw_fd());
+    if attach_stdin {
         let watch = stream.try_clone()?;
         let finished = Arc::clone(&finished);
         let stdin = child.stdin.take();
@@ -103,8 +106,13 @@ pub fn run(
         ],
         &out,
         pgid,
+        hangup,
     );
     drop((stdout, stderr));
+    if let Some(server) = hangup {
+        // The command may outlive its pipes (it closed them, or left a child holding them).
+        wait_or_hangup(child.id() as i32, server, pgid);
+    }
     let status = child.wait()?;
     finished.store(true, std::sync::atomic::Ordering::SeqCst);
     let exit = ExitStatus {
@@ -120,9 +128,28 @@ pub fn run(
     Ok(())
 }
 
+/// Whether a `poll` entry for the server's connection says it hung up.
+fn hung_up(p: &libc::pollfd) -> bool {
+    p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn watch_hangup(server: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd: server,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }
+}
+
 /// Send what the command writes to its pipes as frames until both are closed; when the
-/// server is gone, kill the command rather than let it run unseen.
-fn pump(pipes: [Option<(RawFd, u8)>; 2], out: &Mutex<UnixStream>, pgid: i32) {
+/// server is gone (its frames fail, or `hangup`, its connection, is closed), kill the command
+/// rather than let it run unseen.
+fn pump(
+    pipes: [Option<(RawFd, u8)>; 2],
+    out: &Mutex<UnixStream>,
+    pgid: i32,
+    hangup: Option<RawFd>,
+) {
     let mut open: Vec<(RawFd, u8)> = pipes.into_iter().flatten().collect();
     let mut buf = vec![0u8; 64 * 1024];
     while !open.is_empty() {
@@ -133,6 +160,7 @@ fn pump(pipes: [Option<(RawFd, u8)>; 2], out: &Mutex<UnixStream>, pgid: i32) {
                 events: libc::POLLIN,
                 revents: 0,
             })
+            .chain(hangup.map(watch_hangup))
             .collect();
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if r < 0 {
@@ -141,8 +169,14 @@ fn pump(pipes: [Option<(RawFd, u8)>; 2], out: &Mutex<UnixStream>, pgid: i32) {
             }
             return;
         }
+        if hangup.is_some() && fds.last().is_some_and(hung_up) {
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            return;
+        }
         let mut closed = Vec::new();
-        for (i, p) in fds.iter().enumerate() {
+        for (i, p) in fds.iter().take(open.len()).enumerate() {
             if p.revents == 0 {
                 continue;
             }
@@ -171,6 +205,56 @@ fn pump(pipes: [Option<(RawFd, u8)>; 2], out: &Mutex<UnixStream>, pgid: i32) {
             open.remove(i);
         }
     }
+}
+
+/// Wait until the command `pid` has exited (not reaping it) or the server hangs up on
+/// `server`, which kills the command's process group.
+fn wait_or_hangup(pid: i32, server: RawFd, pgid: i32) {
+    // Without a pidfd (an old kernel, no descriptors left) the exit is looked for every 50 ms.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    let timeout = if pidfd < 0 { 50 } else { -1 };
+    loop {
+        let mut fds = [
+            watch_hangup(server),
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r < 0 || fds[1].revents != 0 || exited(pid) {
+            break;
+        }
+        if hung_up(&fds[0]) {
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            break;
+        }
+    }
+    if pidfd >= 0 {
+        unsafe {
+            libc::close(pidfd);
+        }
+    }
+}
+
+/// Whether the child `pid` has exited (left to be reaped).
+fn exited(pid: i32) -> bool {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// Read the server's frames for a running command until the connection closes: `DATA` goes

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 /// Bump when the preparation below changes, so caches are rebuilt.
-pub const IMAGE_NAME: &str = "debian-bookworm-v3";
+pub const IMAGE_NAME: &str = "debian-bookworm-v4";
 const PACKAGES: &str = "python3,python3-pip,python3-venv,git,curl,ca-certificates,procps,less";
 
 /// Return the path of the ready base image, building it first if needed.
@@ -65,10 +65,35 @@ async fn build(dir: &Path, target: &Path, mirror: &str) -> Result<(), SandboxErr
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )));
     }
+    locale_archive(&tmp).await?;
     prepare(&tmp).map_err(|e| SandboxError::Image(format!("preparing the image: {e}")))?;
     let _ = std::fs::remove_dir_all(target);
     std::fs::rename(&tmp, target)
         .map_err(|e| SandboxError::Image(format!("cannot move the image into place: {e}")))?;
+    Ok(())
+}
+
+/// Put the image's compiled `C.UTF-8` locale (the devboxes' `LANG`) into a locale archive:
+/// every program that calls `setlocale` then maps one file instead of opening a dozen, which
+/// is a tenth of a millisecond off every command a devbox starts (`bash -c`). The image's own
+/// `localedef` does it (debootstrap ran the image's programs the same way), so the archive's
+/// format is its glibc's.
+async fn locale_archive(root: &Path) -> Result<(), SandboxError> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["localedef", "--add-to-archive", "/usr/lib/locale/C.utf8"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .await
+        .map_err(|e| SandboxError::Image(format!("could not run chroot for localedef: {e}")))?;
+    if !out.status.success() {
+        return Err(SandboxError::Image(format!(
+            "localedef --add-to-archive C.utf8 failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
     Ok(())
 }
 

@@ -72,6 +72,13 @@ async fn exec_files_and_isolation() {
     assert_eq!(code, 0);
     assert_eq!(out, "hi\n1000\n/home/user\n");
     assert_eq!(sh(&d, "exit 7").await.0, 7);
+    // The devboxes' locale comes from an archive (one file mapped per process that sets it).
+    let (code, out, err) = sh(
+        &d,
+        "localedef --list-archive; python3 -c 'import locale; print(locale.setlocale(locale.LC_ALL, \"\"))'",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "C.utf8\nC.UTF-8\n"), "{err}");
 
     d.write_file("notes/a.txt", b"\x00\x01binary")
         .await
@@ -177,4 +184,33 @@ async fn disk_limit_and_outbound_network() {
     );
     d.shutdown().await;
     assert!(!tmp.path().join("devboxes/sbxtest3").exists());
+}
+
+/// A command ends when the server drops its connection: one still writing to its pipes, and
+/// one that closed them (which the agent then watches with its exit, not its output).
+#[tokio::test]
+async fn a_dropped_connection_kills_the_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(&tmp, "sbxtest4").await;
+    for (marker, cmd) in [
+        ("11", "sleep 11"),
+        ("12", "exec >/dev/null 2>&1 </dev/null; sleep 12"),
+    ] {
+        let run = d.exec(cmd, BTreeMap::new(), None, 1 << 20, None);
+        let dropped = tokio::time::timeout(std::time::Duration::from_millis(700), run).await;
+        assert!(dropped.is_err(), "{cmd} finished early");
+        let mut left = String::new();
+        for _ in 0..40 {
+            left = sh(&d, "pgrep -a sleep || true").await.1;
+            if !left.contains(&format!("sleep {marker}")) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            !left.contains(&format!("sleep {marker}")),
+            "{cmd} outlived its connection: {left}"
+        );
+    }
+    d.shutdown().await;
 }

@@ -5,6 +5,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 use std::str::FromStr;
 
+/// A pooled connection idle longer than this is pinged before it is used again.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The handle every other module takes.
@@ -22,6 +25,21 @@ impl Store {
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 8 } else { 16 })
+            // sqlx pings every connection it hands out by default: one more round trip per
+            // statement (to SQLite's worker thread, or over the network to PostgreSQL). A
+            // connection used within the last second is known to be alive; only one idle
+            // longer is pinged (and replaced if the ping fails), as HikariCP does. SQLite's
+            // are never pinged: a local file has no other end to lose.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if !sqlite && meta.idle_for > PING_IF_IDLE_FOR {
+                        use sqlx::Connection;
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
