@@ -35,8 +35,16 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/python/runloop/_host.py"),
     ),
     (
+        "_isolation.py",
+        include_str!("../../../sdk/python/runloop/_isolation.py"),
+    ),
+    (
         "_manifest.py",
         include_str!("../../../sdk/python/runloop/_manifest.py"),
+    ),
+    (
+        "_run.py",
+        include_str!("../../../sdk/python/runloop/_run.py"),
     ),
     ("py.typed", ""),
 ];
@@ -65,4 +73,23 @@ pub fn install(site_packages: &Path) -> std::io::Result<()> {
         std::fs::write(dir.join(name), text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every module of the package in the repository is embedded (a module left out would
+    /// only fail when an environment imports it).
+    #[test]
+    fn every_module_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/runloop");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".py") || n == "py.typed")
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = super::FILES.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
 }

@@ -36,13 +36,9 @@ this process is not on the run's path, and learns of it afterwards through ``tak
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import ctypes
 import errno
-import io
 import json
-import logging
 import os
 import select
 import selectors
@@ -50,336 +46,28 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import traceback
 from typing import Any
 
 from ._function import registered_functions
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWPID = 0x20000000
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_PR_SET_DUMPABLE = 4
-_PR_SET_SECCOMP = 22
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
-_SECCOMP_MODE_FILTER = 2
-_CAP_VERSION_3 = 0x20080522
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _write_file(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _non_dumpable() -> None:
-    """No process of the same user may trace this one or read its memory or environment."""
-    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-
-
-_RUN_NAMESPACES = _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID
-#: ``clone``'s number where a fork straight into the run's namespaces is known to work.
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
-#: ``syscall`` through ``PyDLL``: the GIL stays held across the clone, as ``os.fork`` holds it.
-_pyapi = ctypes.PyDLL(None, use_errno=True)
-_pyapi.syscall.restype = ctypes.c_long
-
-
-def _map_own_ids(uid: int, gid: int) -> None:
-    """In a new user namespace: map this process's ids (from the parent namespace) to
-    themselves. The host process is not dumpable, so its /proc files are not its own; this
-    process must own its /proc/self to write its maps. Its run's pid 1 is sealed non-dumpable."""
-    _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-    _write_file("/proc/self/setgroups", "deny")
-    _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
-    _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
-
-
-def _enter_run_namespaces() -> None:
-    """Own user, mount and pid namespaces (pid 1 is this process's next child)."""
-    uid, gid = os.getuid(), os.getgid()
-    _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-    _check(_libc.unshare(_RUN_NAMESPACES), "unshare")
-    _map_own_ids(uid, gid)
-
-
-def _single_threaded() -> bool:
-    """Whether this process has one thread (C threads of extensions included): only then is
-    a bare ``clone`` as safe as ``fork`` (glibc's fork also takes its own locks, such as
-    malloc's, which another thread may hold)."""
-    try:
-        return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
-
-def _fork_into_run_namespaces() -> int:
-    """``os.fork()``, except that the child starts in user, mount and pid namespaces of its
-    own, as pid 1 there: one copy of this process per run instead of two (fork, unshare,
-    fork again). CPython's fork hooks run as for ``os.fork`` (locks, threads, at-fork
-    handlers such as ``random``'s reseeding). Only for a single-threaded process.
-
-    Raises ``OSError`` if the kernel or the sandbox's filter refuses it."""
-    assert _SYS_CLONE is not None
-    _pyapi.PyOS_BeforeFork()
-    pid = _pyapi.syscall(
-        ctypes.c_long(_SYS_CLONE),
-        ctypes.c_ulong(_RUN_NAMESPACES | signal.SIGCHLD),
-        None,
-        None,
-        None,
-        None,
-    )
-    if pid == 0:
-        _pyapi.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    _pyapi.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone into the run's namespaces: {os.strerror(err)}")
-    return int(pid)
-
-
-def _seal_run(tmp_bytes: int, seccomp: bytes) -> None:
-    """In the run's pid 1, before any run code: its own /proc and /tmp, no capabilities,
-    the sandbox's seccomp filter, not dumpable."""
-    _check(
-        _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
-        "mounting the run's /proc",
-    )
-    opts = f"size={max(tmp_bytes, 4096)},mode=1777".encode()
-    _check(
-        _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
-        "mounting the run's /tmp",
-    )
-    for cap in range(64):
-        _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
-    header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    buf = ctypes.create_string_buffer(seccomp, len(seccomp))
-    prog = _SockFprog(len(seccomp) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _check(
-        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
-        "installing the run's seccomp filter",
-    )
-    _non_dumpable()
-
-
-class FrameWriter:
-    """Length-prefixed JSON frames, safe to call from several threads."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._lock = threading.Lock()
-
-    def send(self, obj: Any) -> None:
-        data = json.dumps(obj, default=repr).encode()
-        with self._lock:
-            self._sock.sendall(struct.pack(">I", len(data)) + data)
-
-
-class FrameLogHandler(logging.Handler):
-    def __init__(self, frames: FrameWriter) -> None:
-        super().__init__(logging.NOTSET)
-        self._frames = frames
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            self._frames.send(
-                {
-                    "type": "log",
-                    "ts_ms": int(record.created * 1000),
-                    "level": record.levelname,
-                    "logger": record.name,
-                    "message": message,
-                }
-            )
-        except Exception:  # noqa: BLE001 - logging must never break the run
-            self.handleError(record)
-
-
-def _connect(path: str, spare_id: str, key: str, channel: str, spare: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    header = {"invocation_id": spare_id, "key": key, "channel": channel, "spare": spare}
-    s.sendall(json.dumps(header).encode() + b"\n")
-    return s
-
-
-#: A spare's three streams, connected ahead of its run: control, stdout, stderr.
-Streams = tuple[socket.socket, socket.socket, socket.socket]
-
-#: Exit codes of a spare that never got to wait for a run.
-_NOT_ISOLATED = 71
-_NOT_REGISTERED = 72
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes | None:
-    """``n`` bytes, or ``None`` if the stream ends first."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _read_frame(sock: socket.socket) -> Any:
-    """One length-prefixed JSON frame, or ``None`` if the stream ends first."""
-    header = _read_exact(sock, 4)
-    if header is None:
-        return None
-    body = _read_exact(sock, struct.unpack(">I", header)[0])
-    return None if body is None else json.loads(body)
-
-
-def _text_stream(fd: int) -> io.TextIOWrapper:
-    return io.TextIOWrapper(
-        io.FileIO(fd, "w", closefd=False),
-        encoding="utf-8",
-        errors="replace",
-        line_buffering=True,
-        write_through=True,
-    )
-
-
-def _rehearse(function: str | None) -> None:
-    """Touch what a run goes through before it comes (see ``FunctionDefinition.rehearse``):
-    the framing, and the function its warm process ran last, the likeliest next. Best
-    effort: nothing here may keep the spare from its run."""
-    try:
-        body = json.dumps({"type": "result", "value": {"k": [1, 2.5, "v", None, True]}})
-        json.loads(body)
-        struct.unpack(">I", struct.pack(">I", len(body)))
-        fn = registered_functions().get(function or "")
-        if fn is not None:
-            fn.rehearse()
-    except Exception:  # noqa: BLE001, S110 - a rehearsal only saves time
-        pass
-
-
-def _serve_one_run(streams: Streams, hint: str | None) -> None:
-    """In a registered spare: get ready for a run, wait for it on the control stream, run
-    it. Never returns."""
-    code = 0
-    control, out, err = streams
-    try:
-        # Everything that does not depend on the run happens before it comes.
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        out.close()
-        err.close()
-        sys.stdout = _text_stream(1)
-        sys.stderr = _text_stream(2)
-        frames = FrameWriter(control)
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        root.addHandler(FrameLogHandler(frames))
-        root.setLevel(logging.INFO)
-        _rehearse(hint)
-        msg = _read_frame(control)
-        if msg is None:
-            # The server let this spare go unused (its deployment was replaced).
-            os._exit(0)
-        try:
-            name = msg["function"]
-            fn = registered_functions().get(name)
-            if fn is None:
-                raise LookupError(f"unknown function {name!r}")
-            os.environ.update(msg.get("env") or {})
-            kwargs = fn.arguments(msg["request"])
-            if fn.coordinator_params:
-                from ._coordinator import SystemCoordinator
-
-                coordinator = SystemCoordinator(invocation_id=msg["invocation_id"])
-                for param in fn.coordinator_params:
-                    kwargs[param] = coordinator
-            if fn.is_async:
-                value = asyncio.run(fn.func(**kwargs))
-            else:
-                value = fn.func(**kwargs)
-            result = fn.dump_result(value)
-            _flush()
-            frames.send({"type": "result", "value": result})
-        except BaseException as e:  # noqa: BLE001 - every failure is reported
-            _flush()
-            frames.send(
-                {
-                    "type": "error",
-                    "error": {
-                        "type": type(e).__name__,
-                        "message": str(e),
-                        "traceback": traceback.format_exc(),
-                    },
-                }
-            )
-    except BaseException:  # noqa: BLE001 - the server could not be reached
-        code = 70
-    finally:
-        _flush()
-        _close_streams(streams)
-        os._exit(code)
-
-
-def _close_streams(streams: Streams) -> None:
-    """Close the run's streams before its process exits. The kernel closes an exiting
-    process's descriptors only after tearing down its memory (a copy of the warm process:
-    about 1.5 ms), and the server ends the run when its streams close; the result is already
-    sent. (Processes the run started keep their own copies of fds 1 and 2 until the server
-    kills them with the run's cgroup.)"""
-    for fd in (1, 2):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    for s in streams:
-        try:
-            s.close()
-        except OSError:
-            pass
-
-
-def _flush() -> None:
-    for s in (sys.stdout, sys.stderr):
-        try:
-            s.flush()
-        except Exception:  # noqa: BLE001
-            pass
-
+from ._isolation import (
+    _SYS_CLONE,
+    _enter_run_namespaces,
+    _fork_into_run_namespaces,
+    _map_own_ids,
+    _non_dumpable,
+    _seal_run,
+    _single_threaded,
+)
+from ._run import (
+    _NOT_ISOLATED,
+    _NOT_REGISTERED,
+    Streams,
+    _connect,
+    _rehearse,
+    _serve_one_run,
+)
 
 #: Runs' processes kept forked, isolated and registered ahead of time. Preparing one (fork,
 #: namespaces, mounts, the server's cgroup move, three connections) takes 10-20 ms of wall
