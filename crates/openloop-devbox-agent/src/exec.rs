@@ -226,7 +226,7 @@ fn wait_or_hangup(pid: i32, server: RawFd, pgid: i32) {
         if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        if r < 0 || fds[1].revents != 0 || exited(pid) {
+        if r < 0 || fds[1].revents != 0 || (pidfd < 0 && exited(pid)) {
             break;
         }
         if hung_up(&fds[0]) {
@@ -317,16 +317,12 @@ fn write_all_or_hangup(pipe: RawFd, server: RawFd, mut data: &[u8]) -> Result<()
                         events: libc::POLLOUT,
                         revents: 0,
                     },
-                    libc::pollfd {
-                        fd: server,
-                        events: libc::POLLRDHUP,
-                        revents: 0,
-                    },
+                    watch_hangup(server),
                 ];
                 unsafe {
                     libc::poll(fds.as_mut_ptr(), 2, -1);
                 }
-                if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                if hung_up(&fds[1]) {
                     return Err(Stop::Hangup);
                 }
                 if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {

@@ -7,12 +7,12 @@
 //! its parent is started here instead, from one thread that never exits, whatever thread asks.
 
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn jobs() -> &'static Mutex<mpsc::Sender<Job>> {
-    static SENDER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+fn jobs() -> &'static mpsc::Sender<Job> {
+    static SENDER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     SENDER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -23,7 +23,7 @@ fn jobs() -> &'static Mutex<mpsc::Sender<Job>> {
                 }
             })
             .expect("the spawner thread starts (the server cannot start children without it)");
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -36,13 +36,9 @@ pub fn spawn(mut cmd: tokio::process::Command) -> std::io::Result<tokio::process
         let _runtime = handle.enter();
         let _ = done_tx.send(cmd.spawn());
     });
-    let sent = match jobs().lock() {
-        Ok(tx) => tx.send(job).is_ok(),
-        Err(_) => false,
-    };
-    if !sent {
-        return Err(std::io::Error::other("the spawner thread is gone"));
-    }
+    jobs()
+        .send(job)
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     done_rx
         .recv()
         .map_err(|_| std::io::Error::other("the spawner thread dropped a spawn"))?
