@@ -2,8 +2,10 @@
 
 The journey: sign in; deploy a project through the Deployments form (and a broken one); invoke
 its functions from the generated forms; follow the runs live (the invocations table, a run's
-log tail); cancel a run; use a devbox's command box; manage API keys; CSRF and signing out.
-Every step asserts what a visitor sees; screenshots of every page go to the artifacts directory.
+log tail); cancel a run; use the devbox the example agent made (`test_dashboard_access.py` goes
+on with a devbox's command box, API keys, CSRF and signing out; `pages.py` holds what both do
+with a page). Every step asserts what a visitor sees; screenshots of every page go to the
+artifacts directory.
 
 The project under test is written by the `sources` fixture into a temporary directory:
 `example_agent` (the seed's example, unchanged), `printer` (numbered lines about every 0.4 s),
@@ -15,25 +17,22 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import EXAMPLE_AGENT, Api, ApiError, Server
-from playwright.sync_api import Browser, Locator, Page, expect
-from playwright.sync_api import Error as PlaywrightError
+from conftest import EXAMPLE_AGENT, Api, Server
+from pages import DEVBOX_TIMEOUT_MS, badge, fact, reloaded, row_ids, sign_in, watch
+from playwright.sync_api import Page, expect
 
 PROJECT = "ui_journey"
 BROKEN = "ui_broken"
 
 # The first build of a project makes its environment (uv): tens of seconds.
 BUILD_TIMEOUT_MS = 240_000
-# The first devbox may need the base image, which the server builds on first use.
-DEVBOX_TIMEOUT_MS = 300_000
 RUN_TIMEOUT_MS = 120_000
 UI_TIMEOUT_MS = 15_000
 
@@ -121,21 +120,6 @@ def project(api: Api, sources: Sources) -> str:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def sign_in(
-    page: Page, server: Server, key: str | None = None, path: str = "/ui/invocations"
-) -> None:
-    """Signs in through the form and lands on `path`."""
-    page.goto(server.url(f"/ui/login?next={quote(path, safe='')}"))
-    page.locator("#key").fill(server.admin_key if key is None else key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(server.url(path))
-
-
-def badge(page: Page) -> Locator:
-    """The status badge in the page's title (a deployment, an invocation, a devbox)."""
-    return page.locator("h1 [data-status]")
-
-
 def invoke_async(api: Api, function: str, request: dict[str, Any] | None = None) -> str:
     inv = api.post(f"/v1/functions/{PROJECT}/{function}/invoke_async", {"request": request or {}})
     return inv["id"]
@@ -149,47 +133,6 @@ def invocations(api: Api, **filters: str) -> list[dict[str, Any]]:
 def wait(api: Api, inv_id: str) -> dict[str, Any]:
     """The invocation once it has finished."""
     return api.post(f"/v1/functions/invocations/{inv_id}/wait", timeout=RUN_TIMEOUT_MS / 1000)
-
-
-def row_ids(page: Page) -> list[str]:
-    """The invocation ids of the table's rows, top to bottom."""
-    hrefs = page.locator("#rows tr td:first-child a").evaluate_all(
-        "links => links.map(a => a.getAttribute('href'))"
-    )
-    return [h.rsplit("/", 1)[-1] for h in hrefs]
-
-
-def watch(
-    page: Page, script: str, timeout: float, each: Callable[[list[Any]], None] | None = None
-) -> list[list[Any]]:
-    """Marks the page's document, then evaluates `script` (a function returning a list) about
-    five times a second until the document is replaced (the page reloaded itself) or `timeout`
-    seconds pass. Returns what it saw in the first document, in order."""
-    page.evaluate("window.__sameDocument = true")
-    seen: list[list[Any]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            same, snapshot = page.evaluate(f"() => [window.__sameDocument === true, ({script})()]")
-        except PlaywrightError:  # the document went away while evaluating
-            break
-        if not same:
-            break
-        seen.append(snapshot)
-        if each is not None:
-            each(snapshot)
-        time.sleep(0.2)
-    return seen
-
-
-def reloaded(page: Page) -> bool:
-    """Whether the document `watch` marked has been replaced."""
-    return page.evaluate("window.__sameDocument !== true")
-
-
-def fact(page: Page, term: str) -> Locator:
-    """The value next to `term` in a page's facts (`dl.facts`)."""
-    return page.locator(f"dl.facts dt:text-is('{term}') + dd")
 
 
 # --- 1. signing in --------------------------------------------------------------------------
@@ -602,153 +545,3 @@ def test_cancel_a_running_invocation(
     expect(page.locator("table.timeline")).to_contain_text("canceled")
     shot(page, "invocation-canceled")
     assert api.get(f"/v1/functions/invocations/{inv_id}")["status"] == "canceled"
-
-
-# --- 7. devboxes ----------------------------------------------------------------------------
-
-
-def test_devbox_command_box_and_shutdown(server: Server, api: Api, page: Page, shot) -> None:
-    devbox = api.post("/v1/devboxes", {}, timeout=DEVBOX_TIMEOUT_MS / 1000)
-    assert devbox["status"] == "running", devbox
-    keys = api.get("/v1/keys")["keys"]
-    admin = next(k for k in keys if server.admin_key.startswith(k["prefix"]))
-
-    sign_in(page, server, path=f"/ui/devboxes/{devbox['id']}")
-    expect(badge(page)).to_have_text("running")
-    expect(fact(page, "Created by")).to_have_text(f"key {admin['name']}")
-
-    page.locator("input[name=command]").fill("echo hello-from-ui")
-    page.get_by_role("button", name="Run", exact=True).click()
-    expect(page).to_have_url(re.compile(r"#exec-"))
-    execution = page.locator("section.execution", has_text="$ echo hello-from-ui")
-    expect(execution.locator("pre.output.stdout")).to_have_text("hello-from-ui\n")
-    expect(execution.locator("strong.exit")).to_have_text("0")
-    shot(page, "devbox-output")
-
-    page.once("dialog", lambda d: d.accept())
-    page.get_by_role("button", name="Shut down").click()
-    expect(badge(page)).to_have_text("shutdown", timeout=60_000)
-    expect(page.locator("input[name=command]")).to_have_count(0)
-    assert api.get(f"/v1/devboxes/{devbox['id']}")["status"] == "shutdown"
-
-
-# --- 8. API keys ------------------------------------------------------------------------------
-
-
-def test_api_key_lifecycle(server: Server, api: Api, browser: Browser, page: Page, shot) -> None:
-    name = f"e2e-key-{int(time.time())}"
-    sign_in(page, server, path="/ui/keys")
-    page.locator("input[name=name]").fill(name)
-    page.get_by_role("button", name="Create key").click()
-    secret_box = page.locator("#new-key-secret")
-    expect(secret_box).to_be_visible()
-    secret = secret_box.inner_text().strip()
-    assert secret and secret != server.admin_key
-    expect(page.locator("#new-key")).to_contain_text(name)
-    row = page.locator(f"tr[data-key-name='{name}']")
-    expect(row.locator(".badge")).to_have_text("active")
-    expect(row).to_contain_text(secret[:8])
-    shot(page, "keys-new-secret")
-
-    # Shown once: the page again does not show it.
-    page.goto(server.url("/ui/keys"))
-    expect(page.locator("#new-key-secret")).to_have_count(0)
-    assert secret not in page.content()
-    expect(row).to_be_visible()
-
-    # It works against the API.
-    as_new = Api(server, key=secret)
-    assert any(k["name"] == name for k in as_new.get("/v1/keys")["keys"])
-
-    # A second visitor signs in with it.
-    other = browser.new_context()
-    try:
-        other_page = other.new_page()
-        sign_in(other_page, server, key=secret, path="/ui/keys")
-        expect(other_page.locator("header.topbar")).to_contain_text(f"key {name}")
-
-        page.once("dialog", lambda d: d.accept())
-        row.get_by_role("button", name="Revoke").click()
-        expect(page).to_have_url(server.url("/ui/keys"))
-        expect(row.locator(".badge")).to_have_text("revoked")
-        expect(row.get_by_role("button", name="Revoke")).to_have_count(0)
-
-        with pytest.raises(ApiError) as denied:
-            as_new.get("/v1/keys")
-        assert denied.value.status == 401
-
-        # The revoked key's session is over: its next page is the sign-in page.
-        other_page.goto(server.url("/ui/invocations"))
-        expect(other_page).to_have_url(server.url("/ui/login?next=%2Fui%2Finvocations"))
-    finally:
-        other.close()
-
-
-def test_reloading_the_new_key_page_creates_no_second_key(
-    server: Server, api: Api, page: Page
-) -> None:
-    name = f"reload-key-{int(time.time())}"
-    sign_in(page, server, path="/ui/keys")
-    page.locator("input[name=name]").fill(name)
-    page.get_by_role("button", name="Create key").click()
-    secret = page.locator("#new-key-secret").inner_text().strip()
-
-    # A visitor reloads the page that shows the secret (a browser asks to resubmit the form;
-    # headless Chromium resubmits without asking).
-    page.reload()
-    try:
-        assert secret not in page.content()
-        named = [k for k in api.get("/v1/keys")["keys"] if k["name"] == name]
-        assert len(named) == 1, (
-            f"reloading the page that showed the new key's secret created another key named "
-            f"{name!r}: {named}; the page now shows another secret: "
-            f"{page.locator('#new-key-secret').all_inner_texts()}"
-        )
-    finally:
-        for k in api.get("/v1/keys")["keys"]:
-            if k["name"] == name and k["revoked_at_ms"] is None:
-                api.post(f"/v1/keys/{k['id']}/revoke")
-
-
-# --- 9. CSRF and signing out --------------------------------------------------------------
-
-
-def test_csrf_is_required_and_sign_out_works(server: Server, api: Api, page: Page) -> None:
-    sign_in(page, server, path="/ui/keys")
-    probe = f"csrf-probe-{int(time.time())}"
-
-    def key_names() -> list[str]:
-        return [k["name"] for k in api.get("/v1/keys")["keys"]]
-
-    # The session cookie goes along (the context's cookies); only the form's token is missing.
-    no_token = page.request.post(server.url("/ui/keys"), form={"name": probe}, max_redirects=0)
-    assert no_token.status == 403, no_token.status
-    assert "did not come from this dashboard" in no_token.text()
-    wrong = page.request.post(
-        server.url("/ui/keys"), form={"name": probe, "csrf": "olc_wrong"}, max_redirects=0
-    )
-    assert wrong.status == 403, wrong.status
-    assert probe not in key_names()
-
-    # The same request with the page's token does create a key: the cookie was good.
-    token = page.locator("form[action='/ui/keys'] input[name=csrf]").get_attribute("value")
-    ok = page.request.post(
-        server.url("/ui/keys"), form={"name": probe, "csrf": token or ""}, max_redirects=0
-    )
-    # The answer is a redirect to the page that shows the secret once.
-    assert ok.status == 303, ok.status
-    assert ok.headers["location"].startswith("/ui/keys?created="), ok.headers
-    created = [k for k in api.get("/v1/keys")["keys"] if k["name"] == probe]
-    assert len(created) == 1
-    api.post(f"/v1/keys/{created[0]['id']}/revoke")
-
-    session = next(c for c in page.context.cookies() if c["name"] == "openloop_session")
-    page.get_by_role("button", name="Sign out").click()
-    expect(page).to_have_url(server.url("/ui/login"))
-    page.goto(server.url("/ui/keys"))
-    expect(page).to_have_url(server.url("/ui/login?next=%2Fui%2Fkeys"))
-
-    # The old cookie is dead on the server too, not only deleted in the browser.
-    page.context.add_cookies([session])
-    page.goto(server.url("/ui/keys"))
-    expect(page).to_have_url(server.url("/ui/login?next=%2Fui%2Fkeys"))
