@@ -265,6 +265,25 @@ impl Bench {
         }
         Ok(t.elapsed())
     }
+
+    /// `invoke_sync` of a function given a `SystemCoordinator` (the seed's example agent
+    /// without its devbox).
+    pub(crate) async fn greet(&self) -> Result<Duration> {
+        let t = Instant::now();
+        let v = self
+            .post(
+                "/v1/functions/bench/greet/invoke_sync",
+                json!({"request": {"name": "Bob"}}),
+            )
+            .await?;
+        if !v["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Hello Bob from "))
+        {
+            bail!("unexpected greeting: {v}");
+        }
+        Ok(t.elapsed())
+    }
 }
 
 /// Proportional set size (kB) of a process and all its descendants.

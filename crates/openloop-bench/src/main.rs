@@ -188,6 +188,12 @@ async fn run(args: Args) -> Result<()> {
         per_s: throughput(args.clients, args.throughput_seconds, || b.echo()).await?,
     };
     put("invoke_sync_warm_p50_ms", openloop.p50_ms, "ms");
+    let greet = latencies(args.calls.min(500), || b.greet()).await?;
+    put(
+        "invoke_sync_coordinator_p50_ms",
+        percentile(&greet, 0.5),
+        "ms",
+    );
     put("invoke_sync_warm_p99_ms", openloop.p99_ms, "ms");
     put(
         &format!("invoke_sync_throughput_{}_clients_per_s", args.clients),

@@ -4,7 +4,6 @@ stream), its output streams, the rehearsal of its function, and serving its one 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -154,6 +153,8 @@ def _serve_one_run(streams: Streams, hint: str | None) -> None:
                 for param in fn.coordinator_params:
                     kwargs[param] = coordinator
             if fn.is_async:
+                import asyncio  # preloaded by the warm process when a function is async
+
                 value = asyncio.run(fn.func(**kwargs))
             else:
                 value = fn.func(**kwargs)

@@ -14,3 +14,9 @@ def echo(text: str) -> str:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@runloop.function
+def greet(name: str, system_coordinator: runloop.SystemCoordinator) -> str:
+    """Like the seed's example agent, without its devbox: what a coordinator costs a run."""
+    return f"Hello {name} from {system_coordinator.invocation_id}"

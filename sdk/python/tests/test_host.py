@@ -1,0 +1,70 @@
+"""The warm process: what it imports before runs are forked from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SDK = Path(__file__).resolve().parents[1]
+
+
+def _modules_after_preload(agent: str) -> set[str]:
+    """The modules a fresh warm process holds once it has imported ``agent`` and preloaded
+    for its functions (in a process of its own: this one has imported everything already)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import runloop
+        from runloop._host import _preload
+        from runloop._function import registered_functions
+        exec(sys.argv[1])
+        _preload(registered_functions())
+        print("\\n".join(sorted(sys.modules)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, textwrap.dedent(agent)],
+        cwd=SDK,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(out.stdout.split())
+
+
+def test_a_plain_function_preloads_neither_asyncio_nor_the_client() -> None:
+    modules = _modules_after_preload(
+        """
+        @runloop.function
+        def echo(text: str) -> str:
+            return text
+        """
+    )
+    assert "runloop._host" in modules
+    assert "asyncio" not in modules, "every run's process would copy asyncio's pages for nothing"
+    assert "runloop._client" not in modules
+
+
+def test_a_coordinator_function_preloads_the_client() -> None:
+    modules = _modules_after_preload(
+        """
+        @runloop.function
+        def greet(name: str, system_coordinator: runloop.SystemCoordinator) -> str:
+            return name
+        """
+    )
+    assert {"runloop._client", "runloop._devbox", "http.client"} <= modules
+    assert "asyncio" not in modules
+
+
+def test_an_async_function_preloads_asyncio() -> None:
+    modules = _modules_after_preload(
+        """
+        @runloop.function
+        async def wait(seconds: float) -> float:
+            return seconds
+        """
+    )
+    assert "asyncio" in modules
