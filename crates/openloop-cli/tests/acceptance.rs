@@ -66,7 +66,7 @@ async fn seed_example(db: Db) {
     let devbox = server.get_json(&format!("/v1/devboxes/{devbox_id}")).await;
     assert_eq!(devbox["status"], "shutdown", "{devbox}");
     assert_eq!(devbox["initiator_id"], inv["id"]);
-    assert!(!server.data.path().join("devboxes").join(devbox_id).exists());
+    server.assert_torn_down(devbox_id).await;
 
     let queued = curl(&server, INVOKE_ASYNC);
     let id = queued["id"].as_str().unwrap().to_string();

@@ -178,6 +178,7 @@ async fn functions(db: Db) {
         .to_string();
     let devbox = server.get_json(&format!("/v1/devboxes/{devbox_id}")).await;
     assert_eq!(devbox["status"], "shutdown", "{devbox}");
+    server.assert_torn_down(&devbox_id).await;
 
     // The SDK's devbox tools: env and cwd, async exec, binary upload/download, kill.
     let (_, inv) = server

@@ -240,6 +240,25 @@ impl Server {
         assert!(r.status().is_success(), "shutdown {devbox}: {}", r.status());
     }
 
+    /// Wait (up to 10 s) until a devbox a run created, recorded `shutdown` when the run
+    /// ended, has had its sandbox torn down: its layer and its cgroups are gone. (A run's
+    /// devboxes are torn down right after its outcome, off the outcome's path.)
+    pub async fn assert_torn_down(&self, devbox: &str) {
+        let layer = self.data.path().join("devboxes").join(devbox);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while layer.exists()
+            || !openloop_sandbox::cgroup::leftover(devbox)
+                .procs_files()
+                .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "devbox {devbox} was not torn down within 10 s of its run's end"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `execute_sync` in a devbox: (exit status, stdout, stderr).
     pub async fn exec(&self, devbox: &str, command: &str) -> (i64, String, String) {
         let r = self

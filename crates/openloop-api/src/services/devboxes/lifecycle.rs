@@ -92,15 +92,17 @@ impl Devboxes {
         }
     }
 
-    pub(super) async fn stop(&self, id: &str) {
+    /// Take a devbox out of service: no tunnel, no live sandbox, no executions (callers that
+    /// hold one keep it), no quota; its final resource use is recorded. What is left, the
+    /// slow part, is returned: [`Teardown::run`] shuts its sandbox down.
+    pub(super) async fn detach(&self, id: &str) -> Teardown {
         // Its tunnel's URL answers 404 from now on.
         self.tunnels.remove(id);
         let live = lock(&self.live).remove(id);
-        if let Some(l) = live {
+        if let Some(l) = &live {
             self.record_usage(id, &l.devbox).await;
-            l.devbox.shutdown().await;
         }
-        let gone: Vec<Arc<Execution>> = {
+        let executions: Vec<Arc<Execution>> = {
             let mut m = lock(&self.executions);
             let ids: Vec<String> = m
                 .values()
@@ -109,22 +111,23 @@ impl Devboxes {
                 .collect();
             ids.iter().filter_map(|e| m.remove(e)).collect()
         };
-        // Killed outside the map's lock (a kill takes the execution's own locks).
-        for x in &gone {
-            x.kill();
-        }
-        if !gone.is_empty() {
+        if !executions.is_empty() {
             lock(&self.by_command_id).retain(|(d, _), _| d != id);
-        }
-        let dir = self.output_dir(id);
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(devbox = %id, error = %e, "could not remove the devbox's execution output");
-            }
         }
         self.release(id);
         // Its lifecycle lock is no longer needed (a holder keeps its own handle).
         lock(&self.ops).remove(id);
+        Teardown {
+            id: id.to_string(),
+            devbox: live.map(|l| l.devbox.clone()),
+            executions,
+            output_dir: self.output_dir(id),
+        }
+    }
+
+    /// Take a devbox out of service and shut its sandbox down.
+    pub(super) async fn stop(&self, id: &str) {
+        self.detach(id).await.run().await;
     }
 
     /// Shut a devbox down: kill everything in it, remove its layer and cgroups (a suspended
@@ -148,7 +151,14 @@ impl Devboxes {
         .await
     }
 
-    /// Shut down every devbox a run created.
+    /// Shut down every devbox a run created. The run's caller is waiting for its result, so
+    /// only what makes each devbox gone for everyone happens before this returns: it is out
+    /// of service (no command, file operation or tunnel reaches it) and recorded `shutdown`.
+    /// Killing its sandbox and removing its layer, cgroups and output (about 10 ms a devbox,
+    /// half of the seed example's run) finish in the background; [`shutdown_all`] waits for
+    /// them, and a crash meanwhile leaves what a crash always leaves, cleaned at the next start.
+    ///
+    /// [`shutdown_all`]: Self::shutdown_all
     pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
         // Every devbox being created or live is in `owners` (none outlives this process): a
         // run that holds none, the common case, costs no database round trip at its end.
@@ -157,8 +167,34 @@ impl Devboxes {
             return Ok(());
         }
         for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
-            self.shutdown(&id, "api_shutdown", "the invocation that created it ended")
-                .await?;
+            let op = self.op_lock(&id);
+            // Held until the teardown is done: no lifecycle operation overlaps it.
+            let one = op.lock_owned().await;
+            let teardown = self.detach(&id).await;
+            if teardown.devbox.is_none() {
+                if let Ok(r) = self.store.get_devbox(&id).await {
+                    if r.status == "suspended" {
+                        self.remove_devbox_dir(&id).await;
+                    }
+                }
+            }
+            self.set_status(
+                &id,
+                StatusChange {
+                    status: "shutdown",
+                    shutdown_reason: Some("api_shutdown"),
+                    message: Some("the invocation that created it ended"),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let task = tokio::spawn(async move {
+                teardown.run().await;
+                drop(one);
+            });
+            let mut pending = lock(&self.teardowns);
+            pending.retain(|t| !t.is_finished());
+            pending.push(task);
         }
         Ok(())
     }
@@ -206,6 +242,39 @@ impl Devboxes {
             let _ = self
                 .shutdown(&id, "api_shutdown", "the server stopped")
                 .await;
+        }
+        let pending: Vec<tokio::task::JoinHandle<()>> = lock(&self.teardowns).drain(..).collect();
+        for t in pending {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What is left of a devbox taken out of service ([`Devboxes::detach`]).
+pub(super) struct Teardown {
+    id: String,
+    /// Its sandbox, if it was live.
+    devbox: Option<Arc<Devbox>>,
+    /// Its executions, taken out of the table (those still running end with the sandbox).
+    executions: Vec<Arc<Execution>>,
+    output_dir: PathBuf,
+}
+
+impl Teardown {
+    /// Shut the sandbox down (kill everything in it, remove its layer and cgroups), then
+    /// end the commands that did not end with it and remove their output.
+    pub(super) async fn run(self) {
+        if let Some(d) = &self.devbox {
+            d.shutdown().await;
+        }
+        // Killed outside the table's lock (a kill takes the execution's own locks).
+        for x in &self.executions {
+            x.kill();
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&self.output_dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(devbox = %self.id, error = %e, "could not remove the devbox's execution output");
+            }
         }
     }
 }

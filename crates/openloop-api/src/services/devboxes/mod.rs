@@ -125,6 +125,9 @@ pub struct Devboxes {
     tunnels: tunnels::TunnelTable,
     /// Blueprint builds: their slots and per-content locks.
     builds: blueprints::Builds,
+    /// Teardowns of run devboxes left to finish in the background (see
+    /// [`Devboxes::shutdown_for_invocation`]); `shutdown_all` waits for them.
+    teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -170,6 +173,7 @@ impl Devboxes {
             parked_output: Mutex::new(HashMap::new()),
             tunnels: tunnels::TunnelTable::default(),
             builds: blueprints::Builds::default(),
+            teardowns: Mutex::new(Vec::new()),
         }
     }
 
