@@ -266,6 +266,25 @@ impl Bench {
         Ok(t.elapsed())
     }
 
+    /// `invoke_sync` of the seed's example agent: it creates a devbox, runs one command in
+    /// it, and the devbox is shut down when the run ends.
+    pub(crate) async fn example_agent(&self) -> Result<Duration> {
+        let t = Instant::now();
+        let v = self
+            .post(
+                "/v1/functions/bench/example_agent/invoke_sync",
+                json!({"request": {"name": "Bob"}}),
+            )
+            .await?;
+        if !v["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("executed hello from devbox") && r.ends_with("User: Bob"))
+        {
+            bail!("unexpected example_agent result: {v}");
+        }
+        Ok(t.elapsed())
+    }
+
     /// `invoke_sync` of a function given a `SystemCoordinator` (the seed's example agent
     /// without its devbox).
     pub(crate) async fn greet(&self) -> Result<Duration> {

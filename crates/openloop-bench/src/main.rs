@@ -194,6 +194,16 @@ async fn run(args: Args) -> Result<()> {
         percentile(&greet, 0.5),
         "ms",
     );
+    if !args.no_devboxes {
+        // The first call may build the devbox image.
+        b.example_agent().await?;
+        let example = latencies(args.devbox_runs, || b.example_agent()).await?;
+        put(
+            "invoke_sync_seed_example_p50_ms",
+            percentile(&example, 0.5),
+            "ms",
+        );
+    }
     put("invoke_sync_warm_p99_ms", openloop.p99_ms, "ms");
     put(
         &format!("invoke_sync_throughput_{}_clients_per_s", args.clients),
