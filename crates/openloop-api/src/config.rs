@@ -187,12 +187,17 @@ impl ServerConfig {
     /// A short tag naming this instance's cgroups, so that several servers on one host (each
     /// with its own data directory) never clean up each other's.
     pub fn instance_tag(&self) -> String {
-        // FNV-1a of the data directory's path.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.data_dir.as_os_str().as_encoded_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{:08x}", h as u32)
+        instance_tag_of(&self.data_dir)
     }
+}
+
+/// The instance tag of a server on `data_dir` ([`ServerConfig::instance_tag`]): FNV-1a of
+/// the directory's path.
+pub fn instance_tag_of(data_dir: &std::path::Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
 }

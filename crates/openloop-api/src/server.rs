@@ -212,5 +212,6 @@ pub async fn serve(
     let _ = unix_server.await;
     devboxes.shutdown_all().await;
     invocations.leave().await;
+    invocations.release_cgroups().await;
     Ok(())
 }

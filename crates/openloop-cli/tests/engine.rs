@@ -256,3 +256,42 @@ async fn redeploy_keeps_runs_in_flight_on_the_old_deployment() {
         "the run in flight finished on the old deployment"
     );
 }
+
+/// A server stopped gracefully (SIGTERM, as `Server`'s drop does) takes the cgroups of its
+/// warm processes, spares and runs with it; before, they stayed until a server next started
+/// on the same data directory.
+#[tokio::test]
+async fn a_graceful_stop_leaves_no_cgroups_behind() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    server.deploy_ok(&fixture("test_agent"));
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "x"}))
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    let sleeper = server
+        .invoke_async("test_agent", "sleepy", json!({"seconds": 60}))
+        .await;
+    wait_status(&server, &sleeper, "running").await;
+    let tag = openloop_api::config::instance_tag_of(server.data.path());
+    let count = |kind: &str| {
+        openloop_sandbox::cgroup::leftovers(&format!("{kind}-{tag}-"))
+            .procs_files()
+            .len()
+    };
+    assert!(count("warm") > 0, "the warm process has a cgroup");
+    assert!(
+        count("run") > 0,
+        "the sleeping run and the spares have cgroups"
+    );
+    drop(server);
+    assert_eq!(
+        count("warm"),
+        0,
+        "a warm process's cgroup outlived the server"
+    );
+    assert_eq!(
+        count("run"),
+        0,
+        "a run's or a spare's cgroup outlived the server"
+    );
+}

@@ -72,7 +72,33 @@ pub fn manifest_of(dep: &Deployment) -> EngineResult<Manifest> {
     serde_json::from_str(text).map_err(|e| EngineError::Internal(format!("corrupt manifest: {e}")))
 }
 
+/// Remove the cgroups of this server's runs, spares, warm processes and builds (the
+/// instance tag names them), killing whatever still runs in them; how many there were.
+/// Warm processes go first: one that is still alive replaces each spare killed, and the
+/// replacement's registration makes a new run cgroup. A registration that was already under
+/// way when its warm process died is caught by the second pass over runs.
+async fn remove_own_cgroups(tag: &str) -> usize {
+    let tag = tag.to_string();
+    tokio::task::spawn_blocking(move || {
+        ["warm", "run", "build", "run"]
+            .iter()
+            .map(|kind| openloop_sandbox::cgroup::remove_leftovers(&format!("{kind}-{tag}-")))
+            .sum::<usize>()
+    })
+    .await
+    .unwrap_or(0)
+}
+
 impl Invocations {
+    /// At a graceful stop, once this node has left ([`Self::leave`]): its warm processes,
+    /// their spares and whatever is still running go with their cgroups now. (They would
+    /// die with the server anyway, but their cgroups would stay behind until a server next
+    /// starts on this data directory.)
+    pub async fn release_cgroups(&self) {
+        let removed = remove_own_cgroups(&self.config.instance_tag).await;
+        tracing::debug!(removed, "removed this server's cgroups");
+    }
+
     pub async fn new(
         store: Store,
         config: EngineConfig,
@@ -87,15 +113,7 @@ impl Invocations {
         let channels = Channels::bind(&config.run_dir, config.engine).await?;
         // Before anything runs: cgroups of runs, warm processes and builds cut short by a
         // crash of a previous process.
-        let tag = config.instance_tag.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            ["run", "warm", "build"]
-                .iter()
-                .map(|kind| openloop_sandbox::cgroup::remove_leftovers(&format!("{kind}-{tag}-")))
-                .sum::<usize>()
-        })
-        .await
-        .unwrap_or(0);
+        let removed = remove_own_cgroups(&config.instance_tag).await;
         if removed > 0 {
             tracing::info!(removed, "removed cgroups left by a previous server process");
         }

@@ -507,8 +507,9 @@ fn parents() -> (Vec<PathBuf>, bool) {
     (out, v2)
 }
 
-/// Remove every cgroup whose name starts with `openloop-{prefix}` (after a crash).
-pub fn remove_leftovers(prefix: &str) -> usize {
+/// Every cgroup whose name starts with `openloop-{prefix}`, in every hierarchy, as one
+/// [`Cgroup`] (its [`procs_files`](Cgroup::procs_files) name one per directory found).
+pub fn leftovers(prefix: &str) -> Cgroup {
     let (parents, v2) = parents();
     let want = format!("openloop-{prefix}");
     let mut dirs = Vec::new();
@@ -519,8 +520,15 @@ pub fn remove_leftovers(prefix: &str) -> usize {
             }
         }
     }
-    let n = dirs.len();
-    Cgroup { dirs, v2 }.destroy();
+    Cgroup { dirs, v2 }
+}
+
+/// Remove every cgroup whose name starts with `openloop-{prefix}` (after a crash, and at a
+/// graceful stop), killing what runs in them; how many directories there were.
+pub fn remove_leftovers(prefix: &str) -> usize {
+    let found = leftovers(prefix);
+    let n = found.dirs.len();
+    found.destroy();
     n
 }
 
