@@ -95,6 +95,9 @@ impl Invocations {
     /// die with the server anyway, but their cgroups would stay behind until a server next
     /// starts on this data directory.)
     pub async fn release_cgroups(&self) {
+        for (_, host) in lock(&self.hosts).values() {
+            host.retire();
+        }
         let removed = remove_own_cgroups(&self.config.instance_tag).await;
         tracing::debug!(removed, "removed this server's cgroups");
     }

@@ -82,6 +82,9 @@ pub struct WarmHost {
     spares: Arc<Spares>,
     /// The spares' registration on the engine socket (ends with the host).
     _spares: Option<tokio::task::JoinHandle<()>>,
+    /// Set by [`WarmHost::retire`]: the server is stopping, and the process's end is
+    /// expected rather than news.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl WarmHost {
@@ -229,6 +232,7 @@ impl WarmHost {
                 }
             })),
             spares,
+            retired: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
@@ -249,13 +253,23 @@ impl WarmHost {
                         h.spec.limits.memory_bytes >> 20
                     );
                 }
-                tracing::warn!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped");
+                if h.retired.load(Ordering::SeqCst) {
+                    tracing::debug!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped with the server");
+                } else {
+                    tracing::warn!(deployment = %h.spec.deployment_id, %reason, "warm Python process stopped");
+                }
                 lock(&h.replies).clear();
                 lock(&h.exits).clear();
             }
             let _ = dead_tx.send(Some(reason));
         });
         Ok(host)
+    }
+
+    /// The server is stopping: the process's end (with its cgroup) is expected, and is not
+    /// reported as a warning.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
     }
 
     pub fn is_alive(&self) -> bool {
