@@ -92,13 +92,13 @@ pub async fn serve(
         .map_err(|e| ServeError::Bind(config.listen, e))?;
     let notifier = Notifier::default();
     let tokens = Tokens::default();
-    let devboxes = Arc::new(Devboxes::new(
+    let devboxes = Devboxes::new(
         store.clone(),
         config.clone(),
         notifier.clone(),
         secrets.clone(),
         network_policies.clone(),
-    ));
+    );
     devboxes.recover().await?;
     devboxes.start_warm_pool();
     let invocations = Arc::new(

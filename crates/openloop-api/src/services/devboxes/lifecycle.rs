@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Run devboxes' teardowns left to the background at most at once (see
+/// [`Devboxes::shutdown_for_invocation`]); past this, a run's end tears its devboxes down itself.
+const MAX_PENDING_TEARDOWNS: usize = 16;
+
 impl Devboxes {
     /// Push the idle deadline of a devbox out by its keep-alive time.
     pub(super) fn touch(&self, live: &Live) {
@@ -92,17 +96,25 @@ impl Devboxes {
         }
     }
 
-    /// Take a devbox out of service: no tunnel, no live sandbox, no executions (callers that
-    /// hold one keep it), no quota; its final resource use is recorded. What is left, the
-    /// slow part, is returned: [`Teardown::run`] shuts its sandbox down.
-    pub(super) async fn detach(&self, id: &str) -> Teardown {
-        // Its tunnel's URL answers 404 from now on.
+    /// Take a devbox out of service at once: its tunnel's URL answers 404, and no request
+    /// finds its sandbox live (a command, a file operation, a suspend or a snapshot is refused).
+    /// Nothing here awaits, so no caller can be cancelled between this and [`finish_stop`].
+    ///
+    /// [`finish_stop`]: Self::finish_stop
+    fn take_out_of_service(&self, id: &str) -> Option<Arc<Live>> {
         self.tunnels.remove(id);
-        let live = lock(&self.live).remove(id);
-        if let Some(l) = &live {
-            self.record_usage(id, &l.devbox).await;
+        lock(&self.live).remove(id)
+    }
+
+    /// The rest of stopping a devbox taken out of service (its final resource use recorded
+    /// already): its sandbox shut down (everything in it killed, its layer and cgroups
+    /// removed), then its executions ended and forgotten, its output removed, its quota
+    /// released.
+    async fn finish_stop(&self, id: &str, live: Option<Arc<Live>>) {
+        if let Some(l) = live {
+            l.devbox.shutdown().await;
         }
-        let executions: Vec<Arc<Execution>> = {
+        let gone: Vec<Arc<Execution>> = {
             let mut m = lock(&self.executions);
             let ids: Vec<String> = m
                 .values()
@@ -111,23 +123,30 @@ impl Devboxes {
                 .collect();
             ids.iter().filter_map(|e| m.remove(e)).collect()
         };
-        if !executions.is_empty() {
+        // Killed outside the map's lock (a kill takes the execution's own locks).
+        for x in &gone {
+            x.kill();
+        }
+        if !gone.is_empty() {
             lock(&self.by_command_id).retain(|(d, _), _| d != id);
+        }
+        let dir = self.output_dir(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(devbox = %id, error = %e, "could not remove the devbox's execution output");
+            }
         }
         self.release(id);
         // Its lifecycle lock is no longer needed (a holder keeps its own handle).
         lock(&self.ops).remove(id);
-        Teardown {
-            id: id.to_string(),
-            devbox: live.map(|l| l.devbox.clone()),
-            executions,
-            output_dir: self.output_dir(id),
-        }
     }
 
-    /// Take a devbox out of service and shut its sandbox down.
     pub(super) async fn stop(&self, id: &str) {
-        self.detach(id).await.run().await;
+        let live = self.take_out_of_service(id);
+        if let Some(l) = &live {
+            self.record_usage(id, &l.devbox).await;
+        }
+        self.finish_stop(id, live).await;
     }
 
     /// Shut a devbox down: kill everything in it, remove its layer and cgroups (a suspended
@@ -153,10 +172,15 @@ impl Devboxes {
 
     /// Shut down every devbox a run created. The run's caller is waiting for its result, so
     /// only what makes each devbox gone for everyone happens before this returns: it is out
-    /// of service (no command, file operation or tunnel reaches it) and recorded `shutdown`.
-    /// Killing its sandbox and removing its layer, cgroups and output (about 10 ms a devbox,
-    /// half of the seed example's run) finish in the background; [`shutdown_all`] waits for
-    /// them, and a crash meanwhile leaves what a crash always leaves, cleaned at the next start.
+    /// of service (no command, file operation, lifecycle operation or tunnel reaches it) and
+    /// recorded `shutdown`. The rest of [`stop`](Self::stop), its sandbox's teardown (about
+    /// 10 ms a devbox, half of the seed example's run), finishes in a task that holds the
+    /// devbox's lifecycle lock (later operations on it wait, then find it shut down) and the
+    /// snapshot gate for reading (a snapshot or blueprint under its overlay is not deleted
+    /// before it is unmounted). [`shutdown_all`] waits for those tasks; while
+    /// [`MAX_PENDING_TEARDOWNS`] are unfinished, or once the server is stopping, a teardown
+    /// happens here instead, so a stream of runs cannot pile up sandboxes that no run or
+    /// quota counts any more.
     ///
     /// [`shutdown_all`]: Self::shutdown_all
     pub async fn shutdown_for_invocation(&self, invocation_id: &str) -> ApiResult<()> {
@@ -168,15 +192,42 @@ impl Devboxes {
         }
         for id in self.store.devbox_ids_of_invocation(invocation_id).await? {
             let op = self.op_lock(&id);
-            // Held until the teardown is done: no lifecycle operation overlaps it.
             let one = op.lock_owned().await;
-            let teardown = self.detach(&id).await;
-            if teardown.devbox.is_none() {
-                if let Ok(r) = self.store.get_devbox(&id).await {
-                    if r.status == "suspended" {
-                        self.remove_devbox_dir(&id).await;
+            let gate = self.snapshot_gate.clone().read_owned().await;
+            // Read now: the record says `shutdown` before a background teardown looks.
+            let running = lock(&self.live).get(&id).cloned();
+            let suspended = running.is_none()
+                && matches!(self.store.get_devbox(&id).await, Ok(r) if r.status == "suspended");
+            // Its final resource use, recorded here rather than by the teardown: the database
+            // writes on this run's path would otherwise wait for the teardown's.
+            if let Some(l) = &running {
+                self.record_usage(&id, &l.devbox).await;
+            }
+            let live = self.take_out_of_service(&id);
+            let this = self.me.upgrade();
+            let background = {
+                let mut pending = lock(&self.teardowns);
+                pending.retain(|t| !t.is_finished());
+                match this {
+                    Some(this)
+                        if pending.len() < MAX_PENDING_TEARDOWNS
+                            && !self.closing.load(Ordering::SeqCst) =>
+                    {
+                        let id = id.clone();
+                        pending.push(tokio::spawn(async move {
+                            this.finish_shutdown(&id, live, suspended).await;
+                            drop(gate);
+                            drop(one);
+                        }));
+                        None
                     }
+                    _ => Some((live, gate, one)),
                 }
+            };
+            if let Some((live, gate, one)) = background {
+                self.finish_shutdown(&id, live, suspended).await;
+                drop(gate);
+                drop(one);
             }
             self.set_status(
                 &id,
@@ -188,15 +239,17 @@ impl Devboxes {
                 },
             )
             .await?;
-            let task = tokio::spawn(async move {
-                teardown.run().await;
-                drop(one);
-            });
-            let mut pending = lock(&self.teardowns);
-            pending.retain(|t| !t.is_finished());
-            pending.push(task);
         }
         Ok(())
+    }
+
+    /// [`finish_stop`](Self::finish_stop) for a shutdown; a suspended devbox's kept disk goes
+    /// too.
+    async fn finish_shutdown(&self, id: &str, live: Option<Arc<Live>>, suspended: bool) {
+        self.finish_stop(id, live).await;
+        if suspended {
+            self.remove_devbox_dir(id).await;
+        }
     }
 
     /// After a restart: no sandbox survives, so clean their remains and records; suspended
@@ -233,6 +286,7 @@ impl Devboxes {
     }
 
     pub async fn shutdown_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         let warm: Vec<Arc<Devbox>> = lock(&self.warm).drain(..).collect();
         for d in warm {
             d.shutdown().await;
@@ -243,37 +297,15 @@ impl Devboxes {
                 .shutdown(&id, "api_shutdown", "the server stopped")
                 .await;
         }
-        let pending: Vec<tokio::task::JoinHandle<()>> = lock(&self.teardowns).drain(..).collect();
-        for t in pending {
-            let _ = t.await;
-        }
-    }
-}
-
-/// What is left of a devbox taken out of service ([`Devboxes::detach`]).
-pub(super) struct Teardown {
-    id: String,
-    /// Its sandbox, if it was live.
-    devbox: Option<Arc<Devbox>>,
-    /// Its executions, taken out of the table (those still running end with the sandbox).
-    executions: Vec<Arc<Execution>>,
-    output_dir: PathBuf,
-}
-
-impl Teardown {
-    /// Shut the sandbox down (kill everything in it, remove its layer and cgroups), then
-    /// end the commands that did not end with it and remove their output.
-    pub(super) async fn run(self) {
-        if let Some(d) = &self.devbox {
-            d.shutdown().await;
-        }
-        // Killed outside the table's lock (a kill takes the execution's own locks).
-        for x in &self.executions {
-            x.kill();
-        }
-        if let Err(e) = tokio::fs::remove_dir_all(&self.output_dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(devbox = %self.id, error = %e, "could not remove the devbox's execution output");
+        // Teardowns of runs that ended before `closing` was set (later ones happen inline).
+        loop {
+            let pending: Vec<tokio::task::JoinHandle<()>> =
+                lock(&self.teardowns).drain(..).collect();
+            if pending.is_empty() {
+                break;
+            }
+            for t in pending {
+                let _ = t.await;
             }
         }
     }

@@ -117,7 +117,7 @@ pub struct Devboxes {
     /// Held for reading while a devbox that starts from a snapshot or a blueprint is
     /// recorded, for writing while a snapshot or blueprint is deleted: neither is deleted
     /// while in use.
-    snapshot_gate: tokio::sync::RwLock<()>,
+    snapshot_gate: Arc<tokio::sync::RwLock<()>>,
     /// The execution output of suspended devboxes (their killed executions stay readable),
     /// taken back when they resume.
     parked_output: Mutex<HashMap<String, OutputStore>>,
@@ -128,6 +128,10 @@ pub struct Devboxes {
     /// Teardowns of run devboxes left to finish in the background (see
     /// [`Devboxes::shutdown_for_invocation`]); `shutdown_all` waits for them.
     teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set by `shutdown_all`: the server is stopping, and teardowns happen inline.
+    closing: std::sync::atomic::AtomicBool,
+    /// This service itself, for the tasks it leaves teardowns to.
+    me: std::sync::Weak<Devboxes>,
 }
 
 fn status(status: &str) -> StatusChange<'_> {
@@ -145,7 +149,7 @@ impl Devboxes {
         notifier: Notifier,
         secrets: Arc<Secrets>,
         network_policies: Arc<NetworkPolicies>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let pool = (config.devbox_disk_pool > 0).then(|| {
             DiskPool::start(
                 config.data_dir.join("disk-pool"),
@@ -153,7 +157,7 @@ impl Devboxes {
                 config.devbox_disk_pool,
             )
         });
-        Devboxes {
+        Arc::new_cyclic(|me| Devboxes {
             pool,
             warm: Mutex::new(std::collections::VecDeque::new()),
             warm_refill: Arc::new(tokio::sync::Notify::new()),
@@ -169,12 +173,14 @@ impl Devboxes {
             secrets,
             network_policies,
             ops: Mutex::new(HashMap::new()),
-            snapshot_gate: tokio::sync::RwLock::new(()),
+            snapshot_gate: Arc::new(tokio::sync::RwLock::new(())),
             parked_output: Mutex::new(HashMap::new()),
             tunnels: tunnels::TunnelTable::default(),
             builds: blueprints::Builds::default(),
             teardowns: Mutex::new(Vec::new()),
-        }
+            closing: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
+        })
     }
 
     /// The directory of one devbox's execution output files.
