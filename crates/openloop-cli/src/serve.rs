@@ -269,6 +269,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => agent_beside_exe()?,
     };
     let data_dir = std::path::absolute(&args.store.data_dir).context("data directory")?;
+    // An interpreter outside the system directories is bound into every Python sandbox
+    // (`python::interpreter_prefixes`): its installation must not hold the data directory.
+    for prefix in openloop_sandbox::python::interpreter_prefixes(&args.python) {
+        if prefix.starts_with("/tmp") {
+            anyhow::bail!(
+                "the Python interpreter {} is installed under /tmp ({}), which no sandbox can \
+                 see (each has a /tmp of its own); install it elsewhere and pass --python",
+                args.python.display(),
+                prefix.display()
+            );
+        }
+        let data = data_dir.canonicalize().unwrap_or_else(|_| data_dir.clone());
+        if data.starts_with(&prefix) || data_dir.starts_with(&prefix) {
+            anyhow::bail!(
+                "the Python interpreter {} is installed in {}, which holds the data directory {}: \
+                 every function's sandbox sees the interpreter's installation, so it would see \
+                 the data directory too; use an interpreter installed elsewhere (--python) or \
+                 another data directory (--data-dir)",
+                args.python.display(),
+                prefix.display(),
+                data_dir.display()
+            );
+        }
+    }
     let secrets_key = secrets_key_source(args.secrets_key_file, &data_dir)?;
     let node_id = match args.node_id {
         Some(id) => id,

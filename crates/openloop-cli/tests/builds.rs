@@ -227,3 +227,61 @@ async fn git_sources_deploy_at_a_ref_and_redeploys_switch_over() {
     assert!(!ok);
     assert!(err.contains("git checkout failed"), "{err}");
 }
+
+/// `--python` may name an interpreter installed outside the system directories (pyenv, a
+/// build under /opt): its installation is bound, read-only, into the sandboxes that build and
+/// run the deployment. One whose installation holds the data directory is refused at start.
+#[tokio::test]
+async fn an_interpreter_outside_the_system_directories_builds_and_runs() {
+    // Not under /tmp: every sandbox has a /tmp of its own (the server refuses such a path).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // A real interpreter binary (a copy, not a link into /usr) under a directory of our own.
+    let install = dir.path().join("python-install");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--copies", "--without-pip"])
+        .arg(&install)
+        .status()
+        .unwrap();
+    assert!(made.success(), "python3 -m venv --copies");
+    let python = install.join("bin/python3");
+    assert!(!std::fs::symlink_metadata(&python).unwrap().is_symlink());
+    let python_arg = python.to_str().unwrap();
+
+    let server = Server::start_with(Db::Sqlite, &[("OPENLOOP_PYTHON", python_arg)])
+        .await
+        .unwrap();
+    server.deploy_ok(&fixture("test_agent"));
+    let (_, inv) = server
+        .invoke_sync("test_agent", "echo", json!({"text": "elsewhere"}))
+        .await;
+    assert_eq!(inv["status"], "success", "{inv}");
+    assert_eq!(inv["result"]["text"], "elsewhere", "{inv}");
+    drop(server);
+
+    let out = Command::new(common::bin())
+        .args(["serve", "--port", "0", "--python", python_arg, "--data-dir"])
+        .arg(install.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a data directory inside the interpreter's installation is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds the data directory"), "{err}");
+
+    let in_tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let out = Command::new(common::bin())
+        .args(["serve", "--port", "0", "--python"])
+        .arg(in_tmp.path().join("bin/python3"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an interpreter under /tmp is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("under /tmp"), "{err}");
+}

@@ -100,6 +100,7 @@ pub async fn read(
     let module_dir = Path::new(APP).join(&module.path);
     let cmd = sandbox
         .python(repo, false)
+        .with_venv_interpreter(venv)
         .bind(venv, VENV, false)
         .bind(&sandbox.scratch, OUT, true)
         .command(

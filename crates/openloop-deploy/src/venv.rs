@@ -97,6 +97,7 @@ pub async fn ensure(
     }
     let mut jail = sandbox
         .python(repo, true)
+        .with_interpreter(&settings.python)
         .bind(&dir, VENV, true)
         .bind(&settings.uv, UV, false)
         .bind(&uv_cache, UV_CACHE, true)

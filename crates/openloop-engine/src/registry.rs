@@ -143,6 +143,7 @@ impl Invocations {
             None => self.local_manifest(dep).await?,
         };
         let mut sandbox = PythonSandbox::new(&self.config.launcher, WARM_TMP_BYTES)
+            .with_venv_interpreter(Path::new(&m.venv))
             .bind(Path::new(&m.venv), python::VENV, false)
             .bind(Path::new(&m.source_dir), python::APP, false)
             .bind(self.channels.socket_path(), python::ENGINE_SOCKET, false)

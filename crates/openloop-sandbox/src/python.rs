@@ -68,7 +68,59 @@ pub struct PythonSandbox {
     pub keep_fds: Vec<i32>,
 }
 
+/// Where the interpreter at `python` is installed (the directory above its `bin/`), for
+/// each of its given and real paths that lies outside the system directories every Python
+/// sandbox has ([`crate::jail::SYSTEM_DIRS`]): an interpreter of its own (pyenv, a build
+/// under `/opt`) must be visible, read-only and at the same path, to the sandboxes that run
+/// it or an environment made from it. Empty for the distribution's own interpreter.
+pub fn interpreter_prefixes(python: &Path) -> Vec<PathBuf> {
+    let given = std::path::absolute(python).ok();
+    let real = python.canonicalize().ok();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for exe in [given, real].into_iter().flatten() {
+        let Some(prefix) = exe.parent().and_then(Path::parent) else {
+            continue;
+        };
+        let system = crate::jail::SYSTEM_DIRS
+            .iter()
+            .any(|d| prefix.starts_with(d));
+        if !system && prefix != Path::new("/") && !out.iter().any(|p| p == prefix) {
+            out.push(prefix.to_path_buf());
+        }
+    }
+    out
+}
+
+/// The base interpreter of the environment at `venv` (on the host), from its `pyvenv.cfg`'s
+/// `home` (the interpreter's `bin/` directory).
+pub fn venv_base_python(venv: &Path) -> Option<PathBuf> {
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "home").then(|| Path::new(value.trim()).join("python3"))
+    })
+}
+
 impl PythonSandbox {
+    /// Bind the installation of the interpreter at `python` where it lies outside the
+    /// system directories ([`interpreter_prefixes`]).
+    pub fn with_interpreter(mut self, python: &Path) -> Self {
+        for prefix in interpreter_prefixes(python) {
+            let dst = prefix.to_string_lossy().into_owned();
+            self = self.bind(&prefix, &dst, false);
+        }
+        self
+    }
+
+    /// [`with_interpreter`](Self::with_interpreter) for the base interpreter of the
+    /// environment at `venv` (on the host).
+    pub fn with_venv_interpreter(self, venv: &Path) -> Self {
+        match venv_base_python(venv) {
+            Some(python) => self.with_interpreter(&python),
+            None => self,
+        }
+    }
+
     /// A sandbox with the basics: system directories, `/tmp` of `tmp_bytes`, [`APP`] as the
     /// working directory, the host's network, the `Sandbox` seccomp profile.
     pub fn new(launcher: &Path, tmp_bytes: u64) -> PythonSandbox {
@@ -152,5 +204,39 @@ impl PythonSandbox {
             });
         }
         Ok(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_interpreter_outside_the_system_dirs_is_bound() {
+        assert!(interpreter_prefixes(Path::new("/usr/bin/python3")).is_empty());
+        assert!(interpreter_prefixes(Path::new("/usr/local/bin/python3")).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("py/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("python3"), "").unwrap();
+        assert_eq!(
+            interpreter_prefixes(&bin.join("python3")),
+            vec![dir.path().canonicalize().unwrap().join("py")]
+        );
+    }
+
+    #[test]
+    fn the_base_interpreter_of_an_environment_is_read_from_its_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pyvenv.cfg"),
+            "home = /opt/py/bin\ninclude-system-site-packages = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            venv_base_python(dir.path()),
+            Some(PathBuf::from("/opt/py/bin/python3"))
+        );
+        assert_eq!(venv_base_python(&dir.path().join("none")), None);
     }
 }
