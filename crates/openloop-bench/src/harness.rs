@@ -252,56 +252,50 @@ impl Bench {
         Ok(())
     }
 
-    pub(crate) async fn echo(&self) -> Result<Duration> {
+    /// Time one `invoke_sync` of the benchmark's `function` with `request`; its result must
+    /// satisfy `expected`.
+    async fn timed_call(
+        &self,
+        function: &str,
+        request: Value,
+        expected: impl Fn(&Value) -> bool,
+    ) -> Result<Duration> {
         let t = Instant::now();
         let v = self
             .post(
-                "/v1/functions/bench/echo/invoke_sync",
-                json!({"request": {"text": "hi"}}),
+                &format!("/v1/functions/bench/{function}/invoke_sync"),
+                json!({ "request": request }),
             )
             .await?;
-        if v["result"] != "hi" {
-            bail!("unexpected echo: {v}");
+        if !expected(&v["result"]) {
+            bail!("unexpected result of {function}: {v}");
         }
         Ok(t.elapsed())
+    }
+
+    pub(crate) async fn echo(&self) -> Result<Duration> {
+        self.timed_call("echo", json!({"text": "hi"}), |r| r == "hi")
+            .await
     }
 
     /// `invoke_sync` of the seed's example agent: it creates a devbox, runs one command in
     /// it, and the devbox is shut down when the run ends.
     pub(crate) async fn example_agent(&self) -> Result<Duration> {
-        let t = Instant::now();
-        let v = self
-            .post(
-                "/v1/functions/bench/example_agent/invoke_sync",
-                json!({"request": {"name": "Bob"}}),
-            )
-            .await?;
-        if !v["result"]
-            .as_str()
-            .is_some_and(|r| r.contains("executed hello from devbox") && r.ends_with("User: Bob"))
-        {
-            bail!("unexpected example_agent result: {v}");
-        }
-        Ok(t.elapsed())
+        self.timed_call("example_agent", json!({"name": "Bob"}), |r| {
+            r.as_str().is_some_and(|r| {
+                r.contains("executed hello from devbox") && r.ends_with("User: Bob")
+            })
+        })
+        .await
     }
 
     /// `invoke_sync` of a function given a `SystemCoordinator` (the seed's example agent
     /// without its devbox).
     pub(crate) async fn greet(&self) -> Result<Duration> {
-        let t = Instant::now();
-        let v = self
-            .post(
-                "/v1/functions/bench/greet/invoke_sync",
-                json!({"request": {"name": "Bob"}}),
-            )
-            .await?;
-        if !v["result"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("Hello Bob from "))
-        {
-            bail!("unexpected greeting: {v}");
-        }
-        Ok(t.elapsed())
+        self.timed_call("greet", json!({"name": "Bob"}), |r| {
+            r.as_str().is_some_and(|r| r.starts_with("Hello Bob from "))
+        })
+        .await
     }
 }
 

@@ -258,30 +258,26 @@ async fn an_interpreter_outside_the_system_directories_builds_and_runs() {
     assert_eq!(inv["result"]["text"], "elsewhere", "{inv}");
     drop(server);
 
-    let out = Command::new(common::bin())
-        .args(["serve", "--port", "0", "--python", python_arg, "--data-dir"])
-        .arg(install.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a data directory inside the interpreter's installation is refused"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `serve` with this interpreter and data directory must refuse to start; its error.
+    let refusal = |python: &Path, data: &Path| {
+        let out = Command::new(common::bin())
+            .args(["serve", "--port", "0", "--python"])
+            .arg(python)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "serve --python {python:?} --data-dir {data:?} started"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A data directory inside the interpreter's installation.
+    let err = refusal(&python, &install.join("data"));
     assert!(err.contains("holds the data directory"), "{err}");
-
+    // An interpreter under /tmp.
     let in_tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let out = Command::new(common::bin())
-        .args(["serve", "--port", "0", "--python"])
-        .arg(in_tmp.path().join("bin/python3"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "an interpreter under /tmp is refused"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(&in_tmp.path().join("bin/python3"), &dir.path().join("data"));
     assert!(err.contains("under /tmp"), "{err}");
 }
