@@ -53,11 +53,11 @@ from typing import Any
 from ._function import FunctionDefinition, registered_functions
 from ._isolation import (
     _SYS_CLONE,
+    Seal,
     _enter_run_namespaces,
     _fork_into_run_namespaces,
     _map_own_ids,
     _non_dumpable,
-    _seal_run,
     _single_threaded,
 )
 from ._run import (
@@ -66,6 +66,7 @@ from ._run import (
     Streams,
     _connect,
     _rehearse,
+    _rehearse_spare,
     _serve_one_run,
 )
 
@@ -147,7 +148,8 @@ class Host:
         self.control = control
         self.engine_socket = engine_socket
         self.run_tmp_bytes = run_tmp_bytes
-        self.seccomp = seccomp
+        #: Each run's sealing, prepared once (see ``Seal``).
+        self.seal = Seal(run_tmp_bytes, seccomp)
         #: (id, key) this host's spares register with on the engine socket.
         self.spare_registration = spare
         self.buffer = b""
@@ -353,7 +355,7 @@ class Host:
         """In the run's pid 1, in its namespaces: seal it, register it as a spare, serve
         its run. Never returns."""
         try:
-            _seal_run(self.run_tmp_bytes, self.seccomp)
+            self.seal.apply()
             os.setsid()
         except BaseException:  # noqa: BLE001 - the host sees the exit code
             os._exit(_NOT_ISOLATED)
@@ -493,6 +495,7 @@ def main() -> None:
     # quarter of a megabyte less per run's process, measured with the benchmark's functions).
     for fn in registered_functions().values():
         _rehearse(fn.name)
+    _rehearse_spare()
     # Objects that exist now (the module, pydantic, the SDK) move to a permanent generation:
     # collections in forked children then never touch them, so their pages stay shared.
     import gc

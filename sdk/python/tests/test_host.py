@@ -68,3 +68,29 @@ def test_an_async_function_preloads_asyncio() -> None:
         """
     )
     assert "asyncio" in modules
+
+
+def test_the_spare_rehearsal_leaves_the_warm_process_as_it_was() -> None:
+    """``_rehearse_spare`` runs in the warm process before it forks: its output streams, its
+    logging and its descriptors must be as they were (a run's streams set up there for real
+    would send the warm process's output nowhere)."""
+    script = textwrap.dedent(
+        """
+        import logging, os, sys
+        from runloop._run import _rehearse_spare
+        root = logging.getLogger()
+        root.addHandler(logging.NullHandler())
+        root.setLevel(logging.ERROR)
+        def state():
+            return (sys.stdout, sys.stderr, list(root.handlers), root.level,
+                    sorted(os.listdir("/proc/self/fd")))
+        before = state()
+        _rehearse_spare()
+        after = state()
+        print("same" if before == after else f"changed: {before} -> {after}")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=SDK, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "same", out.stdout + out.stderr
