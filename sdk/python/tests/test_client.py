@@ -1,11 +1,16 @@
-"""The HTTP client and coordinator against a stand-in server on loopback."""
+"""The HTTP client and coordinator against stand-in servers: on loopback (``http://``, through
+``http.client``) and on a Unix socket (``unix:``, the client's own HTTP/1.1, as in a run)."""
 
 from __future__ import annotations
 
 import json
+import socketserver
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,8 @@ DEPTH_MESSAGE = (
 
 
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def _answer(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -36,6 +43,20 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(409, {"error": error})
         elif self.path == "/v1/functions/invocations/inv_ok/wait":
             self._answer(200, {"id": "inv_ok", "status": "success", "result": 7})
+        elif self.path == "/v1/functions/invocations/inv_chunked/wait":
+            data = json.dumps({"id": "inv_chunked", "status": "success", "result": [1, 2]})
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (data[:5], data[5:]):
+                self.wfile.write(f"{len(piece):x};ext=1\r\n{piece}\r\n".encode())
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/v1/functions/invocations/inv_cut/wait":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"id": "inv_cut"')
+            self.close_connection = True
         elif self.path == "/v1/functions/invocations/inv_bad/wait":
             error = {"type": "ValueError", "message": "boom", "traceback": None}
             body = {"id": "inv_bad", "project_name": "p", "function_name": "f"}
@@ -50,14 +71,36 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def coordinator() -> Iterator[runloop.SystemCoordinator]:
+class UnixHandler(Handler):
+    def address_string(self) -> str:
+        return "unix"
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _serve_tcp(tmp: Path) -> tuple[socketserver.BaseServer, str]:
     server = HTTPServer(("127.0.0.1", 0), Handler)
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _serve_unix(tmp: Path) -> tuple[socketserver.BaseServer, str]:
+    path = tmp / "api.sock"
+    return UnixServer(str(path), UnixHandler), f"unix:{path}"
+
+
+@pytest.fixture(params=[_serve_tcp, _serve_unix], ids=["http", "unix"])
+def coordinator(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[runloop.SystemCoordinator]:
+    serve: Callable[[Path], tuple[socketserver.BaseServer, str]] = request.param
+    server, url = serve(tmp_path)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    client = ApiClient(f"http://127.0.0.1:{server.server_address[1]}", "olt_test")
-    yield runloop.SystemCoordinator(client)
+    yield runloop.SystemCoordinator(ApiClient(url, "olt_test"))
     server.shutdown()
+    server.server_close()
 
 
 def test_call_depth_refusal_is_raised_in_the_caller(coordinator: runloop.SystemCoordinator) -> None:
@@ -81,3 +124,38 @@ def test_other_errors_stay_runloop_errors(coordinator: runloop.SystemCoordinator
         coordinator.get_invocation("inv_missing")
     assert type(e.value) is runloop.RunloopError
     assert e.value.status == 404
+
+
+def test_chunked_answers_are_decoded(coordinator: runloop.SystemCoordinator) -> None:
+    assert coordinator.wait("inv_chunked") == [1, 2]
+
+
+def test_an_answer_cut_short_is_an_error_not_a_result(
+    coordinator: runloop.SystemCoordinator,
+) -> None:
+    with pytest.raises(runloop.RunloopError) as e:
+        coordinator.wait("inv_cut")
+    assert e.value.code == "bad_response"
+    assert "ended after 16 of 100 bytes" in e.value.message
+
+
+def test_a_line_break_cannot_smuggle_a_header_over_the_unix_socket(tmp_path: Path) -> None:
+    client = ApiClient(f"unix:{tmp_path / 'api.sock'}", "olt_x\r\nX-Admin: 1")
+    with pytest.raises(runloop.RunloopError, match="line break"):
+        client.request("GET", "/v1/functions/invocations/inv_ok")
+    client = ApiClient(f"unix:{tmp_path / 'api.sock'}", "olt_x")
+    with pytest.raises(runloop.RunloopError, match="not a valid HTTP request"):
+        client.request("GET", "/v1/functions/invocations/inv ok HTTP/1.1\r\nX: 1")
+
+
+def test_the_client_imports_neither_http_client_nor_ssl() -> None:
+    """A run's warm process imports the client before it forks (for coordinator functions):
+    ``http.client`` would bring ``ssl`` and ``email`` into every run's process."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, runloop._client; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "'http.client'" not in out.stdout
+    assert "'ssl'" not in out.stdout
