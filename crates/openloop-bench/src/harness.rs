@@ -17,6 +17,13 @@ pub(crate) struct Server {
     _data: tempfile::TempDir,
 }
 
+impl Server {
+    /// The server's data directory (its venvs, deployments, database).
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         unsafe_kill(self.child.id(), 15);
