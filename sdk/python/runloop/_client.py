@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -32,64 +33,120 @@ def _bad_response(why: str) -> RunloopError:
     return RunloopError(0, "bad_response", f"the Openloop API's answer is not HTTP: {why}")
 
 
-def _dechunk(body: bytes) -> bytes:
-    """The payload of a ``Transfer-Encoding: chunked`` body."""
-    out = bytearray()
-    pos = 0
-    while True:
-        end = body.find(b"\r\n", pos)
-        if end < 0:
-            raise _bad_response("a chunk's size line is cut off")
-        try:
-            size = int(body[pos:end].split(b";", 1)[0], 16)
-        except ValueError:
-            raise _bad_response("a chunk's size is not hexadecimal") from None
-        if size == 0:
-            return bytes(out)
-        start = end + 2
-        if len(body) < start + size + 2:
-            raise _bad_response("a chunk is cut off")
-        out += body[start : start + size]
-        pos = start + size + 2
+_DIGITS = re.compile(rb"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+#: Consumed bytes of a chunked answer are dropped from the front once there are this many.
+_COMPACT = 1 << 20
 
 
-def _parse_response(raw: bytes) -> tuple[int, bytes]:
-    """Status and body of one whole HTTP/1.1 response (read until the server closed)."""
-    while True:
-        head, sep, body = raw.partition(b"\r\n\r\n")
-        if not sep:
-            raise _bad_response("it ended before its headers did")
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise _bad_response(f"status line {lines[0][:80]!r}")
-        status = int(parts[1])
-        if not 100 <= status < 200:
-            break
-        raw = body  # an interim answer; the real one follows
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        return status, _dechunk(body)
-    if b"content-length" in headers:
+class _Answer:
+    """The answer on one connection, read as far as it goes and no further."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.pos = 0
+        self.ended = False
+
+    def more(self) -> bool:
+        """Read what comes next; false at the end of the stream. A reset ends it too: the
+        server may close as soon as it has answered a request it did not read to the end
+        (a refused key, a body over the limit), and what it sent is still the answer."""
+        if self.ended:
+            return False
         try:
-            length = int(headers[b"content-length"])
-        except ValueError:
-            raise _bad_response("its Content-Length is not a number") from None
-        if len(body) < length:
-            raise _bad_response(f"its body ended after {len(body)} of {length} bytes")
-        return status, body[:length]
-    return status, body
+            chunk = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.ended = True
+            return False
+        self.buf += chunk
+        return True
+
+    def line(self, sep: bytes, cut: str) -> bytes:
+        """The bytes up to ``sep``, which are consumed with it."""
+        end = self.buf.find(sep, self.pos)
+        while end < 0:
+            if not self.more():
+                raise _bad_response(cut)
+            end = self.buf.find(sep, self.pos)
+        text = bytes(self.buf[self.pos : end])
+        self.pos = end + len(sep)
+        return text
+
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes."""
+        while len(self.buf) - self.pos < n:
+            if not self.more():
+                got = len(self.buf) - self.pos
+                raise _bad_response(f"its body ended after {got} of {n} bytes")
+        view = memoryview(self.buf)[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def compact(self) -> None:
+        if self.pos >= _COMPACT:
+            del self.buf[: self.pos]
+            self.pos = 0
+
+    def read(self, method: str) -> tuple[int, bytes]:
+        """Status and body, as ``http.client`` reads them: interim answers skipped, the body
+        by ``Content-Length``, chunks or the end of the stream, none for ``HEAD``, 204 and 304."""
+        if not self.more():
+            raise ConnectionError("the Openloop API closed the connection without answering")
+        while True:
+            head = self.line(b"\r\n\r\n", "it ended before its headers did").split(b"\r\n")
+            parts = head[0].split(b" ", 2)
+            if (
+                len(parts) < 2
+                or not parts[0].startswith(b"HTTP/")
+                or not _DIGITS.fullmatch(parts[1])
+            ):
+                raise _bad_response(f"status line {head[0][:80]!r}")
+            status = int(parts[1])
+            if not 100 <= status < 200:
+                break
+        headers: dict[bytes, bytes] = {}
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if method == "HEAD" or status in (204, 304):
+            return status, b""
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            return status, self.chunked()
+        if b"content-length" in headers:
+            length = headers[b"content-length"]
+            if not _DIGITS.fullmatch(length):
+                raise _bad_response(f"its Content-Length is {length[:40]!r}")
+            with self.take(int(length)) as body:
+                return status, bytes(body)
+        while self.more():
+            pass
+        return status, bytes(self.buf[self.pos :])
+
+    def chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = self.line(b"\r\n", "a chunk's size line is cut off").split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(size):
+                raise _bad_response(f"a chunk's size is {size[:40]!r}")
+            n = int(size, 16)
+            if n == 0:
+                return bytes(out)  # trailers, if any, are not read
+            with self.take(n) as data:
+                out += data
+            with self.take(2) as crlf:
+                if crlf != b"\r\n":
+                    raise _bad_response("a chunk does not end where its size says")
+            self.compact()
 
 
 def _unix_request(
     path: str, method: str, target: str, headers: dict[str, str], data: bytes | None
 ) -> tuple[int, bytes]:
     """One request on a new connection to the Unix socket ``path``; no timeout (runs are
-    long). The connection says ``Connection: close``, so the answer ends where the stream
-    does."""
+    long). It says ``Connection: close``; its answer is read to its own end."""
     if _NOT_IN_REQUEST_LINE.intersection(method + target):
         raise RunloopError(0, "bad_request", f"not a valid HTTP request: {method} {target!r}")
     for value in headers.values():
@@ -98,17 +155,20 @@ def _unix_request(
     lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     lines.append(f"Content-Length: {len(data) if data is not None else 0}")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (data or b"")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
-        sock.sendall(request)
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    return _parse_response(b"".join(chunks))
+        try:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            if data:
+                sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            # The server answered before it read the whole request (and closed): that
+            # answer, if there is one, says why.
+            try:
+                return _Answer(sock).read(method)
+            except (ConnectionError, RunloopError):
+                raise e from None
+        return _Answer(sock).read(method)
 
 
 class ApiClient:
@@ -162,8 +222,6 @@ class ApiClient:
             raise _bad_response(
                 f"its body ended after {got} of {got + (e.expected or 0)} bytes"
             ) from None
-        except http.client.HTTPException as e:
-            raise _bad_response(f"{type(e).__name__}: {e}") from None
         finally:
             conn.close()
 

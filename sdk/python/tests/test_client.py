@@ -159,3 +159,65 @@ def test_the_client_imports_neither_http_client_nor_ssl() -> None:
     )
     assert "'http.client'" not in out.stdout
     assert "'ssl'" not in out.stdout
+
+
+def _one_answer(tmp: Path, answer: bytes) -> str:
+    """A Unix socket that reads one request's headers (not its body), sends ``answer`` and
+    closes: a server refusing a request before reading it to the end."""
+    import socket
+
+    path = tmp / "raw.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(1)
+            conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"unix:{path}"
+
+
+def test_an_answer_before_the_body_was_read_is_still_the_answer(tmp_path: Path) -> None:
+    body = json.dumps({"error": {"code": "unauthorized", "message": "invalid key"}}).encode()
+    answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    client = ApiClient(_one_answer(tmp_path, answer), "olt_bad")
+    with pytest.raises(runloop.RunloopError) as e:
+        client.request_raw("POST", "/v1/devboxes/dbx_1/upload_file", b"x" * (8 << 20), "x/y")
+    assert e.value.status == 401
+    assert e.value.message == "invalid key"
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}", "Content-Length is b'-1'"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\n{}", "Content-Length is b'0x2'"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",
+            "does not end where its size says",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n", "size is b'-2'"),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", "ended before its headers"),
+    ],
+)
+def test_a_malformed_answer_is_an_error_not_a_result(
+    tmp_path: Path, answer: bytes, why: str
+) -> None:
+    client = ApiClient(_one_answer(tmp_path, answer), "olt_x")
+    with pytest.raises(runloop.RunloopError) as e:
+        client.request("GET", "/v1/functions")
+    assert e.value.code == "bad_response"
+    assert why in e.value.message
+
+
+def test_no_answer_at_all_is_a_connection_error(tmp_path: Path) -> None:
+    client = ApiClient(_one_answer(tmp_path, b""), "olt_x")
+    with pytest.raises(ConnectionError, match="without answering"):
+        client.request("GET", "/v1/functions")
