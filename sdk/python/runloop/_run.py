@@ -160,6 +160,8 @@ def _rehearse_spare() -> None:
             selectors.DefaultSelector().close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
+    except Exception:  # noqa: BLE001, S110 - a rehearsal only saves work (out of descriptors, say)
+        pass
     finally:
         sys.stdout, sys.stderr = saved[0], saved[1]
         for h in list(root.handlers):
