@@ -11,9 +11,12 @@ Prints one JSON object, CPU microseconds per process (parent and children, user 
   (the deployment's module imported, the SDK's preloads and rehearsals done, ``gc.freeze``);
 - ``warm_isolated_us``: that warm interpreter forked the way a spare is, into user, mount and
   pid namespaces of its own, with its ids mapped and its run sealed (its own ``/proc`` and
-  ``/tmp``, no capabilities, a seccomp filter), then ended: the least every run costs;
-- ``warm_isolated_idle_private_kib``: the memory (PSS) each of 32 such copies holds while it waits,
-  having done nothing else: the least every sleeping run holds.
+  ``/tmp``, no capabilities, a seccomp filter), then ended: the least every run costs (it
+  errs low: this process is not in the deployment's sandbox, whose larger mount table each
+  run copies, and its filter is one instruction, not the run's);
+- ``warm_isolated_idle_private_kib``: the private memory (its own pages, not its share of the
+  warm process's) each of 32 such copies holds while it waits, having done nothing else: the
+  least every sleeping run holds.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import gc
 import importlib
 import json
 import os
+import select
 import struct
 import sys
+import time
 
 #: The bare measurement, run by ``python -S -c`` (no site, no imports beyond ``os``).
 BARE = """
@@ -120,7 +125,13 @@ def idle_private_kib(isolate: object) -> float:
     os.close(ready_w)
     os.close(hold_r)
     got = b""
+    # A copy killed before it wrote its byte would leave this waiting on the others' ends of
+    # the pipe: a minute is far more than 32 forks take.
+    deadline = time.monotonic() + 60
     while len(got) < IDLE:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([ready_r], [], [], left)[0]:
+            break
         chunk = os.read(ready_r, IDLE)
         if not chunk:
             break
