@@ -21,7 +21,6 @@ Prints one JSON object, CPU microseconds per process (parent and children, user 
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
@@ -163,17 +162,10 @@ def main() -> None:
 
     # The warm process's own set-up (runloop._host.main, without its server).
     from runloop import _host, _isolation
-    from runloop._function import registered_functions
-    from runloop._run import _rehearse, _rehearse_spare
 
     sys.path.insert(0, module_dir)
     importlib.import_module(module)
-    _host._preload(registered_functions())
-    for fn in registered_functions().values():
-        _rehearse(fn.name)
-    _rehearse_spare()
-    gc.collect()
-    gc.freeze()
+    _host._warm_up()
     figures["warm_fork_us"] = per_process_us(rounds)
 
     uid, gid = os.getuid(), os.getgid()

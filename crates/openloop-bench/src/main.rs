@@ -217,23 +217,9 @@ async fn run(args: Args) -> Result<()> {
         let (data, agent) = (b.s.data_dir().to_path_buf(), agent.clone());
         tokio::task::spawn_blocking(move || process_floor::measure(&data, &agent)).await??
     };
-    put("process_floor_bare_fork_us", floor.bare_fork_us, "us");
-    put("process_floor_warm_fork_us", floor.warm_fork_us, "us");
-    put(
-        "process_floor_warm_isolated_us",
-        floor.warm_isolated_us,
-        "us",
-    );
-    put(
-        "process_floor_ceiling_runs_per_s",
-        floor.ceiling_per_s,
-        "runs/s",
-    );
-    put(
-        "process_floor_idle_private_kib",
-        floor.idle_private_kib,
-        "KiB",
-    );
+    for (name, value, unit) in floor.figures() {
+        put(name, value, unit);
+    }
 
     // The peers run now, one at a time, while this server idles: the same calls and clients,
     // on the same machine, minutes apart at most.
@@ -442,24 +428,11 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some((celery, fastapi)) = peer_figures {
         peers::report(openloop, celery, fastapi, args.clients, &mut figures);
-        let ceiling = floor.ceiling_per_s / celery.per_s;
-        println!(
-            "process floor: {:.0} us of CPU per run's process before any of its work; at most {:.0} runs/s on this machine, {:.2} x Celery's throughput",
-            floor.warm_isolated_us, floor.ceiling_per_s, ceiling
-        );
-        figures.insert(
-            "ratio_process_floor_ceiling_over_celery".into(),
-            json!((ceiling * 1000.0).round() / 1000.0),
-        );
     }
-    let floor_mib = floor.idle_private_kib * args.sleepers as f64 / 1024.0;
-    println!(
-        "process floor: {:.0} KiB private per idle run's process; {} sleeping runs hold at least {floor_mib:.0} MiB",
-        floor.idle_private_kib, args.sleepers
-    );
-    figures.insert(
-        "process_floor_sleepers_private_mib".into(),
-        json!(floor_mib.round()),
+    floor.report(
+        peer_figures.map(|(celery, _)| celery.per_s),
+        args.sleepers,
+        &mut figures,
     );
     if let Some(pg) = pg_figures {
         postgres::report(

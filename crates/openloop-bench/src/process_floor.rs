@@ -6,7 +6,7 @@
 //! sleeping runs hold, whatever the engine does around them.
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 
@@ -64,4 +64,60 @@ pub fn measure(data_dir: &Path, agent: &Path) -> Result<Floor> {
         idle_private_kib: get("warm_isolated_idle_private_kib")?,
         ceiling_per_s: get("cpus")? / (warm_isolated_us / 1e6),
     })
+}
+
+impl Floor {
+    /// The figures of the table: `(name, value, unit)`.
+    pub fn figures(&self) -> [(&'static str, f64, &'static str); 5] {
+        [
+            ("process_floor_bare_fork_us", self.bare_fork_us, "us"),
+            ("process_floor_warm_fork_us", self.warm_fork_us, "us"),
+            (
+                "process_floor_warm_isolated_us",
+                self.warm_isolated_us,
+                "us",
+            ),
+            (
+                "process_floor_ceiling_runs_per_s",
+                self.ceiling_per_s,
+                "runs/s",
+            ),
+            (
+                "process_floor_idle_private_kib",
+                self.idle_private_kib,
+                "KiB",
+            ),
+        ]
+    }
+
+    /// Print what the floor means for the targets: the ceiling against Celery's throughput
+    /// (when the peers ran) and the least `sleepers` sleeping runs hold; add both to the
+    /// JSON line.
+    pub fn report(
+        &self,
+        celery_per_s: Option<f64>,
+        sleepers: usize,
+        figures: &mut serde_json::Map<String, Value>,
+    ) {
+        if let Some(celery) = celery_per_s {
+            let ceiling = self.ceiling_per_s / celery;
+            println!(
+                "process floor: {:.0} us of CPU per run's process before any of its work; at most {:.0} runs/s on this machine, {ceiling:.2} x Celery's throughput",
+                self.warm_isolated_us, self.ceiling_per_s
+            );
+            figures.insert(
+                "ratio_process_floor_ceiling_over_celery".into(),
+                json!((ceiling * 1000.0).round() / 1000.0),
+            );
+        }
+        let mib = self.idle_private_kib * sleepers as f64 / 1024.0;
+        println!(
+            "process floor: {:.0} KiB private per idle run's process; {sleepers} sleeping runs hold at least {mib:.0} MiB",
+            self.idle_private_kib
+        );
+        figures.insert(
+            "process_floor_sleepers_private_mib".into(),
+            json!(mib.round()),
+        );
+    }
 }

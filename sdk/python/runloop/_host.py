@@ -460,6 +460,25 @@ def _preload(functions: dict[str, FunctionDefinition]) -> None:
         from . import _client, _devbox  # noqa: F401
 
 
+def _warm_up() -> None:
+    """What the warm process does once its module is imported and before its first fork
+    (``openloop-bench``'s process floor does the same, to measure copies of this process)."""
+    _preload(registered_functions())
+    # Every function's request validation and result serialization, and the framing, once
+    # here: what they set up on first use (validators' and encoders' caches) is then written
+    # once, into pages all spares share, instead of once in every spare's own copy (about a
+    # quarter of a megabyte less per run's process, measured with the benchmark's functions).
+    for fn in registered_functions().values():
+        _rehearse(fn.name)
+    _rehearse_spare()
+    # Objects that exist now (the module, pydantic, the SDK) move to a permanent generation:
+    # collections in forked children then never touch them, so their pages stay shared.
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--module-dir", required=True)
@@ -488,20 +507,7 @@ def main() -> None:
             + b"\n"
         )
         raise SystemExit(1) from None
-    _preload(registered_functions())
-    # Every function's request validation and result serialization, and the framing, once
-    # here: what they set up on first use (validators' and encoders' caches) is then written
-    # once, into pages all spares share, instead of once in every spare's own copy (about a
-    # quarter of a megabyte less per run's process, measured with the benchmark's functions).
-    for fn in registered_functions().values():
-        _rehearse(fn.name)
-    _rehearse_spare()
-    # Objects that exist now (the module, pydantic, the SDK) move to a permanent generation:
-    # collections in forked children then never touch them, so their pages stay shared.
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    _warm_up()
     spare = (args.spare_id, args.spare_key)
     Host(control, args.engine_socket, args.run_tmp_bytes, seccomp, spare).serve()
 

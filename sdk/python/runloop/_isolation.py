@@ -161,8 +161,3 @@ class Seal:
             "installing the run's seccomp filter",
         )
         _non_dumpable()
-
-
-def _seal_run(tmp_bytes: int, seccomp: bytes) -> None:
-    """In the run's pid 1, before any run code: :class:`Seal` made and applied at once."""
-    Seal(tmp_bytes, seccomp).apply()
