@@ -255,7 +255,11 @@ async fn run(args: Args) -> Result<()> {
             };
             pb.deploy(&agent).await?;
             pb.echo().await?;
+            stages::reset(&pb).await?;
             let lat = latencies(args.calls, || pb.echo()).await?;
+            for (stage, p50, _) in stages::report(&pb).await? {
+                put(&format!("postgres_stage_{stage}_p50_us"), p50, "us");
+            }
             let per_s = throughput(args.clients, args.throughput_seconds, || pb.echo()).await?;
             // The server goes before its database.
             drop(pb);

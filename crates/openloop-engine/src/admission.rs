@@ -7,11 +7,22 @@ use crate::notify::{ANY_INVOCATION, QUEUED};
 use crate::slots::Permits;
 use crate::stage::span;
 use crate::{EngineError, EngineResult};
-use openloop_store::invocations::Invocation;
+use openloop_store::invocations::{Commit, Invocation};
 use openloop_store::now_ms;
 use serde_json::Value;
 use std::sync::Arc;
 use tracing::Instrument;
+
+/// When the caller of [`Invocations::submit`] is answered, which decides how its record is
+/// committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// With the record as created (`invoke_async`): it is on disk before `submit` returns.
+    Recorded,
+    /// With the run's outcome (`invoke_sync`): the record reaches the disk with the outcome's
+    /// commit, which comes before the answer ([`Commit::Deferred`]).
+    Finished,
+}
 
 impl Invocations {
     /// Check and record a new invocation, then queue it. Returns it as created.
@@ -21,7 +32,12 @@ impl Invocations {
         function: &str,
         request: Value,
         parent: Option<String>,
+        reply: Reply,
     ) -> EngineResult<Invocation> {
+        let commit = match reply {
+            Reply::Recorded => Commit::Durable,
+            Reply::Finished => Commit::Deferred,
+        };
         let loaded = self.active_deployment(project).await?.ok_or_else(|| {
             EngineError::NotFound(format!(
                 "project '{project}' not found: it has no successful deployment (deploy it with `openloop deploy`)"
@@ -105,7 +121,7 @@ impl Invocations {
             (true, Some(limit)) => {
                 let running = self
                     .store
-                    .insert_invocation_within(&inv, owner, limit)
+                    .insert_invocation_within(&inv, owner, limit, commit)
                     .instrument(span("insert"))
                     .await?;
                 if !running {
@@ -116,7 +132,7 @@ impl Invocations {
             }
             _ => {
                 self.store
-                    .insert_invocation(&inv, permits.as_ref().map(|_| owner))
+                    .insert_invocation(&inv, permits.as_ref().map(|_| owner), commit)
                     .instrument(span("insert"))
                     .await?
             }

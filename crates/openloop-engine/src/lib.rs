@@ -40,6 +40,7 @@ mod registry;
 pub mod slots;
 pub mod stage;
 
+pub use admission::Reply;
 pub use invocations::{manifest_of, Invocations, Loaded};
 pub use node::NodeConfig;
 

@@ -3,7 +3,7 @@
 //! to which they lent the slot). Each decision to let one more run hold a slot counts them
 //! under the function's advisory transaction lock, so two nodes never both take the last.
 
-use crate::invocations::{Invocation, Owner};
+use crate::invocations::{Commit, Invocation, Owner};
 use crate::{now_ms, Result, Store};
 
 /// What a queued run found when it tried to take a slot.
@@ -19,6 +19,9 @@ pub enum SlotClaim {
 
 /// The advisory lock of one function's slots.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+/// The same, in a transaction that records a run with [`Commit::Deferred`].
+const LOCK_DEFERRED: &str =
+    "SELECT pg_advisory_xact_lock(hashtext($1)), set_config('synchronous_commit', 'off', true)";
 const HOLDERS: &str = "SELECT COUNT(*) FROM invocations WHERE project_name = $1 AND function_name = $2 AND status = 'running' AND lending = 0";
 
 fn lock_key(project: &str, function: &str) -> String {
@@ -27,11 +30,19 @@ fn lock_key(project: &str, function: &str) -> String {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-async fn lock_and_count(tx: &mut Tx<'_>, project: &str, function: &str) -> Result<i64> {
-    sqlx::query(LOCK)
-        .bind(lock_key(project, function))
-        .execute(&mut **tx)
-        .await?;
+async fn lock_and_count(
+    tx: &mut Tx<'_>,
+    project: &str,
+    function: &str,
+    commit: Commit,
+) -> Result<i64> {
+    sqlx::query(match commit {
+        Commit::Durable => LOCK,
+        Commit::Deferred => LOCK_DEFERRED,
+    })
+    .bind(lock_key(project, function))
+    .execute(&mut **tx)
+    .await?;
     let (n,): (i64,) = sqlx::query_as(HOLDERS)
         .bind(project)
         .bind(function)
@@ -42,15 +53,18 @@ async fn lock_and_count(tx: &mut Tx<'_>, project: &str, function: &str) -> Resul
 
 impl Store {
     /// Record a new invocation as running on `owner` if its function has a free slot among
-    /// `limit`, else as queued. True when it was recorded running.
+    /// `limit`, else as queued. True when it was recorded running. `commit` as for
+    /// [`Store::insert_invocation`].
     pub async fn insert_invocation_within(
         &self,
         inv: &Invocation,
         owner: Owner<'_>,
         limit: i64,
+        commit: Commit,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let running = lock_and_count(&mut tx, &inv.project_name, &inv.function_name).await? < limit;
+        let running =
+            lock_and_count(&mut tx, &inv.project_name, &inv.function_name, commit).await? < limit;
         sqlx::query(
             "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms, node_id, node_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
@@ -81,7 +95,7 @@ impl Store {
         limit: i64,
     ) -> Result<SlotClaim> {
         let mut tx = self.pool.begin().await?;
-        if lock_and_count(&mut tx, project, function).await? >= limit {
+        if lock_and_count(&mut tx, project, function, Commit::Durable).await? >= limit {
             return Ok(SlotClaim::Full);
         }
         let r = sqlx::query("UPDATE invocations SET status = 'running', started_at_ms = $1, node_id = $2, node_epoch = $3 WHERE id = $4 AND status = 'queued'")
@@ -111,7 +125,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let free = limit - lock_and_count(&mut tx, project, function).await?;
+        let free = limit - lock_and_count(&mut tx, project, function, Commit::Durable).await?;
         let n = want.min(free);
         if n <= 0 {
             return Ok(Vec::new());
@@ -148,7 +162,7 @@ impl Store {
         limit: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        if lock_and_count(&mut tx, project, function).await? >= limit {
+        if lock_and_count(&mut tx, project, function, Commit::Durable).await? >= limit {
             return Ok(false);
         }
         sqlx::query("UPDATE invocations SET lending = 0 WHERE id = $1")

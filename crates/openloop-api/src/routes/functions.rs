@@ -8,7 +8,7 @@ use crate::model::{
     FunctionInfo, FunctionList, InvocationList, InvocationLogs, InvocationStatus, InvocationView,
     SseEvent,
 };
-use crate::services::invocations::manifest_of;
+use crate::services::invocations::{manifest_of, Reply};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -39,6 +39,7 @@ async fn submit(
     project: &str,
     function: &str,
     body: InvokeBody,
+    reply: Reply,
 ) -> ApiResult<Invocation> {
     // A run may invoke other functions through its coordinator; the new run records its parent.
     let parent = principal.invocation_id().map(str::to_string);
@@ -49,7 +50,7 @@ async fn submit(
     })?;
     state
         .invocations
-        .submit(project, function, request, parent)
+        .submit(project, function, request, parent, reply)
         .await
         .map_err(ApiError::from)
 }
@@ -77,7 +78,15 @@ pub async fn invoke_sync(
 ) -> ApiResult<Json<InvocationView>> {
     use tracing::Instrument;
     async {
-        let inv = submit(&state, &principal, &project, &function, body).await?;
+        let inv = submit(
+            &state,
+            &principal,
+            &project,
+            &function,
+            body,
+            Reply::Finished,
+        )
+        .await?;
         // The run goes on in its own task even if this caller disconnects. A calling run lends
         // its slots to the new run while it waits.
         let done = state
@@ -111,7 +120,15 @@ pub async fn invoke_async(
     ApiJson(body): ApiJson<InvokeBody>,
 ) -> ApiResult<Json<InvocationView>> {
     // Answered as recorded (`queued`); the run starts in its own task.
-    let inv = submit(&state, &principal, &project, &function, body).await?;
+    let inv = submit(
+        &state,
+        &principal,
+        &project,
+        &function,
+        body,
+        Reply::Recorded,
+    )
+    .await?;
     Ok(Json(invocation_view(&inv)?))
 }
 

@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::html;
 use openloop_api::error::ApiError;
-use openloop_api::services::invocations::manifest_of;
+use openloop_api::services::invocations::{manifest_of, Reply};
 use openloop_api::state::AppState;
 use std::collections::HashMap;
 
@@ -127,7 +127,7 @@ pub async fn invoke(
     let outcome = match schema_form::to_request(&fields, &form) {
         Ok(request) => state
             .invocations
-            .submit(&project, &function, request, None)
+            .submit(&project, &function, request, None, Reply::Recorded)
             .await
             .map_err(ApiError::from),
         Err(message) => Err(ApiError::Validation(message)),
