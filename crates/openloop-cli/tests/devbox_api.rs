@@ -291,3 +291,55 @@ async fn a_refused_write_is_a_400_not_a_lost_agent() {
     assert_eq!(r.status(), 200);
     server.shutdown_devbox(&id).await;
 }
+
+/// A simple command runs without bash (`openloop-devbox-agent`'s `simple`), and nothing a
+/// caller sees differs from bash running it: its environment (with the devbox's variables),
+/// its exit status, bash's error for a missing program, and a script without `#!` (which
+/// cannot be executed as it stands, so bash runs it).
+#[tokio::test]
+async fn simple_commands_run_as_bash_would_run_them() {
+    let server = Server::start(Db::Sqlite).await.unwrap();
+    let id = server
+        .create_devbox(serde_json::json!({"environment_variables": {"WHO": "me"}}))
+        .await;
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let (code, direct, _) = server.exec(&id, "env").await;
+    assert_eq!(code, 0);
+    // `exec env` is bash's own (a builtin first), and bash leaves `_` out for it.
+    let (_, by_bash, _) = server.exec(&id, "exec env").await;
+    let mut expected = sorted(&by_bash);
+    expected.push("_=/usr/bin/env".into());
+    expected.sort();
+    assert_eq!(sorted(&direct), expected);
+    for line in ["WHO=me", "PWD=/home/user", "SHLVL=0", "HOME=/home/user"] {
+        assert!(direct.lines().any(|l| l == line), "{line} in {direct}");
+    }
+    assert_eq!(server.exec(&id, "true").await.0, 0);
+    assert_eq!(server.exec(&id, "false").await.0, 1);
+    assert_eq!(
+        server.exec(&id, "ls -d /home/user").await,
+        (0, "/home/user\n".to_string(), String::new())
+    );
+    let (code, _, err) = server.exec(&id, "no-such-program-here -x").await;
+    assert_eq!(code, 127);
+    assert!(
+        err.contains("no-such-program-here: command not found"),
+        "{err}"
+    );
+    let (code, _, _) = server
+        .exec(
+            &id,
+            "printf 'echo from a script\\nexit 3\\n' > s && chmod +x s",
+        )
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        server.exec(&id, "./s").await,
+        (3, "from a script\n".to_string(), String::new())
+    );
+    server.shutdown_devbox(&id).await;
+}

@@ -1,6 +1,6 @@
 //! Running one command and streaming its output as frames.
 
-use crate::HOME;
+use crate::{simple, HOME};
 use openloop_agent_proto::{kind, read_frame, write_frame, AgentError, ExitStatus};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,48 +20,82 @@ pub fn run(
         Some(c) => crate::resolve(&c)?,
         None => HOME.into(),
     };
-    let mut cmd = Command::new("/bin/bash");
-    cmd.arg("-c")
-        .arg(command)
-        .env_clear()
-        .env(
+    // The command's whole environment: the devbox's own variables, then the request's.
+    let mut vars: BTreeMap<String, String> = [
+        (
             "PATH",
             "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", HOME)
-        .env("USER", "user")
-        .env("LOGNAME", "user")
-        .env("SHELL", "/bin/bash")
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(env)
-        .current_dir(&cwd)
-        .stdin(if attach_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Own process group, so the whole command tree can be killed at once. Set by the spawn
-    // itself (posix_spawn's POSIX_SPAWN_SETPGROUP; std restores SIGPIPE's default there too),
-    // so the agent does not fork a copy of itself per command: a `pre_exec` closure would.
-    cmd.process_group(0);
-    // An agent running as root (a devbox with sudo) runs commands as the user: that needs the
-    // closure, and so the fork.
-    if crate::as_user() {
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                crate::sudo::become_user()?;
-                Ok(())
-            });
+        ),
+        ("HOME", HOME),
+        ("USER", "user"),
+        ("LOGNAME", "user"),
+        ("SHELL", "/bin/bash"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "xterm"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.extend(env);
+    // A devbox with sudo runs commands as the user from a root agent, whose own checks of
+    // what the user may execute would not be the user's: those always go to bash.
+    let direct = if crate::as_user() {
+        None
+    } else {
+        simple::direct(command, &vars, &cwd)
+    };
+    let spawn = |direct: Option<&simple::Direct>| {
+        let mut cmd = match direct {
+            Some(d) => {
+                let mut c = Command::new(&d.program);
+                c.arg0(&d.argv[0])
+                    .args(&d.argv[1..])
+                    .env_clear()
+                    .envs(&vars)
+                    .envs(d.extra_env.iter().map(|(k, v)| (*k, v.as_str())));
+                c
+            }
+            None => {
+                let mut c = Command::new("/bin/bash");
+                c.arg("-c").arg(command).env_clear().envs(&vars);
+                c
+            }
+        };
+        cmd.current_dir(&cwd)
+            .stdin(if attach_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Own process group, so the whole command tree can be killed at once. Set by the
+        // spawn itself (posix_spawn's POSIX_SPAWN_SETPGROUP; std restores SIGPIPE's default
+        // there too), so the agent does not fork a copy of itself per command: a `pre_exec`
+        // closure would.
+        cmd.process_group(0);
+        // An agent running as root (a devbox with sudo) runs commands as the user: that needs
+        // the closure, and so the fork.
+        if crate::as_user() {
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                    crate::sudo::become_user()?;
+                    Ok(())
+                });
+            }
         }
-    }
-    let mut child = cmd.spawn().map_err(|e| AgentError {
-        code: "spawn".into(),
-        message: format!("could not start /bin/bash in {}: {e}", cwd.display()),
-    })?;
+        cmd.spawn()
+    };
+    let mut child = match direct.as_ref().map(|d| spawn(Some(d))) {
+        Some(Ok(child)) => child,
+        // Not executable as it stands after all (a script without `#!`, a file changed since
+        // the check; nothing ran): bash runs it, or says why it cannot.
+        _ => spawn(None).map_err(|e| AgentError {
+            code: "spawn".into(),
+            message: format!("could not start /bin/bash in {}: {e}", cwd.display()),
+        })?,
+    };
     let pgid = child.id() as i32;
     let out = Arc::new(Mutex::new(stream.try_clone()?));
     // The server ends an execution (kill, shutdown, its own exit) by closing the connection:

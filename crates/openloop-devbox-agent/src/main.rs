@@ -8,6 +8,7 @@
 
 mod exec;
 mod files;
+mod simple;
 mod sudo;
 mod tunnel;
 
