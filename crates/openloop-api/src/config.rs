@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub advertise_url: String,
     /// How long a node may miss heartbeats before another takes over its work.
     pub node_lease: Duration,
+    /// On PostgreSQL, an `invoke_sync` run's record waits for the disk before the run starts
+    /// (`--postgres-flush-run-start`; see `openloop_engine::Reply`).
+    pub flush_run_start: bool,
 }
 
 /// The node id kept in `data_dir/node-id`, made on the first start.
@@ -133,6 +136,7 @@ impl ServerConfig {
             max_concurrent_runs: self.max_concurrent_runs,
             max_concurrent_runs_per_function: self.max_concurrent_runs_per_function,
             max_call_depth: self.max_call_depth,
+            flush_run_start: self.flush_run_start,
             run_memory_mb: self.run_memory_mb,
             run_pids: self.run_pids,
             run_tmp_mb: self.run_tmp_mb,

@@ -166,6 +166,12 @@ pub struct ServeArgs {
     /// runs and marks its devboxes lost.
     #[arg(long, env = "OPENLOOP_NODE_LEASE_SECONDS", default_value_t = 15)]
     node_lease_seconds: u64,
+    /// On PostgreSQL, an `invoke_sync` run's record waits for the disk before the run starts.
+    /// By default it reaches the disk with the run's outcome, before its caller is answered;
+    /// until then a crash of PostgreSQL or its machine (not of Openloop) may lose the record
+    /// of the run in flight, and its caller gets an error.
+    #[arg(long, env = "OPENLOOP_POSTGRES_FLUSH_RUN_START")]
+    postgres_flush_run_start: bool,
 }
 
 /// A domain name: labels of letters, digits and hyphens, separated by dots.
@@ -305,6 +311,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .advertise_url
             .unwrap_or_else(|| format!("http://{listen}")),
         node_lease: Duration::from_secs(args.node_lease_seconds.max(1)),
+        flush_run_start: args.postgres_flush_run_start,
         listen,
         database_url: args.store.url(),
         data_dir,

@@ -8,11 +8,19 @@
 //! the arguments, `argv[0]` and environment `bash` would give it: the same process, in the
 //! same place of the process tree, with the same exit status. Like GNU make's fast path,
 //! with a stricter test. Anything else, or anything this cannot be sure of, goes to `bash`:
-//! a builtin or reserved word first (except `true` and `false` alone, whose programs do the
-//! same), a variable assignment, an environment variable `bash` reads or changes, a program
-//! not found or not executable (`bash` prints its error), a program that cannot be executed
-//! as it is (a script without `#!`, which `bash` runs itself). The one visible difference: the
-//! environment's variables come in another order.
+//! - a builtin or reserved word first (except `true` and `false` alone, when the system's
+//!   own programs of that name are the ones `PATH` finds: they do what the builtins do);
+//! - a variable assignment, or an environment variable that `bash`, the dynamic loader,
+//!   glibc or the locale act on as a program starts;
+//! - a program not found or not executable (`bash` prints its error), or found through a
+//!   relative `PATH` entry;
+//! - a command too long to be one argument (`bash -c` cannot take it);
+//! - a program that cannot be executed as it is (a script without `#!`, which `bash` runs
+//!   itself): the spawn fails before anything runs, and `exec.rs` hands it to `bash`;
+//! - any command in a devbox with `sudo` (`exec.rs`), whose agent is root and cannot check
+//!   what the user may execute the way `bash` would.
+//!
+//! The one visible difference: the environment's variables come in another order.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -115,13 +123,33 @@ const SHELL_WORDS: &[&str] = &[
     "coproc",
 ];
 
-/// Builtins whose programs behave the same when given no argument (exit 0 or 1, no output).
-const SAME_AS_PROGRAM_ALONE: &[&str] = &["true", "false"];
+/// Builtins whose programs behave the same when given no argument (exit 0 or 1, no output):
+/// only the system's own, where the devbox user cannot replace them (a `true` earlier in
+/// `PATH` is not what bash's builtin does).
+const SAME_AS_PROGRAM_ALONE: &[(&str, &[&str])] = &[
+    ("true", &["/usr/bin/true", "/bin/true"]),
+    ("false", &["/usr/bin/false", "/bin/false"]),
+];
+
+/// Prefixes of environment variables that change how a program starts or what bash says as
+/// it starts (the dynamic loader's, glibc's, the locale's): with one, the command goes to
+/// bash, whose own start they act on too.
+const STARTUP_PREFIXES: &[&str] = &["BASH", "COMP_", "LD_", "LC_", "MALLOC_", "GLIBC_", "GCONV_"];
+
+/// The locale the agent gives every command, which bash sets without a word. Any other
+/// `LANG` goes to bash (which warns about one it cannot set).
+const AGENT_LANG: &str = "C.UTF-8";
+
+/// The longest single argument Linux passes (`MAX_ARG_STRLEN`, with its NUL): `bash -c`
+/// cannot be given a longer command, so neither is the program.
+const MAX_ARGUMENT: usize = 128 * 1024;
 
 /// Environment variables `bash` reads at start or sets, resets or drops before it runs a
 /// program (`bash -c env` with each set shows it): with any of these the command goes to
-/// `bash`. So do `BASH…` (exported functions among them) and `COMP_…`.
+/// `bash`, as do those of [`STARTUP_PREFIXES`] (`BASH…` holds exported functions).
 const SHELL_VARIABLES: &[&str] = &[
+    "LOCPATH",
+    "NLSPATH",
     "_",
     "ENV",
     "SHELLOPTS",
@@ -173,7 +201,9 @@ fn plain(b: u8) -> bool {
 /// How `bash -c command` would run `command` in `cwd` with `env` (the whole environment the
 /// agent gives it), when it would execute one program with plain words; None otherwise.
 pub fn direct(command: &str, env: &BTreeMap<String, String>, cwd: &Path) -> Option<Direct> {
-    if !command.bytes().all(|b| plain(b) || b == b' ' || b == b'\t') {
+    if command.len() >= MAX_ARGUMENT
+        || !command.bytes().all(|b| plain(b) || b == b' ' || b == b'\t')
+    {
         return None;
     }
     let argv: Vec<String> = command
@@ -182,13 +212,20 @@ pub fn direct(command: &str, env: &BTreeMap<String, String>, cwd: &Path) -> Opti
         .map(str::to_string)
         .collect();
     let first = argv.first()?;
-    if SHELL_WORDS.contains(&first.as_str())
-        && !(argv.len() == 1 && SAME_AS_PROGRAM_ALONE.contains(&first.as_str()))
-    {
+    let builtin = SHELL_WORDS.contains(&first.as_str());
+    let twins = SAME_AS_PROGRAM_ALONE
+        .iter()
+        .find(|(name, _)| name == first)
+        .map(|(_, paths)| *paths);
+    if builtin && !(argv.len() == 1 && twins.is_some()) {
         return None;
     }
-    if env.keys().any(|k| {
-        k.starts_with("BASH") || k.starts_with("COMP_") || SHELL_VARIABLES.contains(&k.as_str())
+    if env.iter().any(|(k, v)| {
+        k.is_empty()
+            || k.contains('=')
+            || STARTUP_PREFIXES.iter().any(|p| k.starts_with(p))
+            || SHELL_VARIABLES.contains(&k.as_str())
+            || (k == "LANG" && v != AGENT_LANG)
     }) {
         return None;
     }
@@ -207,18 +244,17 @@ pub fn direct(command: &str, env: &BTreeMap<String, String>, cwd: &Path) -> Opti
         Some(_) => return None,
     };
     let (program, underscore) = if first.contains('/') {
-        // Run as named; `_` is the name as typed.
-        let path = if first.starts_with('/') {
-            PathBuf::from(first)
-        } else {
-            cwd.join(first)
-        };
-        if !executable(&path) {
+        // Run as named, relative to the working directory the spawn enters (a script's
+        // interpreter sees the name as typed, as under bash); `_` is that name too.
+        if !executable(&cwd.join(first)) {
             return None;
         }
-        (path, first.clone())
+        (PathBuf::from(first), first.clone())
     } else {
         let found = search(first, env.get("PATH")?)?;
+        if twins.is_some_and(|paths| !paths.iter().any(|p| Path::new(p) == found)) {
+            return None;
+        }
         let shown = found.to_string_lossy().into_owned();
         (found, shown)
     };
@@ -332,6 +368,10 @@ mod tests {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&real, &link).unwrap();
         std::fs::copy("/usr/bin/env", real.join("myenv")).unwrap();
+        let script = real.join("args.sh");
+        std::fs::write(&script, "#!/bin/sh\necho \"$0\" \"$@\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         for (command, extra, cwd) in [
             ("env", vec![], Path::new("/")),
             ("  env  -u  HOME ", vec![], Path::new("/")),
@@ -341,6 +381,8 @@ mod tests {
                 Path::new("/"),
             ),
             ("./myenv", vec![], link.as_path()),
+            ("./args.sh a b", vec![], real.as_path()),
+            ("../real/args.sh", vec![], link.as_path()),
             ("env", vec![("A-B", "1")], link.as_path()),
             ("true", vec![], Path::new("/")),
             ("false", vec![], Path::new("/")),
@@ -354,6 +396,11 @@ mod tests {
         // A file without the execute bit is for bash to refuse.
         std::fs::write(real.join("notes"), "ls\n").unwrap();
         assert_eq!(direct("./notes", &env(&[]), &real), None);
+        // A `true` of the user's, earlier in PATH, is not bash's builtin.
+        std::fs::copy("/usr/bin/false", real.join("true")).unwrap();
+        let shadowed = format!("{}:/usr/bin:/bin", real.display());
+        assert_eq!(direct("true", &env(&[("PATH", &shadowed)]), &real), None);
+        assert!(direct("true", &env(&[]), &real).is_some());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -399,6 +446,13 @@ mod tests {
             "OLDPWD",
             "_",
             "ENV",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LC_ALL",
+            "GLIBC_TUNABLES",
+            "MALLOC_CHECK_",
+            "",
+            "A=B",
         ] {
             assert_eq!(direct("ls", &env(&[(var, "x")]), root), None, "{var}");
         }
@@ -410,6 +464,10 @@ mod tests {
             );
         }
         assert_eq!(direct("ls", &env(&[("PATH", "bin:/usr/bin")]), root), None);
+        assert_eq!(direct("ls", &env(&[("LANG", "xx")]), root), None);
+        assert!(direct("ls", &env(&[("LANG", "C.UTF-8")]), root).is_some());
+        let long = format!("ls {}", "a".repeat(MAX_ARGUMENT));
+        assert_eq!(direct(&long, &env(&[]), root), None);
         assert_eq!(direct("ls", &BTreeMap::new(), root), None, "no PATH");
         assert_eq!(direct("ls", &env(&[]), Path::new("/no/such/dir")), None);
     }

@@ -17,10 +17,14 @@ use tracing::Instrument;
 /// committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// With the record as created (`invoke_async`): it is on disk before `submit` returns.
+    /// With the record as created (`invoke_async`, the dashboard's form): it is committed as
+    /// durably as the database commits anything ([`Commit::Durable`]) before `submit` returns.
     Recorded,
-    /// With the run's outcome (`invoke_sync`): the record reaches the disk with the outcome's
-    /// commit, which comes before the answer ([`Commit::Deferred`]).
+    /// With the run's outcome (`invoke_sync`): on PostgreSQL the record reaches the disk with
+    /// the outcome's commit, which comes before the answer ([`Commit::Deferred`]), unless
+    /// `flush_run_start` is set. Until then the record is in PostgreSQL's memory: visible to
+    /// every node and safe from an Openloop crash, but not from a crash of PostgreSQL or its
+    /// machine, which would lose the record of a run in flight (its caller gets an error).
     Finished,
 }
 
@@ -35,8 +39,8 @@ impl Invocations {
         reply: Reply,
     ) -> EngineResult<Invocation> {
         let commit = match reply {
-            Reply::Recorded => Commit::Durable,
-            Reply::Finished => Commit::Deferred,
+            Reply::Finished if !self.config.flush_run_start => Commit::Deferred,
+            _ => Commit::Durable,
         };
         let loaded = self.active_deployment(project).await?.ok_or_else(|| {
             EngineError::NotFound(format!(

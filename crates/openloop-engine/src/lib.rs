@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub max_concurrent_runs_per_function: usize,
     /// Deepest chain of nested calls.
     pub max_call_depth: u32,
+    /// On PostgreSQL, an `invoke_sync` run's record waits for the disk before the run starts
+    /// ([`Reply::Finished`] is committed as [`Reply::Recorded`] is).
+    pub flush_run_start: bool,
     /// Memory limit of one run, in MiB.
     pub run_memory_mb: u64,
     /// Process limit of one run.

@@ -46,19 +46,22 @@ pub struct Owner<'a> {
     pub epoch: i64,
 }
 
-/// When the commit that records a new invocation must be on disk.
+/// How the commit that records a new invocation reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
-    /// Before the statement returns: the caller is answered with this record as it stands
-    /// (`invoke_async`, the dashboard's form).
+    /// As every other commit: on PostgreSQL flushed before the statement returns; on SQLite
+    /// written to its WAL, which `synchronous = NORMAL` flushes at checkpoints (safe from a
+    /// crash of Openloop, not of the machine).
     Durable,
-    /// By the next durable commit: the caller is answered only after one, the run's outcome
-    /// (`invoke_sync`). On PostgreSQL the insert commits with `synchronous_commit` off for
-    /// its own transaction, so it does not wait for a WAL flush. Its commit record is in the
-    /// WAL before the outcome's, and a flush writes the WAL in order, so the outcome's
-    /// durable commit puts both on disk before the caller hears anything. That saves one
-    /// disk flush per `invoke_sync` and gives up nothing answered. On SQLite it is the same
-    /// as `Durable` (its WAL mode with `synchronous = NORMAL` never flushes on commit).
+    /// By the next flushing commit, for a caller answered only after one (`invoke_sync`,
+    /// answered after the run's outcome is committed). On PostgreSQL the insert commits with
+    /// `synchronous_commit` off for its own transaction, so it does not wait for a WAL flush.
+    /// Its commit record is in the WAL before the outcome's, and a flush writes the WAL in
+    /// order, so the outcome's commit puts both on disk before the caller hears anything:
+    /// one flush per `invoke_sync` instead of two. Meanwhile the row is visible to every
+    /// session and survives a crash of Openloop; a crash of PostgreSQL or its machine before
+    /// the flush (PostgreSQL's WAL writer does it within three `wal_writer_delay`s) loses it,
+    /// with the run in flight. On SQLite the same as `Durable`.
     Deferred,
 }
 

@@ -8,7 +8,7 @@ use crate::model::{
     FunctionInfo, FunctionList, InvocationList, InvocationLogs, InvocationStatus, InvocationView,
     SseEvent,
 };
-use crate::services::invocations::{manifest_of, Reply};
+use crate::services::invocations::{manifest_of, EngineError, Reply};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -93,7 +93,16 @@ pub async fn invoke_sync(
             .invocations
             .wait_for(principal.invocation_id(), &inv.id)
             .instrument(crate::stages::span("wait"))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Recorded a moment ago, gone now: the database lost it (a PostgreSQL crash
+                // before its flush, see `Reply::Finished`). Not the caller's mistake.
+                EngineError::NotFound(_) => ApiError::Unavailable(format!(
+                    "the record of invocation {} was lost by the database while it ran (did PostgreSQL restart?); whether its code finished is unknown, invoke it again if that is safe",
+                    inv.id
+                )),
+                e => ApiError::from(e),
+            })?;
         let _respond = crate::stages::span("respond").entered();
         Ok(Json(invocation_view(&done)?))
     }
