@@ -73,6 +73,16 @@ _pyapi = ctypes.PyDLL(None, use_errno=True)
 _pyapi.syscall.restype = ctypes.c_long
 
 
+def _release_free_memory() -> bool:
+    """Give the memory glibc's allocator holds free back to the system (``malloc_trim``).
+    False where the C library has no such call."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def _map_own_ids(uid: int, gid: int) -> None:
     """In a new user namespace: map this process's ids (from the parent namespace) to
     themselves. The host process is not dumpable, so its /proc files are not its own; this
