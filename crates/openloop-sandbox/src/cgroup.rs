@@ -154,22 +154,27 @@ impl Cgroup {
 
     /// How many processes the kernel's OOM killer has killed inside this devbox.
     pub fn oom_kills(&self) -> u64 {
-        let mut total = 0;
-        for d in &self.dirs {
-            let file = if self.v2 {
-                "memory.events"
-            } else {
-                "memory.oom_control"
-            };
-            if let Ok(text) = std::fs::read_to_string(d.join(file)) {
-                for line in text.lines() {
-                    if let Some(n) = line.strip_prefix("oom_kill ") {
-                        total += n.trim().parse::<u64>().unwrap_or(0);
-                    }
-                }
-            }
-        }
-        total
+        // Only the memory controller's directory has the count: the other v1 directories
+        // are not asked (each miss is one more lookup in the cgroup file system, on the path
+        // of every run's end and every devbox command).
+        let (dir, file) = if self.v2 {
+            (self.dirs.first(), "memory.events")
+        } else {
+            (self.controller_dir("memory"), "memory.oom_control")
+        };
+        let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join(file)).ok()) else {
+            return 0;
+        };
+        text.lines()
+            .filter_map(|l| l.strip_prefix("oom_kill "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum()
+    }
+
+    /// The directory of a v1 controller mounted on its own (`/sys/fs/cgroup/{controller}`).
+    fn controller_dir(&self, controller: &str) -> Option<&PathBuf> {
+        let base = Path::new(ROOT).join(controller);
+        self.dirs.iter().find(|d| d.starts_with(&base))
     }
 
     /// What the devbox has used so far: CPU time, memory now and at its peak. A figure the
@@ -202,13 +207,20 @@ impl Cgroup {
         stats
     }
 
-    /// How many processes are in the cgroup (the most any of its hierarchies holds).
+    /// How many processes are in the cgroup.
     pub fn process_count(&self) -> usize {
-        self.dirs
-            .iter()
-            .map(|d| read_procs(d).len())
-            .max()
-            .unwrap_or(0)
+        // A process is in every one of the directories (it is moved into each before it runs
+        // anything, and what it starts inherits them): one is read, the `pids` controller's
+        // where it has its own. Without it, the most any directory holds.
+        match self.controller_dir("pids").filter(|_| !self.v2) {
+            Some(d) => read_procs(d).len(),
+            None => self
+                .dirs
+                .iter()
+                .map(|d| read_procs(d).len())
+                .max()
+                .unwrap_or(0),
+        }
     }
 
     /// Whether `pid` is in every one of these cgroups.
