@@ -259,3 +259,57 @@ async fn functions_on_sqlite() {
 async fn functions_on_postgres() {
     functions(Db::Postgres).await;
 }
+
+/// On PostgreSQL an `invoke_sync` run's record reaches the disk with its outcome. A record
+/// lost meanwhile (as a crash of PostgreSQL before that flush would lose it; here deleted)
+/// answers 503 saying so, not 404 as if the caller had named no such run. With
+/// `--postgres-flush-run-start` (every record flushed before its run starts) the server runs
+/// and answers the same.
+#[tokio::test]
+async fn a_sync_run_whose_record_is_lost_answers_503_on_postgres() {
+    for flush in [false, true] {
+        let env: &[(&str, &str)] = if flush {
+            &[("OPENLOOP_POSTGRES_FLUSH_RUN_START", "true")]
+        } else {
+            &[]
+        };
+        let Some(server) = Server::start_with(Db::Postgres, env).await else {
+            return;
+        };
+        server.deploy_ok(&fixture("test_agent"));
+        let (code, inv) = server
+            .invoke_sync("test_agent", "echo", json!({"text": "ab"}))
+            .await;
+        assert_eq!(code, 200, "{inv}");
+        assert_eq!(inv["result"]["text"], "ab");
+
+        let call = server.invoke_sync("test_agent", "sleepy", json!({"seconds": 1.5}));
+        let lose = async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let id = loop {
+                let list = server
+                    .get_json("/v1/functions/invocations?function=sleepy&status=running")
+                    .await;
+                if let Some(id) = list["invocations"][0]["id"].as_str() {
+                    break id.to_string();
+                }
+                assert!(std::time::Instant::now() < deadline, "{list}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            use sqlx::Connection;
+            let url = server.database_url.as_deref().unwrap();
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query("DELETE FROM invocations WHERE id = $1")
+                .bind(&id)
+                .execute(&mut db)
+                .await
+                .unwrap();
+        };
+        let ((code, answer), ()) = tokio::join!(call, lose);
+        assert_eq!(code, 503, "flush {flush}: {answer}");
+        assert!(
+            answer.to_string().contains("was lost by the database"),
+            "{answer}"
+        );
+    }
+}

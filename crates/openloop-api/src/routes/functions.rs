@@ -97,10 +97,13 @@ pub async fn invoke_sync(
             .map_err(|e| match e {
                 // Recorded a moment ago, gone now: the database lost it (a PostgreSQL crash
                 // before its flush, see `Reply::Finished`). Not the caller's mistake.
-                EngineError::NotFound(_) => ApiError::Unavailable(format!(
+                EngineError::NotFound(_)
+                | EngineError::Store(openloop_store::StoreError::NotFound(_)) => {
+                    ApiError::Unavailable(format!(
                     "the record of invocation {} was lost by the database while it ran (did PostgreSQL restart?); whether its code finished is unknown, invoke it again if that is safe",
                     inv.id
-                )),
+                    ))
+                }
                 e => ApiError::from(e),
             })?;
         let _respond = crate::stages::span("respond").entered();
