@@ -3,10 +3,19 @@
 //! The devbox's cgroups are created beside the server's own (v1: per controller;
 //! v2: in the unified tree). The sandbox's first process joins them before it
 //! execs, so nothing inside ever runs unlimited.
+//!
+//! This module creates cgroups, moves processes in and reads what they counted; `end`
+//! kills what a cgroup holds and removes it (and what an earlier server left behind);
+//! `freezer` stops and resumes a cgroup's processes.
 
-use crate::pidfd::Pidfd;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+
+mod end;
+mod freezer;
+
+pub use end::{leftover, leftovers, remove_leftovers};
+pub use freezer::Freezer;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -241,192 +250,6 @@ impl Cgroup {
         }
         Ok(())
     }
-
-    /// Send SIGKILL to every process in the cgroups, again while new ones appear (a fork
-    /// bomb may start new ones while the first are killed). Returns the pidfds of the
-    /// processes it signalled: each becomes readable once its process has exited.
-    ///
-    /// Never by bare pid: a pid read from `cgroup.procs` may exit and be reaped (by its
-    /// parent in the cgroup) before the signal is sent, and the number reused by a process
-    /// outside. On cgroup v2 the kernel kills the whole cgroup itself (`cgroup.kill`, which
-    /// also catches processes forked meanwhile). Else each pid is first pinned with a pidfd,
-    /// then `cgroup.procs` is read again: a pid still listed there after its pidfd was opened
-    /// is a member (a stranger that took a reused number is not in our cgroup; a member that
-    /// took it is ours to kill anyway), and the pidfd still names the process it was opened
-    /// for, so the signal cannot go elsewhere. A process already signalled is not signalled
-    /// again (SIGKILL cannot be caught; it is only slow to die while the kernel tears down
-    /// its memory), so a dying process costs one pass, not a busy loop.
-    pub fn kill_all(&self) -> Vec<Pidfd> {
-        let mut killed: std::collections::HashMap<i32, Pidfd> = std::collections::HashMap::new();
-        for _ in 0..100 {
-            let mut new = false;
-            for d in &self.dirs {
-                if self.v2 && std::fs::write(d.join("cgroup.kill"), "1").is_ok() {
-                    continue;
-                }
-                let pinned: Vec<(i32, Pidfd)> = read_procs(d)
-                    .into_iter()
-                    // Signalled already, and still that process (not reaped, its number reused).
-                    .filter(|pid| {
-                        !killed
-                            .get(pid)
-                            .is_some_and(|fd| fd.signal(0).unwrap_or(false))
-                    })
-                    .filter_map(|pid| Some((pid, Pidfd::open(pid).ok()?)))
-                    .collect();
-                if pinned.is_empty() {
-                    continue;
-                }
-                let members = read_procs(d);
-                for (pid, fd) in pinned {
-                    if members.contains(&pid) {
-                        new = true;
-                        fd.kill();
-                        killed.insert(pid, fd);
-                    }
-                }
-            }
-            if !new {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        killed.into_values().collect()
-    }
-
-    /// The handle that freezes this cgroup, if it can be frozen (see [`Freezer`]).
-    pub fn freezer(&self) -> Option<Freezer> {
-        let dir = if self.v2 {
-            self.dirs.first()
-        } else {
-            self.dirs
-                .iter()
-                .find(|d| d.starts_with(Path::new(ROOT).join("freezer")))
-        }?;
-        Some(Freezer {
-            dir: dir.clone(),
-            v2: self.v2,
-        })
-    }
-
-    /// Kill every process left in the cgroups and remove them, waiting (on their pidfds,
-    /// not by polling the cgroup) for the killed processes to exit.
-    pub fn destroy(&self) {
-        // A frozen process (cgroup v1) dies only once thawed.
-        if let Some(f) = self.freezer() {
-            let _ = f.thaw();
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let killed = self.kill_all();
-            wait_exited(&killed, std::time::Duration::from_millis(500));
-            let busy = self
-                .dirs
-                .iter()
-                .any(|d| d.exists() && std::fs::remove_dir(d).is_err());
-            if !busy {
-                return;
-            }
-            if std::time::Instant::now() >= deadline {
-                break;
-            }
-            // Still populated: a process exiting that was signalled by someone else, or one
-            // that joined meanwhile. Look again shortly.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
-    }
-}
-
-/// Wait until every process behind `fds` has exited (its pidfd is readable), at most `limit`.
-fn wait_exited(fds: &[Pidfd], limit: std::time::Duration) {
-    use std::os::fd::AsRawFd;
-    let deadline = std::time::Instant::now() + limit;
-    let mut pending: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    while !pending.is_empty() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        // SAFETY: `pending` is a valid array of pollfd for the duration of the call, and the
-        // descriptors stay open (borrowed from `fds`).
-        let n = unsafe {
-            libc::poll(
-                pending.as_mut_ptr(),
-                pending.len() as libc::nfds_t,
-                left.as_millis().clamp(1, i32::MAX as u128) as i32,
-            )
-        };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
-        }
-        pending.retain(|p| p.revents == 0);
-        for p in &mut pending {
-            p.revents = 0;
-        }
-    }
-}
-
-/// Freezes and thaws one cgroup (v2 `cgroup.freeze`, v1 `freezer.state`).
-#[derive(Debug, Clone)]
-pub struct Freezer {
-    dir: PathBuf,
-    v2: bool,
-}
-
-impl Freezer {
-    /// Stop every process in the cgroup where it stands (none can run, fork or write until
-    /// [`Freezer::thaw`]); returns once the kernel reports the whole cgroup frozen, or an
-    /// error (thawed again) when it does not freeze within `within`.
-    ///
-    /// The kernel gives no notification for v1's `freezer.state` (and v2's `cgroup.events`
-    /// only to a poller), so this reads the state again with a short back-off.
-    pub fn freeze(&self, within: std::time::Duration) -> std::io::Result<()> {
-        let (file, value) = if self.v2 {
-            ("cgroup.freeze", "1")
-        } else {
-            ("freezer.state", "FROZEN")
-        };
-        std::fs::write(self.dir.join(file), value)?;
-        let deadline = std::time::Instant::now() + within;
-        let mut pause = std::time::Duration::from_micros(200);
-        loop {
-            let frozen = if self.v2 {
-                std::fs::read_to_string(self.dir.join("cgroup.events"))?
-                    .lines()
-                    .any(|l| l.trim() == "frozen 1")
-            } else {
-                std::fs::read_to_string(self.dir.join("freezer.state"))?.trim() == "FROZEN"
-            };
-            if frozen {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                let _ = self.thaw();
-                return Err(std::io::Error::other(
-                    "the devbox's processes did not freeze in time",
-                ));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// Let the cgroup run again (nothing when it was not frozen).
-    pub fn thaw(&self) -> std::io::Result<()> {
-        if self.v2 {
-            std::fs::write(self.dir.join("cgroup.freeze"), "0")
-        } else {
-            std::fs::write(self.dir.join("freezer.state"), "THAWED")
-        }
-    }
 }
 
 /// What a devbox's cgroups have counted ([`Cgroup::stats`]).
@@ -517,40 +340,4 @@ fn parents() -> (Vec<PathBuf>, bool) {
         }
     }
     (out, v2)
-}
-
-/// Every cgroup whose name starts with `openloop-{prefix}`, in every hierarchy, as one
-/// [`Cgroup`] (its [`procs_files`](Cgroup::procs_files) name one per directory found).
-pub fn leftovers(prefix: &str) -> Cgroup {
-    let (parents, v2) = parents();
-    let want = format!("openloop-{prefix}");
-    let mut dirs = Vec::new();
-    for parent in parents {
-        for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&want) {
-                dirs.push(e.path());
-            }
-        }
-    }
-    Cgroup { dirs, v2 }
-}
-
-/// Remove every cgroup whose name starts with `openloop-{prefix}` (after a crash, and at a
-/// graceful stop), killing what runs in them; how many directories there were.
-pub fn remove_leftovers(prefix: &str) -> usize {
-    let found = leftovers(prefix);
-    let n = found.dirs.len();
-    found.destroy();
-    n
-}
-
-/// The cgroups of a devbox left behind by a previous server process (after a crash).
-pub fn leftover(name: &str) -> Cgroup {
-    let (parents, v2) = parents();
-    let dirs = parents
-        .into_iter()
-        .map(|p| p.join(format!("openloop-{name}")))
-        .filter(|d| d.exists())
-        .collect();
-    Cgroup { dirs, v2 }
 }
