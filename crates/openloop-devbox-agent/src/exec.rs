@@ -30,7 +30,7 @@ pub fn run(
         ("USER", "user"),
         ("LOGNAME", "user"),
         ("SHELL", "/bin/bash"),
-        ("LANG", "C.UTF-8"),
+        ("LANG", simple::AGENT_LANG),
         ("TERM", "xterm"),
     ]
     .into_iter()

@@ -138,7 +138,7 @@ const STARTUP_PREFIXES: &[&str] = &["BASH", "COMP_", "LD_", "LC_", "MALLOC_", "G
 
 /// The locale the agent gives every command, which bash sets without a word. Any other
 /// `LANG` goes to bash (which warns about one it cannot set).
-const AGENT_LANG: &str = "C.UTF-8";
+pub const AGENT_LANG: &str = "C.UTF-8";
 
 /// The longest single argument Linux passes (`MAX_ARG_STRLEN`, with its NUL): `bash -c`
 /// cannot be given a longer command, so neither is the program.

@@ -3,7 +3,7 @@
 //! to which they lent the slot). Each decision to let one more run hold a slot counts them
 //! under the function's advisory transaction lock, so two nodes never both take the last.
 
-use crate::invocations::{Commit, Invocation, Owner};
+use crate::invocations::{bind_new, Commit, Invocation, Owner, INSERT};
 use crate::{now_ms, Result, Store};
 
 /// What a queued run found when it tried to take a slot.
@@ -65,22 +65,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let running =
             lock_and_count(&mut tx, &inv.project_name, &inv.function_name, commit).await? < limit;
-        sqlx::query(
-            "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms, node_id, node_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&inv.id)
-        .bind(&inv.project_name)
-        .bind(&inv.function_name)
-        .bind(&inv.deployment_id)
-        .bind(if running { "running" } else { "queued" })
-        .bind(&inv.request)
-        .bind(&inv.parent_invocation_id)
-        .bind(inv.created_at_ms)
-        .bind(running.then_some(inv.created_at_ms))
-        .bind(running.then_some(owner.node))
-        .bind(running.then_some(owner.epoch))
-        .execute(&mut *tx)
-        .await?;
+        let row = Invocation {
+            status: if running { "running" } else { "queued" }.into(),
+            started_at_ms: running.then_some(inv.created_at_ms),
+            ..inv.clone()
+        };
+        bind_new(INSERT, &row, running.then_some(owner))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(running)
     }

@@ -66,7 +66,28 @@ pub enum Commit {
 }
 
 /// The insert of a new invocation, both databases.
-const INSERT: &str = "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms, node_id, node_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub(crate) const INSERT: &str = "INSERT INTO invocations (id, project_name, function_name, deployment_id, status, request, parent_invocation_id, created_at_ms, started_at_ms, node_id, node_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// `sql` ([`INSERT`] or [`INSERT_DEFERRED`]) with a new invocation's values bound: its row as
+/// `inv` has it, run by `owner` (none while it is queued).
+pub(crate) fn bind_new<'q>(
+    sql: &'q str,
+    inv: &'q Invocation,
+    owner: Option<Owner<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(&inv.id)
+        .bind(&inv.project_name)
+        .bind(&inv.function_name)
+        .bind(&inv.deployment_id)
+        .bind(&inv.status)
+        .bind(&inv.request)
+        .bind(&inv.parent_invocation_id)
+        .bind(inv.created_at_ms)
+        .bind(inv.started_at_ms)
+        .bind(owner.map(|o| o.node))
+        .bind(owner.map(|o| o.epoch))
+}
 
 /// The same insert on PostgreSQL with [`Commit::Deferred`]: `set_config(…, true)` sets
 /// `synchronous_commit` for this statement's own transaction only, in the same round trip.
@@ -100,20 +121,7 @@ impl Store {
         } else {
             INSERT
         };
-        sqlx::query(sql)
-            .bind(&inv.id)
-            .bind(&inv.project_name)
-            .bind(&inv.function_name)
-            .bind(&inv.deployment_id)
-            .bind(&inv.status)
-            .bind(&inv.request)
-            .bind(&inv.parent_invocation_id)
-            .bind(inv.created_at_ms)
-            .bind(inv.started_at_ms)
-            .bind(owner.map(|o| o.node))
-            .bind(owner.map(|o| o.epoch))
-            .execute(&self.pool)
-            .await?;
+        bind_new(sql, inv, owner).execute(&self.pool).await?;
         Ok(())
     }
 
