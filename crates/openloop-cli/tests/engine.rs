@@ -58,6 +58,26 @@ async fn crashes_hogs_and_bombs_fail_alone() {
     assert_eq!(inv["status"], "failure");
     let kind = inv["error"]["type"].as_str().unwrap();
     assert!(kind == "OutOfMemory" || kind == "MemoryError", "{inv}");
+    // The hog's cgroup, emptied, is kept for a later spare (six are ready ahead of it): the
+    // runs that get it count no OOM kill of their own, so a crash is not taken for one.
+    for _ in 0..10 {
+        let (_, inv) = server
+            .invoke_sync("test_agent", "segfault", json!({}))
+            .await;
+        assert_eq!(inv["error"]["type"], "ProcessExited", "{inv}");
+        assert!(
+            inv["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("signal 11"),
+            "{inv}"
+        );
+    }
+    let (_, inv) = server
+        .invoke_sync("test_agent", "memory_hog", json!({"megabytes": 1024}))
+        .await;
+    let kind = inv["error"]["type"].as_str().unwrap();
+    assert!(kind == "OutOfMemory" || kind == "MemoryError", "{inv}");
 
     let (_, inv) = server
         .invoke_sync("test_agent", "fork_bomb", json!({"seconds": 2}))

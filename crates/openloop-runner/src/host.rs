@@ -399,6 +399,11 @@ impl WarmHost {
         self.spares.take().await
     }
 
+    /// Where a run's cgroup goes at its end when it has the runs' default limits.
+    pub(crate) fn recycled(&self) -> &Arc<crate::recycle::Recycled> {
+        self.spares.recycled()
+    }
+
     /// A spare the run did not use goes to the next run.
     pub(crate) fn put_back(&self, spare: crate::spares::Ready) {
         self.spares.put_back(spare)

@@ -7,6 +7,7 @@
 //!   function prints can be taken for its result.
 //! - [`spares`]: the processes a warm process isolated ahead of its next runs, each moved
 //!   into a run cgroup and with its streams connected before its run comes.
+//! - [`recycle`]: run cgroups emptied by earlier runs, kept for the next spares.
 //! - [`run`]: following one invocation from fork to outcome.
 //! - [`output`]: a run's output streams and control frames, turned into log records within
 //!   its caps, and its result.
@@ -16,6 +17,7 @@
 pub mod channels;
 pub mod host;
 pub mod output;
+mod recycle;
 pub mod run;
 pub mod spares;
 

@@ -55,13 +55,14 @@ pub async fn run(host: &WarmHost, req: RunRequest, logs: mpsc::Sender<LogLine>) 
     let mut cgroup: Option<Cgroup> = None;
     let outcome = run_in(host, &req, &mut cgroup, &logs, &budget).await;
     host.forget(&req.invocation_id);
-    finish(outcome, cgroup, &budget, &logs, &req)
+    finish(host, outcome, cgroup, &budget, &logs, &req)
         .instrument(tracing::info_span!(target: STAGE, "teardown"))
         .await
 }
 
 /// After the run: note dropped log lines, empty the run's cgroup, name an out-of-memory kill.
 async fn finish(
+    host: &WarmHost,
     outcome: RunOutcome,
     cgroup: Option<Cgroup>,
     budget: &LogBudget,
@@ -81,12 +82,17 @@ async fn finish(
     // Whatever the run left running dies with it. When only the run's own process is left
     // (it takes a few milliseconds to tear down its namespaces after its result is in), that
     // happens off the run's path; processes it left behind are gone before the run is
-    // reported finished.
+    // reported finished. Emptied, a cgroup with the runs' default limits is kept for a
+    // next spare (`crate::recycle`); one made for other limits is removed.
     if let Some(cgroup) = cgroup {
-        if cgroup.process_count() > 1 {
-            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
-        } else {
-            destroy_later([cgroup]);
+        let recycled = (host.spec.run_limits == req.limits).then(|| host.recycled());
+        match (cgroup.process_count() > 1, recycled) {
+            (true, Some(recycled)) => recycled.keep_now(cgroup).await,
+            (true, None) => {
+                let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+            }
+            (false, Some(recycled)) => recycled.keep_later(vec![cgroup]),
+            (false, None) => destroy_later([cgroup]),
         }
     }
     match outcome {
@@ -141,7 +147,11 @@ async fn start(
         if spare.control.stream.write_all(&frame).await.is_ok() {
             return Ok(Some((spare, joined)));
         }
-        destroy_later([joined]);
+        if host.spec.run_limits == req.limits {
+            host.recycled().keep_later(vec![joined]);
+        } else {
+            destroy_later([joined]);
+        }
     }
 }
 
@@ -256,7 +266,7 @@ fn join_cgroup(
     }
     let c = Cgroup::create(&req.cgroup_name, req.limits)?;
     let attached = c.attach(pid);
-    destroy_later([prepared]);
+    host.recycled().keep_later(vec![prepared]);
     if let Err(e) = attached {
         destroy_later([c]);
         return Err(e);

@@ -10,6 +10,9 @@
 //! frame on that control stream, so no other process is on the run's path; the warm process
 //! learns of it afterwards ([`crate::host::WarmHost::taken`]) and forks a replacement.
 //!
+//! The run cgroup a spare is moved into is one that earlier runs of the same warm process
+//! emptied, when one is kept ([`crate::recycle`]), else a new one.
+//!
 //! The three streams of a spare must come from one process (by `SO_PEERCRED`), the one that
 //! was moved into the cgroup, as a run's own streams must. And that process must still be in
 //! its warm process's own cgroup, where every spare is forked: a run's process knows the
@@ -18,12 +21,12 @@
 //! empties.
 
 use crate::channels::{refuse, Channel, Connection, Refusal, Registration};
-use crate::host::destroy_later;
+use crate::recycle::Recycled;
 use openloop_sandbox::cgroup::{Cgroup, Limits};
 use openloop_sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -69,6 +72,8 @@ pub(crate) struct Spares {
     turn: tokio::sync::Mutex<()>,
     /// Runs in [`Spares::take`] (a failure with nobody waiting is not kept).
     waiting: AtomicUsize,
+    /// Run cgroups emptied for the next spares.
+    recycled: Arc<Recycled>,
 }
 
 /// Counts a run as waiting for a spare while it lives.
@@ -130,6 +135,7 @@ impl Spares {
         let pid = conn.peer_pid;
         let cgroup_name = format!("{cgroup_name}-{pid}");
         let warm = warm.clone();
+        let recycled = self.recycled.clone();
         let made = tokio::task::spawn_blocking(move || {
             if !warm.holds(pid) {
                 tracing::warn!(
@@ -138,7 +144,10 @@ impl Spares {
                 );
                 return Err(None);
             }
-            let cgroup = Cgroup::create(&cgroup_name, limits).map_err(Some)?;
+            let cgroup = match recycled.take() {
+                Some(kept) => kept,
+                None => Cgroup::create(&cgroup_name, limits).map_err(Some)?,
+            };
             match cgroup.attach(pid) {
                 Ok(()) => Ok(cgroup),
                 Err(e) => {
@@ -177,9 +186,9 @@ impl Spares {
             stale.extend(gone.into_iter().map(|r| r.cgroup));
             stale
         };
-        destroy_later(stale);
+        self.recycled.keep_later(stale);
         if conn.stream.write_all(b"\x01").await.is_err() {
-            destroy_later([cgroup]);
+            self.recycled.keep_later(vec![cgroup]);
             return;
         }
         lock(&self.state).partial.insert(
@@ -282,11 +291,18 @@ impl Spares {
         self.changed.notify_one();
     }
 
-    /// Every spare's cgroup, for the warm process's end.
+    /// Every spare's cgroup and every kept one, for the warm process's end (from then on,
+    /// a run's cgroup is removed at its end, not kept).
     pub(crate) fn drain(&self) -> Vec<Cgroup> {
         let mut s = lock(&self.state);
         let mut all: Vec<Cgroup> = s.partial.drain().map(|(_, e)| e.cgroup).collect();
         all.extend(s.ready.drain(..).map(|r| r.cgroup));
+        all.extend(self.recycled.close());
         all
+    }
+
+    /// Where the cgroups of this warm process's runs go at their end.
+    pub(crate) fn recycled(&self) -> &Arc<Recycled> {
+        &self.recycled
     }
 }

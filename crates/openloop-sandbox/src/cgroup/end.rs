@@ -1,5 +1,5 @@
-//! Ending a cgroup: killing what it holds, removing its directories, and the cgroups a
-//! previous server left behind.
+//! Ending a cgroup: killing what it holds, removing its directories or emptying them for
+//! another use, and the cgroups a previous server left behind.
 
 use super::{parents, read_procs, Cgroup};
 use crate::pidfd::Pidfd;
@@ -63,8 +63,46 @@ impl Cgroup {
         // Most often nothing is left (a run's process has exited by then): removing the
         // directories is then all there is to do, without reading their members. The kernel
         // refuses to remove a cgroup that still holds a process; those are killed below.
-        if self.remove_dirs() {
-            return;
+        if !self.kill_until(Self::remove_dirs) {
+            tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
+        }
+    }
+
+    /// Empty the cgroups for another use instead of removing them: kill what they hold and
+    /// wait until it has exited, as [`destroy`](Self::destroy) does, then count OOM kills
+    /// afresh ([`oom_kills`](Self::oom_kills) is 0 again). The limits stay as they were made.
+    ///
+    /// False (remove the cgroup then) if a process is still in it after a few seconds, or if
+    /// more than `max_charge` bytes of memory stay charged to it once it is empty: the page
+    /// cache and kernel objects its processes left, which a removed cgroup hands to its
+    /// parent and a reused one would count against its next processes' limit.
+    ///
+    /// Reusing a cgroup saves creating and removing one per use: on cgroup v1 that is one
+    /// directory per controller, and the kernel's work to take each one down.
+    pub fn empty_for_reuse(&mut self, max_charge: u64) -> bool {
+        if !self.kill_until(Self::is_empty) {
+            return false;
+        }
+        if self
+            .memory_charged()
+            .is_some_and(|bytes| bytes > max_charge)
+        {
+            return false;
+        }
+        self.oom_base = self.oom_count();
+        true
+    }
+
+    /// Whether no process is in any of the directories.
+    fn is_empty(&self) -> bool {
+        self.dirs.iter().all(|d| read_procs(d).is_empty())
+    }
+
+    /// Kill what the cgroups hold, and again, until `done` (checked first: most often it
+    /// holds nothing by then), for at most about five seconds; whether `done` held.
+    fn kill_until(&self, done: fn(&Self) -> bool) -> bool {
+        if done(self) {
+            return true;
         }
         // A frozen process (cgroup v1) dies only once thawed.
         if let Some(f) = self.freezer() {
@@ -74,17 +112,16 @@ impl Cgroup {
         loop {
             let killed = self.kill_all();
             wait_exited(&killed, std::time::Duration::from_millis(500));
-            if self.remove_dirs() {
-                return;
+            if done(self) {
+                return true;
             }
             if std::time::Instant::now() >= deadline {
-                break;
+                return false;
             }
             // Still populated: a process exiting that was signalled by someone else, or one
             // that joined meanwhile. Look again shortly.
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
     }
 
     /// Remove every directory still there; whether none is left (one that still holds a
@@ -151,7 +188,11 @@ pub fn leftovers(prefix: &str) -> Cgroup {
             }
         }
     }
-    Cgroup { dirs, v2 }
+    Cgroup {
+        dirs,
+        v2,
+        oom_base: 0,
+    }
 }
 
 /// Remove every cgroup whose name starts with `openloop-{prefix}` (after a crash, and at a
@@ -171,5 +212,9 @@ pub fn leftover(name: &str) -> Cgroup {
         .map(|p| p.join(format!("openloop-{name}")))
         .filter(|d| d.exists())
         .collect();
-    Cgroup { dirs, v2 }
+    Cgroup {
+        dirs,
+        v2,
+        oom_base: 0,
+    }
 }

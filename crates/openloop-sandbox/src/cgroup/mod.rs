@@ -5,8 +5,8 @@
 //! execs, so nothing inside ever runs unlimited.
 //!
 //! This module creates cgroups, moves processes in and reads what they counted; `end`
-//! kills what a cgroup holds and removes it (and what an earlier server left behind);
-//! `freezer` stops and resumes a cgroup's processes.
+//! kills what a cgroup holds and removes it or empties it for another use (and removes what
+//! an earlier server left behind); `freezer` stops and resumes a cgroup's processes.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ pub struct Extras {
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
+    /// OOM kills counted before this use of the cgroup (see [`Cgroup::empty_for_reuse`]).
+    oom_base: u64,
 }
 
 impl Cgroup {
@@ -117,7 +119,11 @@ impl Cgroup {
             }
             dirs.push(dir);
         }
-        Ok(Cgroup { dirs, v2: false })
+        Ok(Cgroup {
+            dirs,
+            v2: false,
+            oom_base: 0,
+        })
     }
 
     fn create_v2(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
@@ -147,6 +153,7 @@ impl Cgroup {
         Ok(Cgroup {
             dirs: vec![dir],
             v2: true,
+            oom_base: 0,
         })
     }
 
@@ -161,8 +168,14 @@ impl Cgroup {
             .collect()
     }
 
-    /// How many processes the kernel's OOM killer has killed inside this devbox.
+    /// How many processes the kernel's OOM killer has killed inside this devbox (for a
+    /// cgroup emptied for reuse, since then).
     pub fn oom_kills(&self) -> u64 {
+        self.oom_count().saturating_sub(self.oom_base)
+    }
+
+    /// The kernel's count of OOM kills in the cgroup, since it was made.
+    fn oom_count(&self) -> u64 {
         // Only the memory controller's directory has the count: the other v1 directories
         // are not asked (each miss is one more lookup in the cgroup file system, on the path
         // of every run's end and every devbox command).
@@ -178,6 +191,21 @@ impl Cgroup {
             .filter_map(|l| l.strip_prefix("oom_kill "))
             .filter_map(|n| n.trim().parse::<u64>().ok())
             .sum()
+    }
+
+    /// The memory charged to the cgroup now (its processes', and the page cache and kernel
+    /// objects they left), if the host tells.
+    pub(crate) fn memory_charged(&self) -> Option<u64> {
+        let (dir, file) = if self.v2 {
+            (self.dirs.first(), "memory.current")
+        } else {
+            (self.controller_dir("memory"), "memory.usage_in_bytes")
+        };
+        std::fs::read_to_string(dir?.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The directory of a v1 controller mounted on its own (`/sys/fs/cgroup/{controller}`).
