@@ -12,7 +12,7 @@
 //! memory (page cache the run read, files it left in a shared tmpfs) is removed instead, so a
 //! run never starts with more than that already counted against its limit.
 
-use openloop_sandbox::cgroup::Cgroup;
+use openloop_sandbox::cgroup::{Cgroup, NotReusable};
 use openloop_sync::lock;
 use std::sync::{Arc, Mutex};
 
@@ -47,12 +47,22 @@ impl Recycled {
     /// kept, or it cannot be emptied as [`Cgroup::empty_for_reuse`] requires). Blocking: it
     /// kills and waits for what is left in the cgroup.
     pub(crate) fn keep(&self, mut cgroup: Cgroup) {
-        if cgroup.empty_for_reuse(MAX_CHARGE) {
-            let mut kept = lock(&self.kept);
-            if let Some(kept) = kept.as_mut().filter(|k| k.len() < KEPT) {
-                kept.push(cgroup);
+        match cgroup.empty_for_reuse(MAX_CHARGE) {
+            Ok(()) => {
+                let mut kept = lock(&self.kept);
+                if let Some(kept) = kept.as_mut().filter(|k| k.len() < KEPT) {
+                    kept.push(cgroup);
+                    return;
+                }
+            }
+            // Killing for a few seconds did not empty it: more of it would not either.
+            Err(NotReusable::Busy) => {
+                if !cgroup.remove_if_empty() {
+                    tracing::warn!(?cgroup, "run cgroup still busy after its end");
+                }
                 return;
             }
+            Err(NotReusable::Unreadable | NotReusable::Charged(_)) => {}
         }
         cgroup.destroy();
     }

@@ -265,12 +265,12 @@ fn join_cgroup(
         return Ok(prepared);
     }
     let c = Cgroup::create(&req.cgroup_name, req.limits)?;
-    let attached = c.attach(pid);
-    host.recycled().keep_later(vec![prepared]);
-    if let Err(e) = attached {
+    if let Err(e) = c.attach(pid) {
+        // The spare stays in the prepared cgroup, which the caller removes with it.
         destroy_later([c]);
         return Err(e);
     }
+    host.recycled().keep_later(vec![prepared]);
     Ok(c)
 }
 

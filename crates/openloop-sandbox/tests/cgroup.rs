@@ -2,7 +2,7 @@
 //! directories, and the OOM killer's kills, read from its memory controller's; and a cgroup
 //! emptied for another use.
 
-use openloop_sandbox::cgroup::{Cgroup, Limits};
+use openloop_sandbox::cgroup::{Cgroup, Limits, NotReusable};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
@@ -38,7 +38,7 @@ fn a_cgroup_emptied_for_reuse_kills_what_it_held_and_counts_oom_kills_afresh() {
     oom_in(&cg);
     assert_eq!(cg.oom_kills(), 1);
 
-    assert!(cg.empty_for_reuse(4 << 20));
+    assert_eq!(cg.empty_for_reuse(4 << 20), Ok(()));
     assert_eq!(left.wait().unwrap().signal(), Some(libc::SIGKILL));
     assert_eq!(cg.process_count(), 0);
     assert_eq!(
@@ -74,13 +74,51 @@ fn a_cgroup_left_holding_memory_is_not_reused() {
         .unwrap();
     cg.attach(writer.id() as i32).unwrap();
     assert!(writer.wait().unwrap().success());
-    assert!(!cg.empty_for_reuse(4 << 20), "16 MiB stay charged to it");
-    std::fs::remove_file(&file).unwrap();
     assert!(
+        matches!(cg.empty_for_reuse(4 << 20), Err(NotReusable::Charged(b)) if b >= 16 << 20),
+        "16 MiB stay charged to it"
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
         cg.empty_for_reuse(4 << 20),
+        Ok(()),
         "with the file gone, it can be reused"
     );
     cg.destroy();
+}
+
+#[test]
+fn a_cgroup_is_empty_when_emptied_for_reuse_returns() {
+    // What a run left keeps starting processes and holds 40 MiB; nothing waits on it here,
+    // so only `empty_for_reuse` itself can have waited for every one of them to exit.
+    let mut cg = Cgroup::create(&format!("test-emptied-{}", std::process::id()), limits()).unwrap();
+    let mut left = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 0.2; (exec dd if=/dev/zero bs=40M count=1 | sleep 60) & \
+             while :; do sleep 60 & sleep 0.01; done",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cg.attach(left.id() as i32).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(cg.process_count() > 3);
+    assert_eq!(cg.empty_for_reuse(64 << 20), Ok(()));
+    let left_over = cg.process_count();
+    let _ = left.wait();
+    cg.destroy();
+    assert_eq!(
+        left_over, 0,
+        "processes still in the cgroup when it was handed back"
+    );
+}
+
+#[test]
+fn a_removed_cgroup_is_not_reused() {
+    let mut cg = Cgroup::create(&format!("test-removed-{}", std::process::id()), limits()).unwrap();
+    cg.clone().destroy();
+    assert_eq!(cg.empty_for_reuse(4 << 20), Err(NotReusable::Unreadable));
 }
 
 #[test]

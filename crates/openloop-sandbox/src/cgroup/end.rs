@@ -70,32 +70,46 @@ impl Cgroup {
 
     /// Empty the cgroups for another use instead of removing them: kill what they hold and
     /// wait until it has exited, as [`destroy`](Self::destroy) does, then count OOM kills
-    /// afresh ([`oom_kills`](Self::oom_kills) is 0 again). The limits stay as they were made.
+    /// afresh ([`oom_kills`](Self::oom_kills) is 0 again, on this handle: a clone made before
+    /// keeps counting from the earlier base). The limits stay as they were made.
     ///
-    /// False (remove the cgroup then) if a process is still in it after a few seconds, or if
-    /// more than `max_charge` bytes of memory stay charged to it once it is empty: the page
-    /// cache and kernel objects its processes left, which a removed cgroup hands to its
-    /// parent and a reused one would count against its next processes' limit.
+    /// Refused (remove the cgroup then) if a process is still in it after a few seconds, if
+    /// one of its files cannot be read (a directory removed meanwhile, say), or if more than
+    /// `max_charge` bytes of memory stay charged to it once it is empty: the page cache and
+    /// kernel objects its processes left, which a removed cgroup hands to its parent and a
+    /// reused one would count against its next processes' limit.
     ///
     /// Reusing a cgroup saves creating and removing one per use: on cgroup v1 that is one
     /// directory per controller, and the kernel's work to take each one down.
-    pub fn empty_for_reuse(&mut self, max_charge: u64) -> bool {
+    pub fn empty_for_reuse(&mut self, max_charge: u64) -> Result<(), NotReusable> {
         if !self.kill_until(Self::is_empty) {
-            return false;
+            return Err(if self.dirs.iter().all(|d| d.exists()) {
+                NotReusable::Busy
+            } else {
+                NotReusable::Unreadable
+            });
         }
-        if self
-            .memory_charged()
-            .is_some_and(|bytes| bytes > max_charge)
-        {
-            return false;
+        match self.memory_charged() {
+            Some(Some(bytes)) if bytes > max_charge => return Err(NotReusable::Charged(bytes)),
+            Some(None) => return Err(NotReusable::Unreadable),
+            _ => {}
         }
-        self.oom_base = self.oom_count();
-        true
+        self.oom_base = self.oom_count().ok_or(NotReusable::Unreadable)?;
+        Ok(())
     }
 
-    /// Whether no process is in any of the directories.
+    /// Remove the directories if nothing is in them, without killing anything; whether
+    /// none is left.
+    pub fn remove_if_empty(&self) -> bool {
+        self.remove_dirs()
+    }
+
+    /// Whether no process is in any of the directories (a directory whose members cannot be
+    /// read is not taken for empty).
     fn is_empty(&self) -> bool {
-        self.dirs.iter().all(|d| read_procs(d).is_empty())
+        self.dirs.iter().all(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+        })
     }
 
     /// Kill what the cgroups hold, and again, until `done` (checked first: most often it
@@ -137,6 +151,17 @@ impl Cgroup {
         }
         !left
     }
+}
+
+/// Why a cgroup was not emptied for reuse ([`Cgroup::empty_for_reuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReusable {
+    /// A process was still in it after a few seconds of killing.
+    Busy,
+    /// One of its files could not be read.
+    Unreadable,
+    /// This many bytes of memory stayed charged to it.
+    Charged(u64),
 }
 
 /// Wait until every process behind `fds` has exited (its pidfd is readable), at most `limit`.

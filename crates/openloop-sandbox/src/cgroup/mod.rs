@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 mod end;
 mod freezer;
 
-pub use end::{leftover, leftovers, remove_leftovers};
+pub use end::{leftover, leftovers, remove_leftovers, NotReusable};
 pub use freezer::Freezer;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -37,7 +37,8 @@ pub struct Extras {
 }
 
 /// The cgroup directories of one devbox. A handle: cloning it names the same cgroups, and
-/// nothing happens to them until [`Cgroup::destroy`].
+/// nothing happens to them until [`Cgroup::destroy`]. (A handle also holds where its use's
+/// OOM count starts: see [`Cgroup::empty_for_reuse`].)
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
@@ -171,11 +172,12 @@ impl Cgroup {
     /// How many processes the kernel's OOM killer has killed inside this devbox (for a
     /// cgroup emptied for reuse, since then).
     pub fn oom_kills(&self) -> u64 {
-        self.oom_count().saturating_sub(self.oom_base)
+        self.oom_count().unwrap_or(0).saturating_sub(self.oom_base)
     }
 
-    /// The kernel's count of OOM kills in the cgroup, since it was made.
-    fn oom_count(&self) -> u64 {
+    /// The kernel's count of OOM kills in the cgroup, since it was made: 0 without a memory
+    /// controller, `None` if its file cannot be read.
+    fn oom_count(&self) -> Option<u64> {
         // Only the memory controller's directory has the count: the other v1 directories
         // are not asked (each miss is one more lookup in the cgroup file system, on the path
         // of every run's end and every devbox command).
@@ -184,28 +186,33 @@ impl Cgroup {
         } else {
             (self.controller_dir("memory"), "memory.oom_control")
         };
-        let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join(file)).ok()) else {
-            return 0;
+        let Some(dir) = dir else {
+            return Some(0);
         };
-        text.lines()
-            .filter_map(|l| l.strip_prefix("oom_kill "))
-            .filter_map(|n| n.trim().parse::<u64>().ok())
-            .sum()
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .sum(),
+        )
     }
 
     /// The memory charged to the cgroup now (its processes', and the page cache and kernel
-    /// objects they left), if the host tells.
-    pub(crate) fn memory_charged(&self) -> Option<u64> {
+    /// objects they left): `None` without a memory controller, `Some(None)` if its file
+    /// cannot be read.
+    pub(crate) fn memory_charged(&self) -> Option<Option<u64>> {
         let (dir, file) = if self.v2 {
             (self.dirs.first(), "memory.current")
         } else {
             (self.controller_dir("memory"), "memory.usage_in_bytes")
         };
-        std::fs::read_to_string(dir?.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let dir = dir?;
+        Some(
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+        )
     }
 
     /// The directory of a v1 controller mounted on its own (`/sys/fs/cgroup/{controller}`).
