@@ -307,6 +307,27 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 /// The pids listed in a cgroup directory's `cgroup.procs` (empty when it is gone).
+/// Whether this host's cgroups favour moving processes between them (`favordynmods` on any
+/// cgroup mount; the kernel's lock for moving processes is one for every hierarchy).
+///
+/// Without it, moving a process into a cgroup (as every spare is moved into its run's) now
+/// and then waits for an RCU grace period, and forks and exits anywhere wait behind it:
+/// measured here on cgroup v1, 2.5% of moves took over 5 ms, up to 22 ms; with the option,
+/// none over 2.7 ms. With it, every fork and exit takes that lock's slower, shared path.
+pub fn favors_moves() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| favordynmods_in(&m))
+}
+
+/// Whether a cgroup mount in `mounts` (the format of `/proc/self/mounts`) has `favordynmods`.
+fn favordynmods_in(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        matches!(f.get(2), Some(&"cgroup" | &"cgroup2"))
+            && f.get(3)
+                .is_some_and(|o| o.split(',').any(|o| o == "favordynmods"))
+    })
+}
+
 fn read_procs(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .map(|text| {
@@ -375,4 +396,22 @@ fn parents() -> (Vec<PathBuf>, bool) {
         }
     }
     (out, v2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn favordynmods_is_found_on_cgroup_mounts_only() {
+        let plain = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
+                     cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        assert!(!favordynmods_in(plain));
+        let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,relatime,favordynmods 0 0\n";
+        assert!(favordynmods_in(v2));
+        let v1 = "cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids,favordynmods 0 0\n";
+        assert!(favordynmods_in(v1));
+        let elsewhere = "tmpfs /favordynmods tmpfs rw,favordynmods 0 0\n";
+        assert!(!favordynmods_in(elsewhere));
+    }
 }
