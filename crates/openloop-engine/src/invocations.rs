@@ -114,11 +114,11 @@ impl Invocations {
             tracing::warn!(error = %e, "the engine socket's directory is not a tmpfs");
         }
         let channels = Channels::bind(&config.run_dir, config.engine).await?;
-        // Before anything runs: cgroups of runs, warm processes and builds cut short by a
-        // crash of a previous process.
         if !openloop_sandbox::cgroup::favors_moves() {
             tracing::info!("this host's cgroups are not mounted with favordynmods: moving each run's process into its cgroup now and then waits for an RCU grace period (milliseconds, holding up forks); see README, Limits, to remount them");
         }
+        // Before anything runs: cgroups of runs, warm processes and builds cut short by a
+        // crash of a previous process.
         let removed = remove_own_cgroups(&config.instance_tag).await;
         if removed > 0 {
             tracing::info!(removed, "removed cgroups left by a previous server process");

@@ -91,8 +91,7 @@ async fn finish(
             (true, None) => {
                 let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
             }
-            (false, Some(recycled)) => recycled.keep_later(vec![cgroup]),
-            (false, None) => destroy_later([cgroup]),
+            (false, _) => release_later(host, req, cgroup),
         }
     }
     match outcome {
@@ -147,11 +146,17 @@ async fn start(
         if spare.control.stream.write_all(&frame).await.is_ok() {
             return Ok(Some((spare, joined)));
         }
-        if host.spec.run_limits == req.limits {
-            host.recycled().keep_later(vec![joined]);
-        } else {
-            destroy_later([joined]);
-        }
+        release_later(host, req, joined);
+    }
+}
+
+/// A run's cgroup, once the run is done with it: kept for a next spare when it has the
+/// runs' default limits (`crate::recycle`), else removed; either off the async threads.
+fn release_later(host: &WarmHost, req: &RunRequest, cgroup: Cgroup) {
+    if host.spec.run_limits == req.limits {
+        host.recycled().keep_later(vec![cgroup]);
+    } else {
+        destroy_later([cgroup]);
     }
 }
 
