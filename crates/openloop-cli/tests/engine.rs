@@ -23,6 +23,23 @@ async fn wait_status(server: &Server, id: &str, status: &str) {
     }
 }
 
+/// A run that dies of SIGSEGV fails as a process exit naming the signal (not, say, as an OOM
+/// kill).
+async fn segfault_is_reported_as_one(server: &Server) {
+    let (_, inv) = server
+        .invoke_sync("test_agent", "segfault", json!({}))
+        .await;
+    assert_eq!(inv["status"], "failure");
+    assert_eq!(inv["error"]["type"], "ProcessExited", "{inv}");
+    assert!(
+        inv["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signal 11"),
+        "{inv}"
+    );
+}
+
 #[tokio::test]
 async fn crashes_hogs_and_bombs_fail_alone() {
     let server = Server::start_with(
@@ -40,17 +57,7 @@ async fn crashes_hogs_and_bombs_fail_alone() {
         .invoke_async("test_agent", "sleepy", json!({"seconds": 4}))
         .await;
 
-    let (_, inv) = server
-        .invoke_sync("test_agent", "segfault", json!({}))
-        .await;
-    assert_eq!(inv["status"], "failure");
-    assert!(
-        inv["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("signal 11"),
-        "{inv}"
-    );
+    segfault_is_reported_as_one(&server).await;
 
     let (_, inv) = server
         .invoke_sync("test_agent", "memory_hog", json!({"megabytes": 1024}))
@@ -63,17 +70,7 @@ async fn crashes_hogs_and_bombs_fail_alone() {
     // the hog ends in a MemoryError instead, nothing was counted; the sandbox's `cgroup` tests
     // check the count's restart with a kill that always happens.)
     for _ in 0..10 {
-        let (_, inv) = server
-            .invoke_sync("test_agent", "segfault", json!({}))
-            .await;
-        assert_eq!(inv["error"]["type"], "ProcessExited", "{inv}");
-        assert!(
-            inv["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("signal 11"),
-            "{inv}"
-        );
+        segfault_is_reported_as_one(&server).await;
     }
     let (_, inv) = server
         .invoke_sync("test_agent", "memory_hog", json!({"megabytes": 1024}))

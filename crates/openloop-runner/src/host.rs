@@ -478,11 +478,15 @@ impl Drop for WarmHost {
 /// Destroy cgroups off the async threads: emptying one kills its processes and waits until
 /// they are gone (a run's pid 1 takes a few milliseconds to tear down its namespaces).
 pub(crate) fn destroy_later(cgroups: impl IntoIterator<Item = Cgroup> + Send + 'static) {
-    let destroy = move || cgroups.into_iter().for_each(|c| c.destroy());
+    off_async_threads(move || cgroups.into_iter().for_each(|c| c.destroy()));
+}
+
+/// Run blocking cgroup work on tokio's blocking pool, or, outside the runtime (a host
+/// dropped at shutdown), on a thread of its own; nobody waits for it.
+pub(crate) fn off_async_threads(work: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(destroy)),
-        // Dropped outside the runtime (at shutdown): a thread of its own.
-        Err(_) => drop(std::thread::spawn(destroy)),
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => drop(std::thread::spawn(work)),
     }
 }
 

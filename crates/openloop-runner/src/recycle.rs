@@ -73,11 +73,7 @@ impl Recycled {
             return;
         }
         let this = self.clone();
-        let keep = move || cgroups.into_iter().for_each(|c| this.keep(c));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(keep)),
-            Err(_) => drop(std::thread::spawn(keep)),
-        }
+        crate::host::off_async_threads(move || cgroups.into_iter().for_each(|c| this.keep(c)));
     }
 
     /// [`keep`](Self::keep) `cgroup` on a blocking thread, and wait until it is empty.

@@ -8,8 +8,8 @@ use std::process::Command;
 
 /// `dd` writes its 256 MiB buffer as it reads into it: past a 48 MiB limit (no swap for
 /// the cgroup), the kernel's OOM killer ends it. It starts after a pause, in the cgroup.
-fn oom_in(cg: &Cgroup) {
-    let mut hog = Command::new("sh")
+fn start_hog(cg: &Cgroup) -> std::process::Child {
+    let hog = Command::new("sh")
         .args([
             "-c",
             "sleep 0.3; exec dd if=/dev/zero of=/dev/null bs=256M count=1",
@@ -18,8 +18,16 @@ fn oom_in(cg: &Cgroup) {
         .spawn()
         .unwrap();
     cg.attach(hog.id() as i32).unwrap();
+    hog
+}
+
+fn killed(mut hog: std::process::Child) {
     let status = hog.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
+fn oom_in(cg: &Cgroup) {
+    killed(start_hog(cg));
 }
 
 fn limits() -> Limits {
@@ -134,20 +142,9 @@ fn a_cgroup_counts_its_processes_and_its_oom_kills() {
     assert_eq!(cg.process_count(), 2);
     assert_eq!(cg.oom_kills(), 0);
 
-    // `dd` writes its 256 MiB buffer as it reads into it: past the 48 MiB limit (no swap for
-    // the cgroup), the kernel's OOM killer ends it. It starts after a pause, in the cgroup.
-    let mut hog = Command::new("sh")
-        .args([
-            "-c",
-            "sleep 0.3; exec dd if=/dev/zero of=/dev/null bs=256M count=1",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    cg.attach(hog.id() as i32).unwrap();
+    let hog = start_hog(&cg);
     assert_eq!(cg.process_count(), 3);
-    let status = hog.wait().unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    killed(hog);
     assert_eq!(cg.oom_kills(), 1);
     assert_eq!(cg.process_count(), 2);
 

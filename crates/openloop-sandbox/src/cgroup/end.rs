@@ -63,7 +63,7 @@ impl Cgroup {
         // Most often nothing is left (a run's process has exited by then): removing the
         // directories is then all there is to do, without reading their members. The kernel
         // refuses to remove a cgroup that still holds a process; those are killed below.
-        if !self.kill_until(Self::remove_dirs) {
+        if !self.kill_until(Self::remove_if_empty) {
             tracing::warn!(dirs = ?self.dirs, "cgroup still busy after shutdown");
         }
     }
@@ -96,12 +96,6 @@ impl Cgroup {
         }
         self.oom_base = self.oom_count().ok_or(NotReusable::Unreadable)?;
         Ok(())
-    }
-
-    /// Remove the directories if nothing is in them, without killing anything; whether
-    /// none is left.
-    pub fn remove_if_empty(&self) -> bool {
-        self.remove_dirs()
     }
 
     /// Whether no process is in any of the directories (a directory whose members cannot be
@@ -138,9 +132,9 @@ impl Cgroup {
         }
     }
 
-    /// Remove every directory still there; whether none is left (one that still holds a
-    /// process stays).
-    fn remove_dirs(&self) -> bool {
+    /// Remove every directory still there, without killing anything; whether none is left
+    /// (one that still holds a process stays).
+    pub fn remove_if_empty(&self) -> bool {
         let mut left = false;
         for d in &self.dirs {
             match std::fs::remove_dir(d) {
